@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+export MLFLOW_DISABLE_TELEMETRY := true
+export BENTOML_DO_NOT_TRACK := True
+export ORT_DISABLE_TELEMETRY := 1
+export DVC_NO_ANALYTICS := 1
+# DVC runs the stages' `python` from PATH: make it the project's.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
+
+PYTHON ?= python3.11
+VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
+
+.PHONY: setup run test ui clean
+
+setup: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x .venv/bin/python || $(PYTHON) -m venv .venv
+	.venv/bin/python -m pip install --quiet --upgrade pip
+	.venv/bin/python -m pip install --quiet --constraint requirements.lock --editable '.[test]'
+	rm -f .venv/.installed-*
+	touch $@
+
+run: setup
+	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "dvc needs a git repository: clone the project (or git init) first"; exit 1; }
+	dvc repro
+
+test: setup
+	python -m pytest
+
+ui: setup
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf data/builtin data/prepared models metrics mlflow.db .dvc/cache .dvc/tmp

@@ -1,0 +1,116 @@
+"""The one typed configuration of the pipeline, parsed from params.yaml.
+
+Every stage calls `load_params()`; an unknown key, a misspelled choice or an out-of-range
+value stops the stage with a `ConfigError` that names the key and what is allowed.
+"""
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    source: str = Field(min_length=1)  # a folder with one sub-folder of images per class
+    max_per_class: int | None = Field(default=None, ge=1)  # seeded cap; None keeps every image
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
+    test_fraction: float = Field(default=0.15, gt=0, lt=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)  # refuse decompression bombs
+
+    @model_validator(mode="after")
+    def _leave_training_data(self):
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must stay below 0.9")
+        return self
+
+
+class ModelConfig(Strict):
+    backbone: str = Field(min_length=1)
+    # DEFAULT, a torchvision weights enum name, a local checkpoint path, or none (random init)
+    weights: str = "DEFAULT"
+
+
+class FinetuneConfig(Strict):
+    strategy: Literal["head", "full", "partial", "lp-ft"] = "partial"
+    head_epochs: int = Field(default=20, ge=1)  # epochs of head-only training (head, lp-ft)
+    unfreeze_blocks: int = Field(default=2, ge=1)  # partial: how many of the last blocks train
+    backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
+    batchnorm: Literal["frozen", "train"] = "frozen"
+    cache_features: bool = True  # head-only phases train on features computed once
+
+
+class AugmentConfig(Strict):
+    hflip: bool = True
+    crop_scale_min: float = Field(default=0.7, gt=0, le=1)  # RandomResizedCrop; 1 disables
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    image_size: int = Field(default=96, ge=16, le=1024)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=3e-3, gt=0, le=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    warmup_epochs: float = Field(default=0.5, ge=0)
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    augment: AugmentConfig = AugmentConfig()
+
+
+class ExportConfig(Strict):
+    parity_tolerance: float = Field(default=1e-4, gt=0)
+    opset: int = Field(default=18, ge=13)
+
+
+class MlflowConfig(Strict):
+    experiment: str = Field(default="transfer-learning", min_length=1)
+    registered_model: str = Field(default="image-classifier", min_length=1)
+
+
+class Params(Strict):
+    seed: int = Field(default=42, ge=0)
+    data: DataConfig
+    model: ModelConfig
+    finetune: FinetuneConfig = FinetuneConfig()
+    train: TrainConfig = TrainConfig()
+    export: ExportConfig = ExportConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+
+class ConfigError(ValueError):
+    """params.yaml does not describe a valid run; the message names each bad key."""
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        parent = model
+        for part in error["loc"][:-1]:
+            parent = parent.model_fields[part].annotation
+        message = f"unknown key; allowed keys here: {', '.join(parent.model_fields)}"
+    return f"  {key}: {message} (got {error['input']!r})" if error["type"] != "missing" else f"  {key}: required"
+
+
+def parse_params(raw: dict, origin: str = "params") -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, Params) for e in exc.errors()]
+        raise ConfigError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: run the stages from the project root")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of keys to values")
+    return parse_params(raw, str(path))

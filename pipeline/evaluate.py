@@ -1,0 +1,101 @@
+"""Stage 3: score the trained model on the test split.
+
+    python -m pipeline.evaluate
+
+Writes metrics/evaluate.json (accuracy, macro-F1, ECE, per-class precision and recall),
+metrics/test_predictions.csv (DVC's confusion-matrix plot) and metrics/confusion_matrix.png,
+and logs them to the MLflow run of the model.
+"""
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+import mlflow
+import torch
+from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, f1_score, precision_recall_fscore_support
+
+from pipeline import tracking
+from pipeline.artifacts import atomic_path, write_json
+from pipeline.backbones import Classifier, load_trained
+from pipeline.config import load_params
+from pipeline.data import load_split, read_manifest
+from pipeline.images import normalize
+from pipeline.train import MODEL_FILE
+
+METRICS_FILE = Path("metrics/evaluate.json")
+PREDICTIONS_FILE = Path("metrics/test_predictions.csv")
+CONFUSION_PNG = Path("metrics/confusion_matrix.png")
+
+
+@torch.no_grad()
+def predict_probabilities(model: Classifier, images: torch.Tensor, meta: dict, batch_size: int = 64) -> torch.Tensor:
+    """Softmax probabilities for uint8 images, preprocessed as the exported model expects."""
+    chunks = [model(normalize(images[i : i + batch_size], meta["mean"], meta["std"])).softmax(1)
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks)
+
+
+def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence, predicted = probabilities.max(1)
+    correct = (predicted == labels).float()
+    bin_index = torch.clamp((confidence * bins).long(), max=bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        in_bin = bin_index == b
+        if in_bin.any():
+            ece += in_bin.float().mean().item() * abs(correct[in_bin].mean().item() - confidence[in_bin].mean().item())
+    return ece
+
+
+def score(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    predicted = probabilities.argmax(1).numpy()
+    precision, recall, _, _ = precision_recall_fscore_support(labels.numpy(), predicted, labels=range(len(classes)), zero_division=0)
+    return {
+        "accuracy": accuracy_score(labels.numpy(), predicted),
+        "macro_f1": f1_score(labels.numpy(), predicted, average="macro", labels=range(len(classes)), zero_division=0),
+        "ece": expected_calibration_error(probabilities, labels),
+        "per_class": {c: {"precision": float(p), "recall": float(r)} for c, p, r in zip(classes, precision, recall, strict=True)},
+    }
+
+
+def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
+    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=range(len(classes)), display_labels=classes,
+                                            ax=ax, colorbar=False, xticks_rotation=45)
+    ax.set_title("Test split")
+    fig.tight_layout()
+    with atomic_path(path) as partial:
+        fig.savefig(partial, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    params = load_params()
+    model, meta = load_trained(MODEL_FILE)
+    test = load_split(read_manifest(), "test", meta["image_size"], params.data.max_image_pixels)
+    probabilities = predict_probabilities(model, test.images, meta)
+    metrics = score(probabilities, test.labels, meta["classes"])
+    predicted = probabilities.argmax(1)
+    classes = meta["classes"]
+    with atomic_path(PREDICTIONS_FILE) as partial, open(partial, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "actual", "predicted"])
+        writer.writerows((p, classes[a], classes[b]) for p, a, b in zip(test.paths, test.labels, predicted, strict=True))
+    plot_confusion(test.labels.numpy(), predicted.numpy(), classes, CONFUSION_PNG)
+    write_json(METRICS_FILE, metrics)
+    with tracking.resume_run():
+        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if k != "per_class"})
+        mlflow.log_metrics({f"test_{kind}_{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()})
+        mlflow.log_artifact(str(CONFUSION_PNG))
+        mlflow.log_artifact(str(METRICS_FILE))
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
+          f"on {len(test.labels)} images")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Stage 1: validate the images of `data.source` and write a seeded, stratified split.
+
+    python -m pipeline.prepare
+
+`data.source` is a folder with one sub-folder of images per class (any depth below it).
+Every candidate file is decoded; corrupt, truncated, empty and non-image files are skipped and
+listed in data/prepared/report.json. Writes data/prepared/manifest.csv (path, label, split,
+sha256) and metrics/prepare.json.
+"""
+
+import csv
+import hashlib
+import io
+import json
+import random
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.config import ConfigError, DataConfig, load_params
+from pipeline.images import BadImage, load_rgb
+
+OUT_DIR = Path("data/prepared")
+MANIFEST = OUT_DIR / "manifest.csv"
+METRICS = Path("metrics/prepare.json")
+SPLITS = ("train", "val", "test")
+
+
+def list_classes(source: Path) -> dict[str, list[Path]]:
+    """Class name -> its files (sorted, hidden ones ignored); errors name what is wrong."""
+    if not source.is_dir():
+        raise ConfigError(f"data.source: folder {source} does not exist")
+    classes = {
+        d.name: sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        for d in sorted(source.iterdir())
+        if d.is_dir() and not d.name.startswith(".")
+    }
+    if len(classes) < 2:
+        raise ConfigError(f"data.source: {source} needs at least 2 class sub-folders, found {len(classes)}")
+    return classes
+
+
+def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Random):
+    """Decode files in seeded order until `cap` are good; return (good [(path, sha256)], skipped)."""
+    order = files[:]
+    rng.shuffle(order)
+    good, skipped = [], []
+    for path in order:
+        if cap is not None and len(good) == cap:
+            break
+        data = path.read_bytes()
+        try:
+            if not data:
+                raise BadImage("empty file")
+            load_rgb(io.BytesIO(data), max_pixels)
+        except BadImage as exc:
+            skipped.append({"path": str(path), "reason": str(exc)})
+            continue
+        good.append((path, hashlib.sha256(data).hexdigest()))
+    return sorted(good), skipped
+
+
+def split_class(items: list, val_fraction: float, test_fraction: float, rng: random.Random) -> dict[str, list]:
+    """Seeded split of one class; every split gets at least one item."""
+    if len(items) < 3:
+        raise ValueError("needs at least 3 images, one for each of train, val and test")
+    order = items[:]
+    rng.shuffle(order)
+    n_test = max(1, round(len(order) * test_fraction))
+    n_val = max(1, round(len(order) * val_fraction))
+    if n_test + n_val >= len(order):
+        n_test, n_val = 1, 1
+    return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+
+
+def manifest_path(path: Path) -> str:
+    """Relative to the project when inside it, so DVC's temp copies of the workspace still work."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
+    source = Path(data.source)
+    classes = list_classes(source)
+    rows, skipped, per_class = [], [], {}
+    for label, files in tqdm(classes.items(), desc="validating classes", disable=None):
+        rng = random.Random(f"{seed}-{label}")
+        good, bad = validate(files, data.max_per_class, data.max_image_pixels, rng)
+        skipped += bad
+        if not good:
+            raise ConfigError(f"data.source: class folder {source / label} has no readable images")
+        try:
+            splits = split_class(good, data.val_fraction, data.test_fraction, rng)
+        except ValueError as exc:
+            raise ConfigError(f"data.source: class folder {source / label} {exc}; it has {len(good)}") from None
+        per_class[label] = {split: len(items) for split, items in splits.items()}
+        rows += [(manifest_path(p), label, split, digest) for split, items in splits.items() for p, digest in items]
+
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    with open(partial / MANIFEST.name, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "split", "sha256"])
+        writer.writerows(sorted(rows))
+    report = {"source": str(source), "classes": per_class, "skipped": skipped}
+    (partial / "report.json").write_text(json.dumps(report, indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+
+    split_counts = Counter(split for _, _, split, _ in rows)
+    return {"images": len(rows), "classes": len(classes), "skipped": len(skipped), **{f"{s}_images": split_counts[s] for s in SPLITS}}
+
+
+def main() -> None:
+    params = load_params()
+    metrics = prepare(params.data, params.seed)
+    METRICS.parent.mkdir(exist_ok=True)
+    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
+          f"(listed in {OUT_DIR / 'report.json'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""MLflow tracking: one run spans the stages of one `dvc repro` or `dvc exp run`.
+
+train starts the run and writes its id to models/run.json; evaluate and export reopen it.
+The store defaults to a sqlite file at the project root, given as an absolute path because
+`dvc exp run --queue/--temp` runs the stages in a temporary copy of the project (DVC_ROOT
+then points at the real root); MLFLOW_TRACKING_URI overrides it.
+"""
+
+import json
+import os
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+
+from pipeline.artifacts import write_json
+from pipeline.config import PARAMS_FILE, Params
+
+RUN_FILE = Path("models/run.json")
+
+
+def project_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return result.stdout.strip() if result.returncode == 0 else "unknown"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@contextmanager
+def start_run(params: Params):
+    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+    mlflow.set_tracking_uri(tracking_uri())
+    if "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
+        # MLflow would put artifacts under the current directory, which may be DVC's temporary copy.
+        mlflow.create_experiment(params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri())
+    mlflow.set_experiment(params.mlflow.experiment)
+    experiment = os.environ.get("DVC_EXP_NAME")
+    name = experiment or f"{params.finetune.strategy}-{params.model.backbone}"
+    tags = {
+        "git_commit": git_commit(),
+        "strategy": params.finetune.strategy,
+        "backbone": params.model.backbone,
+        **({"dvc_experiment": experiment} if experiment else {}),
+    }
+    with mlflow.start_run(run_name=name, tags=tags) as run:
+        mlflow.log_params(flatten(params.model_dump(mode="json")))
+        if PARAMS_FILE.is_file():
+            mlflow.log_artifact(str(PARAMS_FILE))
+        write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+        yield run
+
+
+@contextmanager
+def resume_run():
+    """Reopen the run that train started for the model in models/."""
+    mlflow.set_tracking_uri(tracking_uri())
+    with mlflow.start_run(run_id=json.loads(RUN_FILE.read_text())["run_id"]) as run:
+        yield run

@@ -1,0 +1,67 @@
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
+from pipeline.config import parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def default_params(**overrides) -> dict:
+    """params.yaml as a dict, with `section.key` overrides."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return raw
+
+
+def tiny_params(**overrides):
+    """A run small enough for a test: few images, small inputs, one or two epochs."""
+    settings = {"data.max_per_class": None, "train.image_size": 32, "train.epochs": 1, "finetune.head_epochs": 2,
+                "train.batch_size": 8, "train.device": "cpu"}
+    return parse_params(default_params(**(settings | overrides)))
+
+
+def write_class_images(folder: Path, per_class: int = 6, size: int = 20, classes=("red", "green", "blue")) -> Path:
+    """Learnable synthetic classes: noisy images dominated by one colour channel each."""
+    rng = np.random.default_rng(0)
+    for index, name in enumerate(classes):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+            pixels[..., index % 3] += 150
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return write_class_images(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def animal_shape_folder(tmp_path_factory) -> Path:
+    from pipeline.datasets import write_class_folder
+
+    folder = tmp_path_factory.mktemp("builtin") / "animal-shape"
+    write_class_folder("animal-shape", folder)
+    return folder
+
+
+@pytest.fixture
+def in_tmp_project(tmp_path, monkeypatch) -> Path:
+    """A working directory laid out like the project (stages use relative paths)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path

@@ -1,0 +1,102 @@
+"""`dvc repro` and `dvc exp run` of the real dvc.yaml in a temporary git repository, with a real
+sqlite MLflow store: the run, its metrics, the registered model and the ONNX file are checked."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from pipeline.data import load_split, read_manifest
+from pipeline.export import PROVIDERS
+from pipeline.images import normalize
+from tests.conftest import ROOT, default_params
+
+pytestmark = pytest.mark.slow
+
+
+def sh(project: Path, *command: str) -> str:
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("project")
+    shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, project / name)
+    params = default_params(**{"data.source": "data/builtin/digits", "data.max_per_class": 12, "train.image_size": 32,
+                               "train.epochs": 2, "finetune.head_epochs": 3, "train.batch_size": 16,
+                               "finetune.strategy": "partial", "mlflow.registered_model": "e2e-classifier"})
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(project, "git", "init", "-q")
+    sh(project, "dvc", "init", "-q")
+    sh(project, "dvc", "config", "core.analytics", "false")
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    sh(project, "dvc", "repro")
+    return project
+
+
+def client(project: Path) -> mlflow.MlflowClient:
+    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def test_one_mlflow_run_holds_every_stage(project):
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    exported = json.loads((project / "metrics/export.json").read_text())
+    train = json.loads((project / "metrics/train.json").read_text())
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    run = client(project).get_run(run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert run.data.metrics["trainable_params"] == train["trainable_params"] < train["total_params"]
+    assert run.data.metrics["parity_max_abs_diff"] == pytest.approx(exported["parity_max_abs_diff"])
+    assert len(client(project).get_metric_history(run_id, "val_accuracy")) == 2  # partial: train.epochs
+    assert run.data.params["finetune.strategy"] == "partial"
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["git_commit"] == head
+    artifacts = {a.path for a in client(project).list_artifacts(run_id)}
+    assert {"confusion_matrix.png", "params.yaml", "evaluate.json"} <= artifacts
+    [version] = client(project).search_model_versions("name='e2e-classifier'")
+    assert version.run_id == run_id and exported["registered_version"] == int(version.version) == 1
+
+
+def test_onnx_model_reproduces_the_evaluated_accuracy(project, monkeypatch):
+    monkeypatch.chdir(project)
+    session = ort.InferenceSession(str(project / "models/model.onnx"), providers=PROVIDERS)
+    props = session.get_modelmeta().custom_metadata_map
+    test = load_split(read_manifest(), "test", int(props["image_size"]), 10**7)
+    probabilities = session.run(None, {"image": normalize(test.images, json.loads(props["mean"]), json.loads(props["std"])).numpy()})[0]
+    accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
+    assert accuracy == pytest.approx(json.loads((project / "metrics/evaluate.json").read_text())["accuracy"])
+    assert json.loads(props["classes"]) == [str(d) for d in range(10)]
+
+
+def test_second_repro_does_nothing(project):
+    assert "Data and pipelines are up to date" in sh(project, "dvc", "repro")
+
+
+def test_experiment_in_a_temp_copy_logs_to_the_project_store(project):
+    sh(project, "dvc", "exp", "run", "--temp", "-n", "probe", "-S", "finetune.strategy=head")
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
+    experiment = client(project).get_experiment_by_name("transfer-learning")
+    assert experiment.artifact_location == (project / "mlruns").as_uri()
+    runs = client(project).search_runs([experiment.experiment_id])
+    probe = [r for r in runs if r.data.tags.get("dvc_experiment") == "probe"]
+    assert len(probe) == 1 and probe[0].data.params["finetune.strategy"] == "head"
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
+    text = json.dumps(shown)
+    assert "probe" in text and "trainable_params" in text
+    assert len(client(project).search_model_versions("name='e2e-classifier'")) == 2

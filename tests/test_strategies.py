@@ -1,0 +1,76 @@
+import pytest
+from torch import nn
+
+from pipeline.backbones import build
+from pipeline.config import ConfigError
+from pipeline.strategies import STRATEGIES, apply_phase, count_parameters, set_train_mode
+from pipeline.train import trained_modules
+from tests.conftest import tiny_params
+
+
+def trainable_prefixes(model: nn.Module) -> set[str]:
+    return {".".join(n.split(".")[:2]) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def batchnorm_modes(model: nn.Module) -> dict[str, bool]:
+    return {n: m.training for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def phases(strategy: str, **overrides):
+    params = tiny_params(**{"model.backbone": "resnet18", "model.weights": "none", "finetune.strategy": strategy} | overrides)
+    backbone = build("resnet18", "none", 3)
+    return params, backbone, STRATEGIES[strategy](params, backbone)
+
+
+def test_head_trains_only_the_head_with_the_whole_body_in_eval_mode():
+    params, backbone, [phase] = phases("head")
+    apply_phase(backbone.model, phase)
+    set_train_mode(backbone.model, "frozen")
+    assert trainable_prefixes(backbone.model) == {"head.weight", "head.bias"}
+    assert not any(batchnorm_modes(backbone.model).values())
+    assert not backbone.model.body.training
+
+
+def test_partial_trains_the_last_stages_and_freezes_the_rest():
+    params, backbone, [phase] = phases("partial", **{"finetune.unfreeze_blocks": 2})
+    apply_phase(backbone.model, phase)
+    set_train_mode(backbone.model, "frozen")
+    assert trainable_prefixes(backbone.model) == {"body.layer3", "body.layer4", "head.weight", "head.bias"}
+    modes = batchnorm_modes(backbone.model)
+    assert all(modes[n] for n in modes if n.startswith(("body.layer3", "body.layer4")))
+    assert not any(modes[n] for n in modes if n.startswith(("body.bn1", "body.layer1", "body.layer2")))
+
+
+def test_batchnorm_train_policy_leaves_frozen_statistics_updating():
+    params, backbone, [phase] = phases("partial", **{"finetune.unfreeze_blocks": 1, "finetune.batchnorm": "train"})
+    apply_phase(backbone.model, phase)
+    set_train_mode(backbone.model, "train")
+    assert all(batchnorm_modes(backbone.model).values())
+
+
+def test_full_uses_a_lower_backbone_learning_rate():
+    params, backbone, [phase] = phases("full", **{"train.lr": 0.01, "finetune.backbone_lr_mult": 0.1})
+    groups = apply_phase(backbone.model, phase)
+    assert [g["lr"] for g in groups] == [0.01, pytest.approx(0.001)]
+    assert all(p.requires_grad for p in backbone.model.parameters())
+
+
+def test_lp_ft_probes_then_tunes_everything_at_the_low_rate():
+    params, backbone, (probe, tune) = phases("lp-ft", **{"train.lr": 0.01, "finetune.backbone_lr_mult": 0.1})
+    assert probe.head_only and probe.epochs == params.finetune.head_epochs
+    assert tune.trainable == ("body", "head") and tune.head_lr == tune.body_lr == pytest.approx(0.001)
+
+
+def test_trainable_counts_are_ordered_head_partial_full():
+    counts = {}
+    for strategy in STRATEGIES:
+        params, backbone, _ = phases(strategy)
+        counts[strategy] = count_parameters(backbone.model, trained_modules(params, backbone))
+    total = sum(p.numel() for p in backbone.model.parameters())
+    assert counts["head"] == 512 * 3 + 3
+    assert counts["head"] < counts["partial"] < counts["full"] == counts["lp-ft"] == total
+
+
+def test_too_many_unfrozen_blocks_names_the_key():
+    with pytest.raises(ConfigError, match=r"finetune.unfreeze_blocks: 9 .*\(allowed: 1..5\)"):
+        phases("partial", **{"finetune.unfreeze_blocks": 9})
