@@ -46,8 +46,9 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 @contextmanager
 def start_run(params: Params):
     """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+    local_store = "MLFLOW_TRACKING_URI" not in os.environ  # read first: set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri())
-    if "MLFLOW_TRACKING_URI" not in os.environ and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
+    if local_store and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         # MLflow would put artifacts under the current directory, which may be DVC's temporary copy.
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri())
     mlflow.set_experiment(params.mlflow.experiment)
