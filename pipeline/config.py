@@ -52,7 +52,7 @@ class AugmentConfig(Strict):
 
 
 class TrainConfig(Strict):
-    epochs: int = Field(default=4, ge=1)
+    epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=32, ge=1)
     image_size: int = Field(default=96, ge=16, le=1024)
     optimizer: Literal["adamw", "sgd"] = "adamw"
