@@ -97,7 +97,7 @@ def efficientnet_lite0(weights: str) -> tuple[nn.Module, tuple, tuple]:
 
 
 def torchvision_model(name: str, weights: str) -> tuple[nn.Module, tuple, tuple]:
-    if weights.lower() == "none" or Path(weights).suffix:
+    if weights.lower() == "none" or Path(weights).suffix or Path(weights).exists():
         net = torchvision.models.get_model(name, weights=None)
         if weights.lower() != "none":
             load_checkpoint(net, Path(weights))

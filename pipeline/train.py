@@ -11,8 +11,9 @@ import copy
 import csv
 import math
 import time
-from pathlib import Path
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import torch
@@ -79,7 +80,7 @@ class Inputs:
     net: nn.Module
     train: torch.Tensor
     val: torch.Tensor
-    to_input: callable  # batch of `train`/`val` rows -> network input (augmenting when training)
+    to_input: Callable[[torch.Tensor, bool], torch.Tensor]  # rows -> network input (augmented when training)
 
 
 @torch.no_grad()
@@ -96,10 +97,10 @@ def extract_features(body: nn.Module, images: torch.Tensor, backbone: Backbone, 
 def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split, val: Split, device) -> Inputs:
     cache = phase.head_only and params.finetune.cache_features and params.finetune.batchnorm == "frozen"
     if cache:
-        bs = params.train.batch_size
+        body, batch_size = backbone.model.body, params.train.batch_size
         return Inputs(backbone.model.head,
-                      extract_features(backbone.model.body, train.images, backbone, bs, device),
-                      extract_features(backbone.model.body, val.images, backbone, bs, device),
+                      extract_features(body, train.images, backbone, batch_size, device),
+                      extract_features(body, val.images, backbone, batch_size, device),
                       lambda batch, training: batch)
     augment = make_augment(params)
 
@@ -112,10 +113,10 @@ def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split,
 
 
 def run_batches(net, rows, labels, to_input, device, batch_size, order=None, optimizer=None, scheduler=None, loss_fn=None):
-    """One pass over `rows` in `order`; trains when given an optimizer. Returns (loss, accuracy, logits)."""
+    """One pass over `rows` in `order`; trains when given an optimizer. Returns (mean loss, accuracy)."""
     training = optimizer is not None
     order = torch.arange(len(rows)) if order is None else order
-    total_loss, correct, all_logits = 0.0, 0, []
+    total_loss, correct = 0.0, 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for start in tqdm(range(0, len(order), batch_size), desc="train" if training else "val", disable=None, leave=False):
         index = order[start : start + batch_size]
@@ -133,11 +134,10 @@ def run_batches(net, rows, labels, to_input, device, batch_size, order=None, opt
             scheduler.step()
         total_loss += loss.item() * len(index)
         correct += (logits.argmax(1) == y).sum().item()
-        all_logits.append(logits.detach().cpu())
-    return total_loss / len(order), correct / len(order), torch.cat(all_logits)
+    return total_loss / len(order), correct / len(order)
 
 
-def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch=lambda record: None) -> dict:
+def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch: Callable = lambda *_: None) -> dict:
     """Run the strategy's phases; return the best state (by val accuracy) and its record."""
     device = pick_device(params.train.device)
     generator = torch.Generator().manual_seed(params.seed)  # the batch order
@@ -158,12 +158,12 @@ def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch=l
             set_train_mode(model, params.finetune.batchnorm)
             order = torch.randperm(len(train.labels), generator=generator)
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc, _ = run_batches(inputs.net, inputs.train, train.labels, inputs.to_input, device,
-                                                   params.train.batch_size, order, optimizer, scheduler, loss_fn)
+            train_loss, train_acc = run_batches(inputs.net, inputs.train, train.labels, inputs.to_input, device,
+                                                params.train.batch_size, order, optimizer, scheduler, loss_fn)
             seconds = time.perf_counter() - started
             model.eval()
-            val_loss, val_acc, _ = run_batches(inputs.net, inputs.val, val.labels, inputs.to_input, device,
-                                               params.train.batch_size, loss_fn=loss_fn)
+            val_loss, val_acc = run_batches(inputs.net, inputs.val, val.labels, inputs.to_input, device,
+                                            params.train.batch_size, loss_fn=loss_fn)
             record = {"epoch": epoch, "phase": phase.name, "train_loss": train_loss, "train_accuracy": train_acc,
                       "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "epoch_seconds": seconds,
                       "images_per_second": len(train.labels) / seconds}
