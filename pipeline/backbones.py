@@ -53,7 +53,9 @@ def load_checkpoint(net: nn.Module, path: Path, key_map: Callable[[dict], dict] 
     """Load a local state dict (or a model.pt of pipeline.train) into `net`: every tensor must
     fit, except the classification head, which may be missing or sized for other classes."""
     if not path.is_file():
-        raise FileNotFoundError(f"model.weights: {path} is not a file (nor DEFAULT, a torchvision weights name, or none)")
+        raise FileNotFoundError(
+            f"model.weights: {path} is not a file (nor DEFAULT, a torchvision weights name, or none)"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if "state_dict" in state:  # a model.pt written by pipeline.train: body and new head
         state = {k.removeprefix("body."): v for k, v in state["state_dict"].items() if k.startswith("body.")}
@@ -64,8 +66,9 @@ def load_checkpoint(net: nn.Module, path: Path, key_map: Callable[[dict], dict] 
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
-        raise ValueError(f"model.weights: {path} does not fit the architecture; "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"model.weights: {path} does not fit the architecture; missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def pair_by_order(source: dict, target: dict) -> dict:
@@ -75,7 +78,9 @@ def pair_by_order(source: dict, target: dict) -> dict:
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise ValueError(f"checkpoint tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}")
+            raise ValueError(
+                f"checkpoint tensor {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}"
+            )
         mapped[dst_key] = tensor
     return mapped
 
@@ -106,8 +111,10 @@ def torchvision_model(name: str, weights: str) -> tuple[nn.Module, tuple, tuple]
     try:
         chosen = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
     except KeyError:
-        raise ValueError(f"model.weights: {weights!r} is not a weights name of {name}; "
-                         f"allowed: DEFAULT, {', '.join(w.name for w in enum)}, none, or a checkpoint path") from None
+        raise ValueError(
+            f"model.weights: {weights!r} is not a weights name of {name}; "
+            f"allowed: DEFAULT, {', '.join(w.name for w in enum)}, none, or a checkpoint path"
+        ) from None
     transform = chosen.transforms()
     return torchvision.models.get_model(name, weights=chosen), tuple(transform.mean), tuple(transform.std)
 
@@ -122,7 +129,11 @@ def _features_blocks(net: nn.Module) -> list[list[str]]:
 
 
 def _timm_efficientnet_blocks(net: nn.Module) -> list[list[str]]:
-    return [["conv_stem", "bn1"], *([f"blocks.{name}"] for name, _ in net.blocks.named_children()), ["conv_head", "bn2"]]
+    return [
+        ["conv_stem", "bn1"],
+        *([f"blocks.{name}"] for name, _ in net.blocks.named_children()),
+        ["conv_head", "bn2"],
+    ]
 
 
 BLOCK_LAYOUTS: list[tuple[str, Callable[[nn.Module], list[list[str]]]]] = [
@@ -141,12 +152,16 @@ def build(name: str, weights: str, num_classes: int) -> Backbone:
     elif name in torchvision.models.list_models(module=torchvision.models):
         net, mean, std = torchvision_model(name, weights)
     else:
-        raise ValueError(f"model.backbone: unknown {name!r}; allowed: {', '.join(BACKBONES)} or a torchvision "
-                         f"classification model ({', '.join(torchvision.models.list_models(module=torchvision.models)[:8])}, ...)")
+        raise ValueError(
+            f"model.backbone: unknown {name!r}; allowed: {', '.join(BACKBONES)} or a torchvision "
+            f"classification model ({', '.join(torchvision.models.list_models(module=torchvision.models)[:8])}, ...)"
+        )
     layout = next((fn for attr, fn in BLOCK_LAYOUTS if hasattr(net, attr)), None)
     if layout is None:
-        raise ValueError(f"model.backbone: {name} has no known block layout (stages); "
-                         f"supported families have one of: {', '.join(a for a, _ in BLOCK_LAYOUTS)}")
+        raise ValueError(
+            f"model.backbone: {name} has no known block layout (stages); "
+            f"supported families have one of: {', '.join(a for a, _ in BLOCK_LAYOUTS)}"
+        )
     head_name = last_linear(net)
     old_head = net.get_submodule(head_name)
     net.set_submodule(head_name, nn.Identity())
@@ -155,7 +170,9 @@ def build(name: str, weights: str, num_classes: int) -> Backbone:
     # Parts with weights after the last stage (MobileNetV3's extra Linear, ConvNeXt's norm) are
     # one more block, so that `full` and `partial` still train everything behind the stages.
     covered = {name.split(".")[0] for block in blocks for name in block}
-    blocks += [[name] for name, child in net.named_children() if name not in covered and any(True for _ in child.parameters())]
+    blocks += [
+        [name] for name, child in net.named_children() if name not in covered and any(True for _ in child.parameters())
+    ]
     blocks = [[f"body.{module}" for module in block] for block in blocks]
     return Backbone(Classifier(net, head), blocks, tuple(mean), tuple(std))
 

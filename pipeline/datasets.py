@@ -111,7 +111,9 @@ def write_class_folder(name: str, out_dir: Path) -> int:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
-        sys.exit(f"usage: python -m pipeline.datasets NAME OUT_DIR   (NAME: {', '.join(BUILTIN)} or a torchvision dataset)")
+        sys.exit(
+            f"usage: python -m pipeline.datasets NAME OUT_DIR   (NAME: {', '.join(BUILTIN)} or a torchvision dataset)"
+        )
     name, out_dir = argv
     count = write_class_folder(name, Path(out_dir))
     print(f"wrote {count} images of {name} to {out_dir}")

@@ -34,8 +34,10 @@ CONFUSION_PNG = Path("metrics/confusion_matrix.png")
 @torch.no_grad()
 def predict_probabilities(model: Classifier, images: torch.Tensor, meta: dict, batch_size: int = 64) -> torch.Tensor:
     """Softmax probabilities for uint8 images, preprocessed as the exported model expects."""
-    chunks = [model(normalize(images[i : i + batch_size], meta["mean"], meta["std"])).softmax(1)
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        model(normalize(images[i : i + batch_size], meta["mean"], meta["std"])).softmax(1)
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(chunks)
 
 
@@ -54,19 +56,24 @@ def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor
 
 def score(probabilities: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     predicted = probabilities.argmax(1).numpy()
-    precision, recall, _, _ = precision_recall_fscore_support(labels.numpy(), predicted, labels=range(len(classes)), zero_division=0)
+    precision, recall, _, _ = precision_recall_fscore_support(
+        labels.numpy(), predicted, labels=range(len(classes)), zero_division=0
+    )
     return {
         "accuracy": accuracy_score(labels.numpy(), predicted),
         "macro_f1": f1_score(labels.numpy(), predicted, average="macro", labels=range(len(classes)), zero_division=0),
         "ece": expected_calibration_error(probabilities, labels),
-        "per_class": {c: {"precision": float(p), "recall": float(r)} for c, p, r in zip(classes, precision, recall, strict=True)},
+        "per_class": {
+            c: {"precision": float(p), "recall": float(r)} for c, p, r in zip(classes, precision, recall, strict=True)
+        },
     }
 
 
 def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(1 + 0.6 * len(classes), 1 + 0.6 * len(classes)))
-    ConfusionMatrixDisplay.from_predictions(labels, predicted, labels=range(len(classes)), display_labels=classes,
-                                            ax=ax, colorbar=False, xticks_rotation=45)
+    ConfusionMatrixDisplay.from_predictions(
+        labels, predicted, labels=range(len(classes)), display_labels=classes, ax=ax, colorbar=False, xticks_rotation=45
+    )
     ax.set_title("Test split")
     fig.tight_layout()
     with atomic_path(path) as partial:
@@ -85,16 +92,22 @@ def main() -> None:
     with atomic_path(PREDICTIONS_FILE) as partial, open(partial, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "actual", "predicted"])
-        writer.writerows((p, classes[a], classes[b]) for p, a, b in zip(test.paths, test.labels, predicted, strict=True))
+        writer.writerows(
+            (p, classes[a], classes[b]) for p, a, b in zip(test.paths, test.labels, predicted, strict=True)
+        )
     plot_confusion(test.labels.numpy(), predicted.numpy(), classes, CONFUSION_PNG)
     write_json(METRICS_FILE, metrics)
     with tracking.resume_run():
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if k != "per_class"})
-        mlflow.log_metrics({f"test_{kind}_{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()})
+        mlflow.log_metrics(
+            {f"test_{kind}_{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()}
+        )
         mlflow.log_artifact(str(CONFUSION_PNG))
         mlflow.log_artifact(str(METRICS_FILE))
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
-          f"on {len(test.labels)} images")
+    print(
+        f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
+        f"on {len(test.labels)} images"
+    )
 
 
 if __name__ == "__main__":

@@ -63,9 +63,16 @@ def onnx_metadata(meta: dict) -> dict[str, str]:
 def export_onnx(model: nn.Module, meta: dict, path: Path, opset: int) -> onnx.ModelProto:
     size = meta["image_size"]
     example = torch.zeros(2, 3, size, size)
-    program = torch.onnx.export(WithSoftmax(model).eval(), (example,), dynamo=True, opset_version=opset,
-                                input_names=["image"], output_names=["probabilities"],
-                                dynamic_shapes={"image": {0: torch.export.Dim("batch")}}, verbose=False)
+    program = torch.onnx.export(
+        WithSoftmax(model).eval(),
+        (example,),
+        dynamo=True,
+        opset_version=opset,
+        input_names=["image"],
+        output_names=["probabilities"],
+        dynamic_shapes={"image": {0: torch.export.Dim("batch")}},
+        verbose=False,
+    )
     proto = program.model_proto
     for key, value in onnx_metadata(meta).items():
         proto.metadata_props.add(key=key, value=value)
@@ -81,8 +88,9 @@ def onnx_session(path: Path) -> ort.InferenceSession:
 
 
 def onnx_probabilities(session: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([session.run(None, {"image": inputs[i : i + batch_size]})[0]
-                           for i in range(0, len(inputs), batch_size)])
+    return np.concatenate(
+        [session.run(None, {"image": inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
+    )
 
 
 def export_checked(model: nn.Module, meta: dict, images: torch.Tensor, path: Path, opset: int, tolerance: float):
@@ -96,8 +104,10 @@ def export_checked(model: nn.Module, meta: dict, images: torch.Tensor, path: Pat
         probabilities = onnx_probabilities(session, inputs)
         difference = float(np.abs(probabilities - torch_probabilities).max())
         if difference > tolerance:
-            raise ParityError(f"ONNX Runtime differs from PyTorch by {difference:.2e} on the test images, over "
-                              f"export.parity_tolerance {tolerance:.2e}; no model written")
+            raise ParityError(
+                f"ONNX Runtime differs from PyTorch by {difference:.2e} on the test images, over "
+                f"export.parity_tolerance {tolerance:.2e}; no model written"
+            )
     return proto, session, probabilities, difference
 
 
@@ -106,21 +116,29 @@ def main() -> None:
     model, meta = load_trained(MODEL_FILE)
     test = load_split(read_manifest(), "test", meta["image_size"], params.data.max_image_pixels)
     proto, session, probabilities, difference = export_checked(
-        model, meta, test.images, ONNX_FILE, params.export.opset, params.export.parity_tolerance)
+        model, meta, test.images, ONNX_FILE, params.export.opset, params.export.parity_tolerance
+    )
     accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
     metrics = {"parity_max_abs_diff": difference, "onnx_test_accuracy": accuracy}
     example = normalize(test.images[:2], meta["mean"], meta["std"]).numpy()
     with tracking.resume_run():
         mlflow.log_metrics(metrics)
         info = mlflow.onnx.log_model(
-            proto, name="model", registered_model_name=params.mlflow.registered_model,
+            proto,
+            name="model",
+            registered_model_name=params.mlflow.registered_model,
             pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime-gpu=={version('onnxruntime-gpu')}"],
-            signature=infer_signature(example, probabilities[:2]), metadata=onnx_metadata(meta),
-            onnx_execution_providers=PROVIDERS, save_as_external_data=False)
+            signature=infer_signature(example, probabilities[:2]),
+            metadata=onnx_metadata(meta),
+            onnx_execution_providers=PROVIDERS,
+            save_as_external_data=False,
+        )
     metrics["registered_version"] = int(info.registered_model_version)
     write_json(METRICS_FILE, metrics)
-    print(f"exported {ONNX_FILE} ({', '.join(session.get_providers())}): parity {difference:.2e}, "
-          f"test accuracy {accuracy:.4f}; registered {params.mlflow.registered_model} v{metrics['registered_version']}")
+    print(
+        f"exported {ONNX_FILE} ({', '.join(session.get_providers())}): parity {difference:.2e}, "
+        f"test accuracy {accuracy:.4f}; registered {params.mlflow.registered_model} v{metrics['registered_version']}"
+    )
 
 
 if __name__ == "__main__":

@@ -113,7 +113,12 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
     partial.rename(out_dir)
 
     split_counts = Counter(split for _, _, split, _ in rows)
-    return {"images": len(rows), "classes": len(classes), "skipped": len(skipped), **{f"{s}_images": split_counts[s] for s in SPLITS}}
+    return {
+        "images": len(rows),
+        "classes": len(classes),
+        "skipped": len(skipped),
+        **{f"{s}_images": split_counts[s] for s in SPLITS},
+    }
 
 
 def main() -> None:
@@ -121,8 +126,10 @@ def main() -> None:
     metrics = prepare(params.data, params.seed)
     METRICS.parent.mkdir(exist_ok=True)
     METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
-          f"(listed in {OUT_DIR / 'report.json'})")
+    print(
+        f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
+        f"(listed in {OUT_DIR / 'report.json'})"
+    )
 
 
 if __name__ == "__main__":

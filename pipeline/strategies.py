@@ -40,8 +40,10 @@ def full(params: Params, backbone: Backbone) -> list[Phase]:
 def partial(params: Params, backbone: Backbone) -> list[Phase]:
     count = params.finetune.unfreeze_blocks
     if count > len(backbone.blocks):
-        raise ConfigError(f"finetune.unfreeze_blocks: {count} is more than the {len(backbone.blocks)} blocks "
-                          f"of {params.model.backbone} (allowed: 1..{len(backbone.blocks)})")
+        raise ConfigError(
+            f"finetune.unfreeze_blocks: {count} is more than the {len(backbone.blocks)} blocks "
+            f"of {params.model.backbone} (allowed: 1..{len(backbone.blocks)})"
+        )
     names = tuple(name for block in backbone.blocks[-count:] for name in block)
     lr = params.train.lr
     return [Phase("partial", params.train.epochs, (*names, "head"), lr, lr * params.finetune.backbone_lr_mult)]

@@ -52,7 +52,9 @@ def seed_everything(seed: int) -> None:
 def make_augment(params: Params) -> v2.Transform:
     """Light, per-image augmentation of the uint8 training images."""
     size, aug = params.train.image_size, params.train.augment
-    steps = [v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), antialias=True)] if aug.crop_scale_min < 1 else []
+    steps = (
+        [v2.RandomResizedCrop(size, scale=(aug.crop_scale_min, 1.0), antialias=True)] if aug.crop_scale_min < 1 else []
+    )
     steps += [v2.RandomHorizontalFlip()] if aug.hflip else []
     return v2.Compose(steps) if steps else v2.Identity()
 
@@ -84,7 +86,9 @@ class Inputs:
 
 
 @torch.no_grad()
-def extract_features(body: nn.Module, images: torch.Tensor, backbone: Backbone, batch_size: int, device) -> torch.Tensor:
+def extract_features(
+    body: nn.Module, images: torch.Tensor, backbone: Backbone, batch_size: int, device
+) -> torch.Tensor:
     """One pass of the frozen body (eval mode) over uint8 images: the head's cached inputs."""
     body.eval()
     chunks = []
@@ -98,10 +102,12 @@ def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split,
     cache = phase.head_only and params.finetune.cache_features and params.finetune.batchnorm == "frozen"
     if cache:
         body, batch_size = backbone.model.body, params.train.batch_size
-        return Inputs(backbone.model.head,
-                      extract_features(body, train.images, backbone, batch_size, device),
-                      extract_features(body, val.images, backbone, batch_size, device),
-                      lambda batch, training: batch)
+        return Inputs(
+            backbone.model.head,
+            extract_features(body, train.images, backbone, batch_size, device),
+            extract_features(body, val.images, backbone, batch_size, device),
+            lambda batch, training: batch,
+        )
     augment = make_augment(params)
 
     def to_input(batch: torch.Tensor, training: bool) -> torch.Tensor:
@@ -112,7 +118,9 @@ def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split,
     return Inputs(backbone.model, train.images, val.images, to_input)
 
 
-def run_batches(net, rows, labels, to_input, device, batch_size, order=None, optimizer=None, scheduler=None, loss_fn=None):
+def run_batches(
+    net, rows, labels, to_input, device, batch_size, order=None, optimizer=None, scheduler=None, loss_fn=None
+):
     """One pass over `rows` in `order`; trains when given an optimizer. Returns (mean loss, accuracy)."""
     training = optimizer is not None
     order = torch.arange(len(rows)) if order is None else order
@@ -152,21 +160,42 @@ def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch: 
         inputs = phase_inputs(params, backbone, phase, train, val, device)
         steps = math.ceil(len(train.labels) / params.train.batch_size)
         scheduler = warmup_cosine(optimizer, round(params.train.warmup_epochs * steps), steps * phase.epochs)
-        for _ in tqdm(range(phase.epochs), desc=f"{params.finetune.strategy}: {phase.name}", unit="epoch", disable=None):
+        for _ in tqdm(
+            range(phase.epochs), desc=f"{params.finetune.strategy}: {phase.name}", unit="epoch", disable=None
+        ):
             epoch += 1
             started = time.perf_counter()
             set_train_mode(model, params.finetune.batchnorm)
             order = torch.randperm(len(train.labels), generator=generator)
             lr = optimizer.param_groups[0]["lr"]
-            train_loss, train_acc = run_batches(inputs.net, inputs.train, train.labels, inputs.to_input, device,
-                                                params.train.batch_size, order, optimizer, scheduler, loss_fn)
+            train_loss, train_acc = run_batches(
+                inputs.net,
+                inputs.train,
+                train.labels,
+                inputs.to_input,
+                device,
+                params.train.batch_size,
+                order,
+                optimizer,
+                scheduler,
+                loss_fn,
+            )
             seconds = time.perf_counter() - started
             model.eval()
-            val_loss, val_acc = run_batches(inputs.net, inputs.val, val.labels, inputs.to_input, device,
-                                            params.train.batch_size, loss_fn=loss_fn)
-            record = {"epoch": epoch, "phase": phase.name, "train_loss": train_loss, "train_accuracy": train_acc,
-                      "val_loss": val_loss, "val_accuracy": val_acc, "lr": lr, "epoch_seconds": seconds,
-                      "images_per_second": len(train.labels) / seconds}
+            val_loss, val_acc = run_batches(
+                inputs.net, inputs.val, val.labels, inputs.to_input, device, params.train.batch_size, loss_fn=loss_fn
+            )
+            record = {
+                "epoch": epoch,
+                "phase": phase.name,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "lr": lr,
+                "epoch_seconds": seconds,
+                "images_per_second": len(train.labels) / seconds,
+            }
             if val_acc > best["val_accuracy"]:
                 best = {**record, "state_dict": copy.deepcopy(model.state_dict())}
             on_epoch(record, model, optimizer)
@@ -193,29 +222,49 @@ def main() -> None:
         history.append(record)
         mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "phase")}, step=record["epoch"])
         with atomic_path(CHECKPOINT_FILE) as partial:
-            torch.save({"epoch": record["epoch"], "phase": record["phase"], "state_dict": model.state_dict(),
-                        "optimizer": optimizer.state_dict()}, partial)
+            torch.save(
+                {
+                    "epoch": record["epoch"],
+                    "phase": record["phase"],
+                    "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                },
+                partial,
+            )
 
     with tracking.start_run(params):
         mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
         started = time.perf_counter()
         best = fit(params, backbone, train, val, on_epoch)
         train_seconds = time.perf_counter() - started
-        meta = {"backbone": params.model.backbone, "classes": classes, "image_size": size,
-                "mean": list(backbone.mean), "std": list(backbone.std), "strategy": params.finetune.strategy,
-                "best_epoch": best["epoch"]}
+        meta = {
+            "backbone": params.model.backbone,
+            "classes": classes,
+            "image_size": size,
+            "mean": list(backbone.mean),
+            "std": list(backbone.std),
+            "strategy": params.finetune.strategy,
+            "best_epoch": best["epoch"],
+        }
         with atomic_path(MODEL_FILE) as partial:
             torch.save({"state_dict": best["state_dict"], "meta": meta}, partial)
-        metrics = {"best_val_accuracy": best["val_accuracy"], "best_epoch": best["epoch"], "trainable_params": trainable,
-                   "total_params": total, "train_seconds": round(train_seconds, 1)}
+        metrics = {
+            "best_val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+            "trainable_params": trainable,
+            "total_params": total,
+            "train_seconds": round(train_seconds, 1),
+        }
         mlflow.log_metrics({"best_val_accuracy": best["val_accuracy"], "train_seconds": train_seconds})
         write_json(Path(METRICS_FILE), metrics)
         with atomic_path(Path(HISTORY_FILE)) as partial, open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
             writer.writeheader()
             writer.writerows(history)
-    print(f"{params.finetune.strategy}: best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}, "
-          f"{trainable:,} of {total:,} parameters trained, {train_seconds:.0f} s")
+    print(
+        f"{params.finetune.strategy}: best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}, "
+        f"{trainable:,} of {total:,} parameters trained, {train_seconds:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,14 @@ def default_params(**overrides) -> dict:
 
 def tiny_params(**overrides):
     """A run small enough for a test: few images, small inputs, one or two epochs."""
-    settings = {"data.max_per_class": None, "train.image_size": 32, "train.epochs": 1, "finetune.head_epochs": 2,
-                "train.batch_size": 8, "train.device": "cpu"}
+    settings = {
+        "data.max_per_class": None,
+        "train.image_size": 32,
+        "train.epochs": 1,
+        "finetune.head_epochs": 2,
+        "train.batch_size": 8,
+        "train.device": "cpu",
+    }
     return parse_params(default_params(**(settings | overrides)))
 
 

@@ -20,7 +20,9 @@ def test_offline_lite0_weights_load_strictly_and_recognise_photos():
     net, mean, std = efficientnet_lite0("DEFAULT")
     net.eval()
     assert mean == std == (0.5, 0.5, 0.5)  # the normalisation Google trained these weights with
-    photos = dict(zip((p.split("/")[-1] for p in load_sample_images().filenames), load_sample_images().images, strict=True))
+    photos = dict(
+        zip((p.split("/")[-1] for p in load_sample_images().filenames), load_sample_images().images, strict=True)
+    )
     china = top5(net, photos["china.jpg"], mean, std)
     assert china[0] == "palace"
     assert {"bell cote", "monastery", "church"} & set(china)
@@ -31,7 +33,13 @@ def test_head_is_replaced_and_blocks_are_the_architecture_stages():
     backbone = build("resnet18", "none", num_classes=3)
     assert backbone.model.head.out_features == 3
     assert isinstance(backbone.model.body.fc, torch.nn.Identity)
-    assert backbone.blocks == [["body.conv1", "body.bn1"], ["body.layer1"], ["body.layer2"], ["body.layer3"], ["body.layer4"]]
+    assert backbone.blocks == [
+        ["body.conv1", "body.bn1"],
+        ["body.layer1"],
+        ["body.layer2"],
+        ["body.layer3"],
+        ["body.layer4"],
+    ]
     assert backbone.model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
 

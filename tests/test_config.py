@@ -27,9 +27,17 @@ def test_misspelled_strategy_lists_the_allowed_values():
         assert allowed in message
 
 
-@pytest.mark.parametrize(("key", "value"), [("train.lr", 0), ("train.lr", 5.0), ("finetune.backbone_lr_mult", 2.0),
-                                            ("data.val_fraction", 1.5), ("train.batch_size", 0),
-                                            ("finetune.batchnorm", "sometimes")])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("train.lr", 0),
+        ("train.lr", 5.0),
+        ("finetune.backbone_lr_mult", 2.0),
+        ("data.val_fraction", 1.5),
+        ("train.batch_size", 0),
+        ("finetune.batchnorm", "sometimes"),
+    ],
+)
 def test_out_of_range_values_name_their_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_params(default_params(**{key: value}))

@@ -14,8 +14,14 @@ from pipeline.images import normalize
 def model_and_meta():
     torch.manual_seed(0)
     model = build("resnet18", "none", 3).model.eval()
-    meta = {"backbone": "resnet18", "classes": ["cat", "dog", "owl"], "image_size": 32, "mean": [0.4, 0.5, 0.6],
-            "std": [0.2, 0.25, 0.3], "strategy": "full"}
+    meta = {
+        "backbone": "resnet18",
+        "classes": ["cat", "dog", "owl"],
+        "image_size": 32,
+        "mean": [0.4, 0.5, 0.6],
+        "std": [0.2, 0.25, 0.3],
+        "strategy": "full",
+    }
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     return model, meta, images
 
@@ -30,7 +36,11 @@ def test_export_matches_pytorch_and_carries_its_preprocessing(model_and_meta, tm
     onnx.checker.check_model(saved)
     props = {p.key: p.value for p in saved.metadata_props}
     assert json.loads(props["classes"]) == ["cat", "dog", "owl"]
-    assert (props["image_size"], json.loads(props["mean"]), json.loads(props["std"])) == ("32", meta["mean"], meta["std"])
+    assert (props["image_size"], json.loads(props["mean"]), json.loads(props["std"])) == (
+        "32",
+        meta["mean"],
+        meta["std"],
+    )
     assert session.get_providers()[-1] == "CPUExecutionProvider"
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
@@ -37,9 +36,18 @@ def project(tmp_path_factory) -> Path:
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, project / name)
-    params = default_params(**{"data.source": "data/builtin/digits", "data.max_per_class": 12, "train.image_size": 32,
-                               "train.epochs": 2, "finetune.head_epochs": 3, "train.batch_size": 16,
-                               "finetune.strategy": "partial", "mlflow.registered_model": "e2e-classifier"})
+    params = default_params(
+        **{
+            "data.source": "data/builtin/digits",
+            "data.max_per_class": 12,
+            "train.image_size": 32,
+            "train.epochs": 2,
+            "finetune.head_epochs": 3,
+            "train.batch_size": 16,
+            "finetune.strategy": "partial",
+            "mlflow.registered_model": "e2e-classifier",
+        }
+    )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     sh(project, "git", "init", "-q")
     sh(project, "dvc", "init", "-q")
@@ -78,7 +86,9 @@ def test_onnx_model_reproduces_the_evaluated_accuracy(project, monkeypatch):
     session = ort.InferenceSession(str(project / "models/model.onnx"), providers=PROVIDERS)
     props = session.get_modelmeta().custom_metadata_map
     test = load_split(read_manifest(), "test", int(props["image_size"]), 10**7)
-    probabilities = session.run(None, {"image": normalize(test.images, json.loads(props["mean"]), json.loads(props["std"])).numpy()})[0]
+    probabilities = session.run(
+        None, {"image": normalize(test.images, json.loads(props["mean"]), json.loads(props["std"])).numpy()}
+    )[0]
     accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
     assert accuracy == pytest.approx(json.loads((project / "metrics/evaluate.json").read_text())["accuracy"])
     assert json.loads(props["classes"]) == [str(d) for d in range(10)]

@@ -79,6 +79,7 @@ def test_split_is_stratified_seeded_and_hashed(image_folder, tmp_path):
         assert (splits.count("train"), splits.count("val"), splits.count("test")) == (4, 1, 1)
     first = rows[0]
     import hashlib
+
     assert first["sha256"] == hashlib.sha256(open(first["path"], "rb").read()).hexdigest()
 
 

@@ -17,7 +17,9 @@ def batchnorm_modes(model: nn.Module) -> dict[str, bool]:
 
 
 def phases(strategy: str, **overrides):
-    params = tiny_params(**{"model.backbone": "resnet18", "model.weights": "none", "finetune.strategy": strategy} | overrides)
+    params = tiny_params(
+        **{"model.backbone": "resnet18", "model.weights": "none", "finetune.strategy": strategy} | overrides
+    )
     backbone = build("resnet18", "none", 3)
     return params, backbone, STRATEGIES[strategy](params, backbone)
 
