@@ -12,7 +12,6 @@ import gzip
 import importlib.util
 import io
 import pickle
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from pipeline.artifacts import atomic_dir
 
 ANIMAL_SHAPE_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 
@@ -96,16 +97,13 @@ BUILTIN: dict[str, Callable[[], Iterator[tuple[str, np.ndarray]]]] = {
 def write_class_folder(name: str, out_dir: Path) -> int:
     """Write every image of dataset `name` to out_dir/<class>/<n>.png; all or nothing."""
     generate = BUILTIN.get(name) or torchvision_dataset(name)
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
     count = 0
-    for class_name, pixels in tqdm(generate(), desc=f"writing {name}", unit="img", disable=None):
-        class_dir = partial / class_name
-        class_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(pixels).save(class_dir / f"{count:06d}.png")
-        count += 1
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    with atomic_dir(out_dir) as partial:
+        for class_name, pixels in tqdm(generate(), desc=f"writing {name}", unit="img", disable=None):
+            class_dir = partial / class_name
+            class_dir.mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(class_dir / f"{count:06d}.png")
+            count += 1
     return count
 
 

@@ -11,14 +11,13 @@ sha256) and metrics/prepare.json.
 import csv
 import hashlib
 import io
-import json
 import random
-import shutil
 from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline.artifacts import atomic_dir, write_json
 from pipeline.config import ConfigError, DataConfig, load_params
 from pipeline.images import BadImage, load_rgb
 
@@ -100,17 +99,12 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
         per_class[label] = {split: len(items) for split, items in splits.items()}
         rows += [(manifest_path(p), label, split, digest) for split, items in splits.items() for p, digest in items]
 
-    partial = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    with open(partial / MANIFEST.name, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "label", "split", "sha256"])
-        writer.writerows(sorted(rows))
-    report = {"source": str(source), "classes": per_class, "skipped": skipped}
-    (partial / "report.json").write_text(json.dumps(report, indent=2))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    partial.rename(out_dir)
+    with atomic_dir(out_dir) as partial:
+        with open(partial / MANIFEST.name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "split", "sha256"])
+            writer.writerows(sorted(rows))
+        write_json(partial / "report.json", {"source": str(source), "classes": per_class, "skipped": skipped})
 
     split_counts = Counter(split for _, _, split, _ in rows)
     return {
@@ -124,8 +118,7 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
 def main() -> None:
     params = load_params()
     metrics = prepare(params.data, params.seed)
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(METRICS, metrics)
     print(
         f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
         f"(listed in {OUT_DIR / 'report.json'})"

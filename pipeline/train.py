@@ -31,8 +31,8 @@ from pipeline.strategies import STRATEGIES, Phase, apply_phase, count_parameters
 
 MODEL_FILE = tracking.RUN_FILE.parent / "model.pt"
 CHECKPOINT_FILE = tracking.RUN_FILE.parent / "checkpoint.pt"
-METRICS_FILE = "metrics/train.json"
-HISTORY_FILE = "metrics/train_history.csv"
+METRICS_FILE = Path("metrics/train.json")
+HISTORY_FILE = Path("metrics/train_history.csv")
 
 
 def pick_device(setting: str) -> torch.device:
@@ -256,8 +256,8 @@ def main() -> None:
             "train_seconds": round(train_seconds, 1),
         }
         mlflow.log_metrics({"best_val_accuracy": best["val_accuracy"], "train_seconds": train_seconds})
-        write_json(Path(METRICS_FILE), metrics)
-        with atomic_path(Path(HISTORY_FILE)) as partial, open(partial, "w", newline="") as f:
+        write_json(METRICS_FILE, metrics)
+        with atomic_path(HISTORY_FILE) as partial, open(partial, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
             writer.writeheader()
             writer.writerows(history)

@@ -1,9 +1,11 @@
 import csv
 import gzip
+import hashlib
 import io
 import json
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,9 +80,7 @@ def test_split_is_stratified_seeded_and_hashed(image_folder, tmp_path):
         splits = [r["split"] for r in rows if r["label"] == label]
         assert (splits.count("train"), splits.count("val"), splits.count("test")) == (4, 1, 1)
     first = rows[0]
-    import hashlib
-
-    assert first["sha256"] == hashlib.sha256(open(first["path"], "rb").read()).hexdigest()
+    assert first["sha256"] == hashlib.sha256(Path(first["path"]).read_bytes()).hexdigest()
 
 
 def test_per_class_cap_is_seeded(image_folder, tmp_path):
