@@ -46,6 +46,8 @@ def load_rgb(source: Path | str | BinaryIO, max_pixels: int) -> Image.Image:
             return to_rgb(image)
     except BadImage:
         raise
+    except Image.UnidentifiedImageError:
+        raise BadImage("not in an image format Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise BadImage(f"{type(exc).__name__}: {exc}") from None
 
