@@ -4,6 +4,8 @@ Every stage calls `load_params()`; an unknown key, a misspelled choice or an out
 value stops the stage with a `ConfigError` that names the key and what is allowed.
 """
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -74,6 +76,23 @@ class MlflowConfig(Strict):
     registered_model: str = Field(default="image-classifier", min_length=1)
 
 
+class ServingConfig(Strict):
+    """The HTTP service's settings; each can be overridden by an env var SERVING_<KEY> (e.g. SERVING_MODEL)."""
+
+    # models:/NAME@ALIAS, models:/NAME/VERSION or a path to an .onnx file exported by the pipeline;
+    # None serves models:/<mlflow.registered_model>@champion
+    model: str | None = None
+    tensorrt: bool = False  # try ONNX Runtime's TensorRT provider before CUDA
+    top_k: int = Field(default=3, ge=1)  # classes returned when a request does not say
+    max_image_bytes: int = Field(default=10_000_000, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_images_per_request: int = Field(default=64, ge=1)
+    max_request_bytes: int = Field(default=100_000_000, ge=1)  # refused before the body is read
+    adaptive_batching: bool = True  # merge concurrent requests into one model call
+    max_batch_size: int = Field(default=64, ge=1)
+    max_latency_ms: int = Field(default=20_000, ge=1)  # batches that would wait longer are refused with 503
+
+
 class Params(Strict):
     seed: int = Field(default=42, ge=0)
     data: DataConfig
@@ -82,6 +101,7 @@ class Params(Strict):
     train: TrainConfig = TrainConfig()
     export: ExportConfig = ExportConfig()
     mlflow: MlflowConfig = MlflowConfig()
+    serving: ServingConfig = ServingConfig()
 
 
 class ConfigError(ValueError):
@@ -114,3 +134,16 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values")
     return parse_params(raw, str(path))
+
+
+def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = os.environ) -> ServingConfig:
+    """params.yaml's `serving` section with SERVING_<KEY> env overrides; `model` always filled in."""
+    params = load_params(path)
+    settings = params.serving.model_dump()
+    settings.update({key: environ[f"SERVING_{key.upper()}"] for key in settings if f"SERVING_{key.upper()}" in environ})
+    settings["model"] = settings["model"] or f"models:/{params.mlflow.registered_model}@champion"
+    try:
+        return ServingConfig.model_validate(settings)
+    except ValidationError as exc:  # params.yaml itself is valid by now: the env vars are wrong
+        lines = [f"  SERVING_{str(e['loc'][0]).upper()}: {e['msg']} (got {e['input']!r})" for e in exc.errors()]
+        raise ConfigError("serving settings from the environment are invalid:\n" + "\n".join(lines)) from None

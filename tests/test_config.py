@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, load_params, parse_params
+from pipeline.config import ConfigError, load_params, load_serving_config, parse_params
 from tests.conftest import ROOT, default_params
 
 
@@ -51,3 +51,22 @@ def test_split_fractions_must_leave_training_data():
 def test_missing_params_file_says_where_to_run(tmp_path):
     with pytest.raises(ConfigError, match="project root"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_serving_defaults_to_the_champion_of_the_registered_model():
+    settings = load_serving_config(ROOT / "params.yaml", environ={})
+    registered = load_params(ROOT / "params.yaml").mlflow.registered_model
+    assert settings.model == f"models:/{registered}@champion"
+
+
+def test_serving_env_vars_override_params_and_bad_ones_are_named(tmp_path):
+    settings = load_serving_config(
+        ROOT / "params.yaml", environ={"SERVING_MODEL": "models/model.onnx", "SERVING_ADAPTIVE_BATCHING": "false"}
+    )
+    assert (settings.model, settings.adaptive_batching) == ("models/model.onnx", False)
+    with pytest.raises(ConfigError, match=r"SERVING_MAX_BATCH_SIZE: .*greater than or equal to 1 \(got '0'\)"):
+        load_serving_config(ROOT / "params.yaml", environ={"SERVING_MAX_BATCH_SIZE": "0"})
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text().replace("top_k: 3", "top_k: lots"))
+    with pytest.raises(ConfigError, match=r"serving.top_k: Input should be a valid integer"):
+        load_serving_config(params, environ={})
