@@ -10,7 +10,9 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTHON ?= python3.11
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 
-.PHONY: setup run test ui clean
+.PHONY: setup run test ui serve bento load-test clean
+
+SERVE_PORT ?= 3000
 
 setup: $(VENV_STAMP)
 
@@ -31,6 +33,16 @@ test: setup
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The model in SERVING_MODEL (default: the registry's champion, see params.yaml `serving`).
+serve: setup
+	bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port $(SERVE_PORT)
+
+bento: setup
+	bentoml build -f serving/bentofile.yaml .
+
+load-test: setup
+	python -m benchmarks.load_test
 
 clean:
 	rm -rf data/builtin data/prepared models metrics mlflow.db .dvc/cache .dvc/tmp

@@ -1,0 +1,271 @@
+"""The BentoML service, started for real with `bentoml serve` on a loopback port and called over HTTP.
+
+The served model is exported by the pipeline's own export code and registered in a real sqlite
+MLflow registry, so the service resolves `models:/NAME@champion` the way a user's does.
+"""
+
+import base64
+import io
+import os
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import mlflow
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from benchmarks import load_test
+from benchmarks.load_test import free_port, running_service, serve_command
+from pipeline.backbones import build
+from pipeline.export import export_checked, onnx_metadata, onnx_session
+from pipeline.images import load_rgb, normalize, resize_square
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+CLASSES = ["cat", "dog", "owl", "yak"]
+META = {
+    "backbone": "mobilenet_v3_small",
+    "classes": CLASSES,
+    "image_size": 40,
+    "mean": [0.4, 0.5, 0.6],
+    "std": [0.2, 0.25, 0.3],
+    "strategy": "full",
+}
+LIMITS = {  # small limits, so the tests can cross them cheaply
+    "SERVING_MAX_IMAGE_BYTES": "60000",
+    "SERVING_MAX_IMAGE_PIXELS": "250000",
+    "SERVING_MAX_IMAGES_PER_REQUEST": "8",
+    "SERVING_MAX_REQUEST_BYTES": "300000",
+    "SERVING_TOP_K": "2",
+}
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def sample_images() -> dict[str, bytes]:
+    """A few shapes and modes a client may send: RGB, grayscale, RGBA, a JPEG."""
+    rng = np.random.default_rng(1)
+    jpeg = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(jpeg, format="JPEG")
+    return {
+        "rgb.png": png(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8)),
+        "gray.png": png(rng.integers(0, 256, (45, 45), dtype=np.uint8)),
+        "rgba.png": png(rng.integers(0, 256, (40, 40, 4), dtype=np.uint8)),
+        "photo.jpg": jpeg.getvalue(),
+    }
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """A model exported by the pipeline, logged and registered as `tiny` v1 with alias champion."""
+    root = tmp_path_factory.mktemp("registry")
+    torch.manual_seed(0)
+    model = build("mobilenet_v3_small", "none", len(CLASSES)).model.eval()
+    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    path = root / "model.onnx"
+    export_checked(model, META, images, path, opset=18, tolerance=1e-4)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.onnx.log_model(
+            onnx.load(str(path)), name="model", registered_model_name="tiny", metadata=onnx_metadata(META)
+        )
+    mlflow.MlflowClient(uri).set_registered_model_alias("tiny", "champion", "1")
+    return {"uri": uri, "onnx": path}
+
+
+@pytest.fixture(scope="module")
+def server(registry):
+    env = LIMITS | {"SERVING_MODEL": "models:/tiny@champion", "MLFLOW_TRACKING_URI": registry["uri"]}
+    with running_service(env) as url:
+        yield f"{url}/v1"
+
+
+def expected_probabilities(registry, blobs: list[bytes]) -> np.ndarray:
+    """What ONNX Runtime gives on the same files through the pipeline's evaluation preprocessing."""
+    batch = torch.stack([resize_square(load_rgb(io.BytesIO(blob), 10**8), META["image_size"]) for blob in blobs])
+    inputs = normalize(batch, META["mean"], META["std"]).numpy()
+    return onnx_session(registry["onnx"]).run(None, {"image": inputs})[0]
+
+
+def as_array(prediction: dict) -> np.ndarray:
+    """A full (top_k = all classes) prediction back to a probability vector in class order."""
+    scores = {item["label"]: item["probability"] for item in prediction["predictions"]}
+    return np.array([scores[name] for name in CLASSES])
+
+
+def test_predictions_equal_onnx_runtime_on_the_same_files(server, registry):
+    images = sample_images()
+    expected = expected_probabilities(registry, list(images.values()))
+    k = str(len(CLASSES))
+    single = [
+        httpx.post(f"{server}/classify", files={"image": (name, blob)}, data={"top_k": k})
+        for name, blob in images.items()
+    ]
+    batch = httpx.post(
+        f"{server}/classify_batch", files=[("images", item) for item in images.items()], data={"top_k": k}
+    )
+    encoded = [base64.b64encode(blob).decode() for blob in images.values()]
+    as_json = httpx.post(f"{server}/classify_base64", json={"images": encoded, "top_k": len(CLASSES)})
+    assert [r.status_code for r in single] == [200] * len(images)
+    assert batch.status_code == as_json.status_code == 200
+    for results in ([r.json() for r in single], batch.json(), as_json.json()):
+        np.testing.assert_allclose(np.stack([as_array(p) for p in results]), expected, atol=1e-5)
+        probabilities = [[item["probability"] for item in p["predictions"]] for p in results]
+        assert all(row == sorted(row, reverse=True) for row in probabilities)
+
+
+def test_top_k_defaults_to_the_setting_and_follows_the_request(server, registry):
+    blob = sample_images()["rgb.png"]
+    best = np.argsort(-expected_probabilities(registry, [blob])[0])
+    default = httpx.post(f"{server}/classify", files={"image": ("a.png", blob)}).json()
+    one = httpx.post(f"{server}/classify", files={"image": ("a.png", blob)}, data={"top_k": "1"}).json()
+    assert [item["label"] for item in default["predictions"]] == [CLASSES[i] for i in best[:2]]
+    assert [item["label"] for item in one["predictions"]] == [CLASSES[best[0]]]
+
+
+def test_concurrent_requests_are_batched_without_mixing_answers(server, registry):
+    rng = np.random.default_rng(7)
+    blobs = [png(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) for _ in range(24)]
+    expected = expected_probabilities(registry, blobs)
+
+    def classify(blob):
+        return httpx.post(f"{server}/classify", files={"image": ("x.png", blob)}, data={"top_k": "4"}, timeout=60)
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        responses = list(pool.map(classify, blobs))
+    assert [r.status_code for r in responses] == [200] * len(blobs)
+    np.testing.assert_allclose(np.stack([as_array(r.json()) for r in responses]), expected, atol=1e-5)
+
+
+def test_hundreds_of_concurrent_requests_all_succeed(server):
+    """More calls than BentoML's client makes on one session by default (100) before replacing it."""
+    blob = sample_images()["rgb.png"]
+
+    def classify(_):
+        return httpx.post(f"{server}/classify", files={"image": ("a.png", blob)}, timeout=60).status_code
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(classify, range(240)))
+    assert statuses == [200] * 240
+
+
+def test_metadata_names_the_model_its_classes_and_active_providers(server):
+    response = httpx.get(f"{server}/metadata")
+    assert response.status_code == 200
+    info = response.json()
+    assert (info["name"], info["version"], info["alias"]) == ("tiny", 1, "champion")
+    assert info["classes"] == CLASSES and info["image_size"] == 40
+    assert info["mean"] == META["mean"] and info["std"] == META["std"]
+    expected_last = "CPUExecutionProvider"
+    assert info["providers"][-1] == expected_last
+    if not torch.cuda.is_available():  # the service reports what ONNX Runtime really runs on
+        assert info["providers"] == [expected_last]
+
+
+def big_noise_png(side: int) -> bytes:
+    return png(np.random.default_rng(2).integers(0, 256, (side, side, 3), dtype=np.uint8))
+
+
+GOOD = sample_images()["rgb.png"]
+BAD_REQUESTS = {
+    # name: (endpoint, httpx keyword arguments, status, text the message must contain)
+    "non-image bytes": ("classify", {"files": {"image": ("a.png", b"hello, not a picture")}}, 400, "image format"),
+    "empty file": ("classify", {"files": {"image": ("a.png", b"")}}, 400, "is empty"),
+    "empty body": ("classify", {}, 422, "image"),
+    "truncated image": ("classify", {"files": {"image": ("a.png", GOOD[: len(GOOD) // 2])}}, 400, "truncated"),
+    "over the byte limit": (
+        "classify",
+        {"files": {"image": ("a.png", big_noise_png(150))}},
+        413,
+        "over the limit of 60000",
+    ),
+    "over the pixel limit": (
+        "classify",
+        {"files": {"image": ("a.png", png(np.zeros((600, 600, 3), dtype=np.uint8)))}},
+        400,
+        "600x600 pixels is over the limit of 250000",
+    ),
+    "wrong form field": ("classify", {"files": {"file": ("a.png", GOOD)}}, 422, "image"),
+    "text in the file field": ("classify", {"data": {"image": "http://example.com/cat.png"}}, 422, "image"),
+    "top_k out of range": (
+        "classify",
+        {"files": {"image": ("a.png", GOOD)}, "data": {"top_k": "5"}},
+        400,
+        "top_k must",
+    ),
+    "top_k not a number": ("classify", {"files": {"image": ("a.png", GOOD)}, "data": {"top_k": "all"}}, 422, "top_k"),
+    "too many images": ("classify_batch", {"files": [("images", ("a.png", GOOD))] * 9}, 413, "9 images"),
+    "request over the body limit": (
+        "classify_batch",
+        {"files": [("images", ("a.png", big_noise_png(125)))] * 8},
+        413,
+        "over the limit of 300000",
+    ),
+    "one bad image in a batch": (
+        "classify_batch",
+        {"files": [("images", ("good.png", GOOD)), ("images", ("bad.png", b"nope"))]},
+        400,
+        "image 1 (bad.png)",
+    ),
+    "json of the wrong shape": ("classify_base64", {"json": {"images": "abc"}}, 422, "images"),
+    "invalid json": (
+        "classify_base64",
+        {"content": b"{", "headers": {"content-type": "application/json"}},
+        422,
+        "JSON",
+    ),
+    "bad base64": ("classify_base64", {"json": {"images": ["%%%"]}}, 400, "not valid base64"),
+    "empty batch": ("classify_base64", {"json": {"images": []}}, 400, "no images"),
+    "chunked body": (
+        "classify",
+        {"content": iter([b"--x\r\n"]), "headers": {"content-type": "multipart/form-data"}},
+        411,
+        "Content-Length",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS)
+def test_bad_input_gets_a_4xx_that_says_why_and_the_server_keeps_serving(server, case):
+    endpoint, kwargs, status, message = BAD_REQUESTS[case]
+    response = httpx.post(f"{server}/{endpoint}", timeout=30, **kwargs)
+    assert response.status_code == status, response.text
+    assert message in str(response.json()["detail"])
+    assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "unknown alias"])
+def test_an_unusable_model_stops_the_server_at_start_up(tmp_path, registry, problem):
+    model = {
+        "missing": str(tmp_path / "nothing.onnx"),
+        "corrupt": str(tmp_path / "corrupt.onnx"),
+        "unknown alias": "models:/tiny@staging",
+    }[problem]
+    (tmp_path / "corrupt.onnx").write_bytes(registry["onnx"].read_bytes()[:5000])
+    env = os.environ | {"SERVING_MODEL": model, "MLFLOW_TRACKING_URI": registry["uri"]}
+    result = subprocess.run(serve_command(free_port()), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    expected = {"missing": "no such file", "corrupt": "not a loadable ONNX model", "unknown alias": "staging"}[problem]
+    assert "ModelLoadError" in result.stderr and expected in result.stderr
+
+
+def test_the_load_test_runs_both_modes_and_counts_no_errors(registry, capsys):
+    arguments = ["--model", str(registry["onnx"]), "--clients", "4", "--seconds", "2", "--warmup", "1"]
+    assert load_test.main(arguments) == 0
+    out = capsys.readouterr().out
+    for mode in ("on", "off"):
+        requests, errors = re.search(rf"adaptive batching {mode}\s+(\d+)\s+(\d+)", out).groups()
+        assert int(requests) > 4 and int(errors) == 0
+    assert "on/off: throughput x" in out
+
