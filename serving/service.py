@@ -262,7 +262,7 @@ class ImageClassifier:
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
         return [
             Prediction(predictions=[Label(label=classes[i], probability=float(row[i])) for i in best])
-            for row, best in zip(probabilities, order)
+            for row, best in zip(probabilities, order, strict=True)
         ]
 
     async def read_uploads(self, uploads: list[UploadFile]) -> list[tuple[str, bytes]]:

@@ -254,7 +254,9 @@ def test_an_unusable_model_stops_the_server_at_start_up(tmp_path, registry, prob
     }[problem]
     (tmp_path / "corrupt.onnx").write_bytes(registry["onnx"].read_bytes()[:5000])
     env = os.environ | {"SERVING_MODEL": model, "MLFLOW_TRACKING_URI": registry["uri"]}
-    result = subprocess.run(serve_command(free_port()), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        serve_command(free_port()), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode != 0
     expected = {"missing": "no such file", "corrupt": "not a loadable ONNX model", "unknown alias": "staging"}[problem]
     assert "ModelLoadError" in result.stderr and expected in result.stderr
@@ -268,4 +270,3 @@ def test_the_load_test_runs_both_modes_and_counts_no_errors(registry, capsys):
         requests, errors = re.search(rf"adaptive batching {mode}\s+(\d+)\s+(\d+)", out).groups()
         assert int(requests) > 4 and int(errors) == 0
     assert "on/off: throughput x" in out
-
