@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTHON ?= python3.11
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 
-.PHONY: setup run test ui serve bento load-test clean
+.PHONY: setup run test ui compare serve bento load-test clean
 
 SERVE_PORT ?= 3000
 
@@ -33,6 +33,11 @@ test: setup
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# Every strategy x seed at the budget of params.yaml `compare`: reports/compare.md, MLflow parent run.
+compare: setup
+	dvc repro prepare
+	python -m pipeline.compare
 
 # The model in SERVING_MODEL (default: the registry's champion, see params.yaml `serving`).
 serve: setup

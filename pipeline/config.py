@@ -39,12 +39,19 @@ class ModelConfig(Strict):
     weights: str = "DEFAULT"
 
 
+Strategy = Literal["head", "full", "partial", "lp-ft", "norm", "auto"]
+
+
 class FinetuneConfig(Strict):
-    strategy: Literal["head", "full", "partial", "lp-ft"] = "partial"
+    strategy: Strategy = "partial"
     head_epochs: int = Field(default=20, ge=1)  # epochs of head-only training (head, lp-ft)
-    unfreeze_blocks: int = Field(default=2, ge=1)  # partial: how many of the last blocks train
+    unfreeze_blocks: int = Field(default=2, ge=1)  # partial: how many of the last blocks train; auto: at most
+    auto_samples: int = Field(default=256, ge=8)  # auto: images the probe fits, and as many it is scored on
+    auto_probe_enough: float = Field(default=0.98, gt=0, le=1)  # auto: probe accuracy at which the head suffices
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
-    batchnorm: Literal["frozen", "train"] = "frozen"
+    # frozen: frozen parts keep their BatchNorm statistics, tuned ones re-estimate them; pretrained:
+    # every BatchNorm keeps them (its scale and shift still train where tuned); train: all re-estimate
+    batchnorm: Literal["frozen", "pretrained", "train"] = "frozen"
     cache_features: bool = True  # head-only phases train on features computed once
 
 
@@ -93,6 +100,18 @@ class ServingConfig(Strict):
     max_latency_ms: int = Field(default=20_000, ge=1)  # batches that would wait longer are refused with 503
 
 
+class CompareConfig(Strict):
+    """The budget of `make compare` (pipeline/compare.py), the same for every strategy and seed."""
+
+    strategies: list[Strategy] = Field(default=["head", "norm", "partial", "auto", "full", "lp-ft"], min_length=1)
+    seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
+    epochs: int = Field(default=3, ge=1)
+    head_epochs: int = Field(default=10, ge=1)
+    image_size: int = Field(default=64, ge=16, le=1024)
+    train_per_class: int | None = Field(default=100, ge=1)  # seeded subset of the train split; null: all
+    random_init_probe: bool = True  # also probe random-init features: what pretraining brings
+
+
 class Params(Strict):
     seed: int = Field(default=42, ge=0)
     data: DataConfig
@@ -102,6 +121,7 @@ class Params(Strict):
     export: ExportConfig = ExportConfig()
     mlflow: MlflowConfig = MlflowConfig()
     serving: ServingConfig = ServingConfig()
+    compare: CompareConfig = CompareConfig()
 
 
 class ConfigError(ValueError):

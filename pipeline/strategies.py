@@ -9,10 +9,13 @@ keep their pretrained values (and dropout in them is off), the same as in the fe
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import mlflow
 from torch import nn
 
 from pipeline.backbones import Backbone
 from pipeline.config import ConfigError, Params
+from pipeline.data import Split
+from pipeline.surgical import block_label, choose_blocks
 
 
 @dataclass(frozen=True)
@@ -28,39 +31,90 @@ class Phase:
         return self.trainable == ("head",)
 
 
-def head(params: Params, backbone: Backbone) -> list[Phase]:
+def head(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
     return [Phase("head", params.finetune.head_epochs, ("head",), params.train.lr, 0.0)]
 
 
-def full(params: Params, backbone: Backbone) -> list[Phase]:
+def full(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
     lr = params.train.lr
     return [Phase("full", params.train.epochs, ("body", "head"), lr, lr * params.finetune.backbone_lr_mult)]
 
 
-def partial(params: Params, backbone: Backbone) -> list[Phase]:
+def checked_block_count(params: Params, backbone: Backbone) -> int:
     count = params.finetune.unfreeze_blocks
     if count > len(backbone.blocks):
         raise ConfigError(
             f"finetune.unfreeze_blocks: {count} is more than the {len(backbone.blocks)} blocks "
             f"of {params.model.backbone} (allowed: 1..{len(backbone.blocks)})"
         )
+    return count
+
+
+def partial(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+    count = checked_block_count(params, backbone)
     names = tuple(name for block in backbone.blocks[-count:] for name in block)
     lr = params.train.lr
     return [Phase("partial", params.train.epochs, (*names, "head"), lr, lr * params.finetune.backbone_lr_mult)]
 
 
-def lp_ft(params: Params, backbone: Backbone) -> list[Phase]:
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+    """Only the normalisation layers' scale and shift (and their statistics), plus the head:
+    "Training BatchNorm and only BatchNorm" (Frankle et al. 2021), BitFit (Ben Zaken et al. 2022)
+    for networks whose biases live in BatchNorm. About 1% of the weights; nothing is added to the
+    network, so it exports like any other. Tuned at the full rate: these few parameters need it."""
+    names = tuple(
+        f"body.{name}"
+        for name, module in backbone.model.body.named_modules()
+        if isinstance(module, NORM_LAYERS) and any(True for _ in module.parameters(recurse=False))
+    )
+    lr = params.train.lr
+    return [Phase("norm", params.train.epochs, (*names, "head"), lr, lr)]
+
+
+def lp_ft(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
     """Linear probe, then everything at the lower rate (Kumar et al. 2022): a trained head
     sends small gradients into the backbone, so the pretrained features are not distorted."""
     low = params.train.lr * params.finetune.backbone_lr_mult
-    return [*head(params, backbone), Phase("fine-tune", params.train.epochs, ("body", "head"), low, low)]
+    return [*head(params, backbone, train), Phase("fine-tune", params.train.epochs, ("body", "head"), low, low)]
 
 
-STRATEGIES: dict[str, Callable[[Params, Backbone], list[Phase]]] = {
+def auto(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+    """The blocks the data asks for (pipeline/surgical.py), tuned like `partial`; the head alone
+    when a linear probe already classifies held-out images. The choice and the per-block relative
+    gradient norms go to the MLflow run."""
+    tune = params.finetune
+    choice = choose_blocks(
+        backbone,
+        train.images,
+        train.labels,
+        checked_block_count(params, backbone),
+        tune.auto_probe_enough,
+        tune.auto_samples,
+        params.seed,
+    )
+    chosen = ", ".join(choice.blocks) or "none (head only)"
+    print(f"auto: probe accuracy {choice.probe_accuracy:.3f} on held-out images; tuning {chosen}")
+    if mlflow.active_run():
+        mlflow.log_metrics({f"auto.rgn.{label}": value for label, value in choice.relative_gradient_norms.items()})
+        mlflow.log_metric("auto.probe_accuracy", choice.probe_accuracy)
+        mlflow.set_tag("auto.blocks", chosen)
+    if not choice.blocks:
+        return head(params, backbone, train)
+    names = tuple(name for block in backbone.blocks if block_label(block) in choice.blocks for name in block)
+    lr = params.train.lr
+    return [Phase("auto", params.train.epochs, (*names, "head"), lr, lr * tune.backbone_lr_mult)]
+
+
+STRATEGIES: dict[str, Callable[[Params, Backbone, Split], list[Phase]]] = {
     "head": head,
     "full": full,
     "partial": partial,
     "lp-ft": lp_ft,
+    "norm": norm,
+    "auto": auto,
 }
 
 
@@ -78,13 +132,16 @@ def apply_phase(model: nn.Module, phase: Phase) -> list[dict]:
 
 
 def set_train_mode(model: nn.Module, batchnorm: str) -> None:
-    """model.train(), then eval mode for every module with weights, all frozen ('frozen' policy)."""
+    """model.train(), then eval mode where the BatchNorm policy keeps statistics: every module whose
+    weights are all frozen ('frozen'), and every BatchNorm layer too ('pretrained')."""
     model.train()
-    if batchnorm == "frozen":
-        for module in model.modules():
-            weights = list(module.parameters())
-            if weights and not any(p.requires_grad for p in weights):
-                module.eval()
+    if batchnorm == "train":
+        return
+    for module in model.modules():
+        weights = list(module.parameters())
+        frozen = weights and not any(p.requires_grad for p in weights)
+        if frozen or (batchnorm == "pretrained" and isinstance(module, nn.modules.batchnorm._BatchNorm)):
+            module.eval()
 
 
 def count_parameters(model: nn.Module, names: set[str]) -> int:

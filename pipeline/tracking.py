@@ -43,15 +43,20 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-@contextmanager
-def start_run(params: Params):
-    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+def use_experiment(params: Params) -> None:
+    """Point MLflow at the project's store and `mlflow.experiment`, creating it if needed."""
     local_store = "MLFLOW_TRACKING_URI" not in os.environ  # read first: set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri())
     if local_store and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         # MLflow would put artifacts under the current directory, which may be DVC's temporary copy.
         mlflow.create_experiment(params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri())
     mlflow.set_experiment(params.mlflow.experiment)
+
+
+@contextmanager
+def start_run(params: Params):
+    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+    use_experiment(params)
     experiment = os.environ.get("DVC_EXP_NAME")
     name = experiment or f"{params.finetune.strategy}-{params.model.backbone}"
     tags = {
@@ -61,7 +66,7 @@ def start_run(params: Params):
         **({"dvc_experiment": experiment} if experiment else {}),
     }
     with mlflow.start_run(run_name=name, tags=tags) as run:
-        mlflow.log_params(flatten(params.model_dump(mode="json")))
+        mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
         if PARAMS_FILE.is_file():
             mlflow.log_artifact(str(PARAMS_FILE))
         write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})

@@ -99,7 +99,7 @@ def extract_features(
 
 
 def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split, val: Split, device) -> Inputs:
-    cache = phase.head_only and params.finetune.cache_features and params.finetune.batchnorm == "frozen"
+    cache = phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train"
     if cache:
         body, batch_size = backbone.model.body, params.train.batch_size
         return Inputs(
@@ -145,8 +145,20 @@ def run_batches(
     return total_loss / len(order), correct / len(order)
 
 
-def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch: Callable = lambda *_: None) -> dict:
-    """Run the strategy's phases; return the best state (by val accuracy) and its record."""
+def plan(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+    """The strategy's phases for this backbone and data."""
+    return STRATEGIES[params.finetune.strategy](params, backbone, train)
+
+
+def fit(
+    params: Params,
+    backbone: Backbone,
+    train: Split,
+    val: Split,
+    on_epoch: Callable = lambda *_: None,
+    phases: list[Phase] | None = None,
+) -> dict:
+    """Run the phases (by default the strategy's); return the best state (by val accuracy) and its record."""
     device = pick_device(params.train.device)
     generator = torch.Generator().manual_seed(params.seed)  # the batch order
     model = backbone.model.to(device)
@@ -155,7 +167,7 @@ def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch: 
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing)
     best = {"val_accuracy": -1.0}
     epoch = 0
-    for phase in STRATEGIES[params.finetune.strategy](params, backbone):
+    for phase in phases or plan(params, backbone, train):
         optimizer = make_optimizer(params, apply_phase(model, phase))
         inputs = phase_inputs(params, backbone, phase, train, val, device)
         steps = math.ceil(len(train.labels) / params.train.batch_size)
@@ -202,8 +214,8 @@ def fit(params: Params, backbone: Backbone, train: Split, val: Split, on_epoch: 
     return best
 
 
-def trained_modules(params: Params, backbone: Backbone) -> set[str]:
-    return {name for phase in STRATEGIES[params.finetune.strategy](params, backbone) for name in phase.trainable}
+def trained_modules(phases: list[Phase]) -> set[str]:
+    return {name for phase in phases for name in phase.trainable}
 
 
 def main() -> None:
@@ -214,7 +226,6 @@ def main() -> None:
     train, val = (load_split(rows, split, size, max_pixels) for split in ("train", "val"))
     seed_everything(params.seed)
     backbone = build(params.model.backbone, params.model.weights, len(classes))
-    trainable = count_parameters(backbone.model, trained_modules(params, backbone))
     total = sum(p.numel() for p in backbone.model.parameters())
     history = []
 
@@ -233,9 +244,11 @@ def main() -> None:
             )
 
     with tracking.start_run(params):
+        started = time.perf_counter()  # auto's choice of blocks is part of its cost
+        phases = plan(params, backbone, train)
+        trainable = count_parameters(backbone.model, trained_modules(phases))
         mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
-        started = time.perf_counter()
-        best = fit(params, backbone, train, val, on_epoch)
+        best = fit(params, backbone, train, val, on_epoch, phases)
         train_seconds = time.perf_counter() - started
         meta = {
             "backbone": params.model.backbone,

@@ -21,7 +21,7 @@ def phases(strategy: str, **overrides):
         **{"model.backbone": "resnet18", "model.weights": "none", "finetune.strategy": strategy} | overrides
     )
     backbone = build("resnet18", "none", 3)
-    return params, backbone, STRATEGIES[strategy](params, backbone)
+    return params, backbone, STRATEGIES[strategy](params, backbone, None)  # only auto reads the data (test_surgical)
 
 
 def test_head_trains_only_the_head_with_the_whole_body_in_eval_mode():
@@ -50,6 +50,14 @@ def test_batchnorm_train_policy_leaves_frozen_statistics_updating():
     assert all(batchnorm_modes(backbone.model).values())
 
 
+def test_pretrained_policy_keeps_every_batchnorm_on_its_statistics_while_tuning_it():
+    _params, backbone, [phase] = phases("full", **{"finetune.batchnorm": "pretrained"})
+    apply_phase(backbone.model, phase)
+    set_train_mode(backbone.model, "pretrained")
+    assert not any(batchnorm_modes(backbone.model).values())
+    assert all(p.requires_grad for p in backbone.model.parameters()) and backbone.model.training
+
+
 def test_full_uses_a_lower_backbone_learning_rate():
     params, backbone, [phase] = phases("full", **{"train.lr": 0.01, "finetune.backbone_lr_mult": 0.1})
     groups = apply_phase(backbone.model, phase)
@@ -63,14 +71,26 @@ def test_lp_ft_probes_then_tunes_everything_at_the_low_rate():
     assert tune.trainable == ("body", "head") and tune.head_lr == tune.body_lr == pytest.approx(0.001)
 
 
+def test_norm_trains_only_normalisation_layers_and_the_head_with_their_statistics():
+    _params, backbone, [phase] = phases("norm")
+    apply_phase(backbone.model, phase)
+    set_train_mode(backbone.model, "frozen")
+    trainable = {n for n, p in backbone.model.named_parameters() if p.requires_grad}
+    batchnorms = {n for n, m in backbone.model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    assert trainable == {f"{m}.{p}" for m in batchnorms for p in ("weight", "bias")} | {"head.weight", "head.bias"}
+    assert all(batchnorm_modes(backbone.model).values())  # tuned layers re-estimate their statistics
+    assert not any(m.training for m in backbone.model.modules() if isinstance(m, nn.Conv2d))
+
+
 def test_trainable_counts_are_ordered_head_partial_full():
     counts = {}
-    for strategy in STRATEGIES:
-        params, backbone, _ = phases(strategy)
-        counts[strategy] = count_parameters(backbone.model, trained_modules(params, backbone))
+    for strategy in ("head", "norm", "partial", "full", "lp-ft"):
+        _params, backbone, strategy_phases = phases(strategy)
+        counts[strategy] = count_parameters(backbone.model, trained_modules(strategy_phases))
     total = sum(p.numel() for p in backbone.model.parameters())
     assert counts["head"] == 512 * 3 + 3
-    assert counts["head"] < counts["partial"] < counts["full"] == counts["lp-ft"] == total
+    assert counts["head"] < counts["norm"] < counts["partial"] < counts["full"] == counts["lp-ft"] == total
+    assert counts["norm"] == counts["head"] + 2 * 4800  # ResNet-18: 4,800 BatchNorm channels
 
 
 def test_too_many_unfrozen_blocks_names_the_key():

@@ -55,13 +55,16 @@ def test_pretrained_features_beat_random_ones_on_the_default_data(animal_shape_f
     assert pretrained["val_accuracy"] > random_init["val_accuracy"] + 0.2
 
 
-def test_frozen_batchnorm_statistics_stay_pretrained_and_train_policy_updates_them(image_folder, tmp_path):
+def test_batchnorm_policies_keep_or_update_the_statistics_they_say(image_folder, tmp_path):
     train, val = splits(image_folder, tmp_path)
     settings = {"finetune.strategy": "partial", "finetune.unfreeze_blocks": 1, "model.backbone": "resnet18"}
     before = build("resnet18", "none", 3).model.state_dict()  # build() of resnet18 sets BN stats to 0 / 1
     frozen, _ = run(tiny_params(**settings, **{"finetune.batchnorm": "frozen"}), train, val)
     drifting, _ = run(tiny_params(**settings, **{"finetune.batchnorm": "train"}), train, val)
+    kept, _ = run(tiny_params(**settings, **{"finetune.batchnorm": "pretrained"}), train, val)
     early, late = "body.layer1.0.bn1.running_mean", "body.layer4.0.bn1.running_mean"
     assert torch.equal(frozen["state_dict"][early], before[early])
     assert not torch.equal(frozen["state_dict"][late], before[late])
+    assert torch.equal(kept["state_dict"][late], before[late])  # tuned, yet on pretrained statistics
+    assert not torch.equal(kept["state_dict"]["body.layer4.0.bn1.weight"], before["body.layer4.0.bn1.weight"])
     assert not torch.equal(drifting["state_dict"][early], before[early])

@@ -1,0 +1,98 @@
+"""make compare: every strategy and seed at one budget, a report whose numbers are its MLflow runs'."""
+
+import json
+import statistics
+
+import mlflow
+import pytest
+
+from pipeline.compare import RANDOM_INIT_PROBE, Summary, compare, recommend
+from pipeline.config import DataConfig
+from pipeline.data import read_manifest
+from pipeline.prepare import prepare
+from tests.conftest import tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_report_holds_the_numbers_of_its_mlflow_runs(image_folder, in_tmp_project, monkeypatch):
+    uri = f"sqlite:///{in_tmp_project / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    prepare(
+        DataConfig(source=str(image_folder), val_fraction=0.25, test_fraction=0.25),
+        seed=0,
+        out_dir=in_tmp_project / "prepared",
+    )
+    budget = {
+        "strategies": ["head", "norm", "full"],
+        "seeds": [0, 1],
+        "epochs": 1,
+        "head_epochs": 2,
+        "image_size": 32,
+        "train_per_class": 2,
+        "random_init_probe": True,
+    }
+    params = tiny_params(**{"model.backbone": "efficientnet_lite0", "model.weights": "DEFAULT", "compare": budget})
+    report = compare(params, read_manifest(in_tmp_project / "prepared" / "manifest.csv"), in_tmp_project / "reports")
+
+    client = mlflow.MlflowClient(uri)
+    parent = report["setup"]["parent_run_id"]
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == len(report["runs"]) == 2 * 4  # 3 strategies + the random-init probe, 2 seeds
+    by_id = {run.info.run_id: run for run in children}
+    for row in report["runs"]:
+        run = by_id[row["run_id"]]
+        assert run.data.metrics["test_accuracy"] == pytest.approx(row["test_accuracy"])
+        assert run.data.metrics["trainable_params"] == row["trainable_params"]
+        assert (run.data.tags["strategy"], run.data.tags["seed"]) == (row["strategy"], str(row["seed"]))
+    for name in ("head", "norm", "full", RANDOM_INIT_PROBE):
+        accuracies = [r.data.metrics["test_accuracy"] for r in children if r.data.tags["strategy"] == name]
+        summary = report["summaries"][name]
+        assert summary["mean"] == pytest.approx(statistics.fmean(accuracies))
+        assert summary["std"] == pytest.approx(statistics.stdev(accuracies))
+        assert (
+            f"| `{name}` | {summary['mean']:.3f} ± {summary['std']:.3f} | 2 |"
+            in (in_tmp_project / "reports/compare.md").read_text()
+        )
+    assert report["setup"]["train_images"] == 3 * 2
+    params_of = {r.data.tags["strategy"]: r.data.params for r in children}
+    assert params_of[RANDOM_INIT_PROBE]["model.weights"] == "none" and params_of["full"]["model.weights"] == "DEFAULT"
+    assert params_of["full"]["train.epochs"] == "1" and params_of["full"]["train.image_size"] == "32"
+
+    assert json.loads((in_tmp_project / "reports/compare.json").read_text()) == report
+    assert (in_tmp_project / "reports/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    logged = {a.path for a in client.list_artifacts(parent, "report")}
+    assert logged == {"report/compare.md", "report/compare.json", "report/compare.png"}
+    assert set(report["batchnorm_shift"]) == {"conv_stem", *(f"blocks.{i}" for i in range(7)), "conv_head"}
+    assert all(shift >= 0 for shift in report["batchnorm_shift"].values())
+
+
+def summary(name, mean, std, params, seconds):
+    return Summary(name, 3, mean, std, params, seconds)
+
+
+def test_recommendation_prefers_the_cheapest_strategy_within_the_spread_of_the_best():
+    lines = recommend(
+        {
+            "head": summary("head", 0.94, 0.01, 10_000, 10.0),
+            "partial": summary("partial", 0.95, 0.01, 1_000_000, 60.0),
+            "full": summary("full", 0.951, 0.005, 3_000_000, 120.0),
+            RANDOM_INIT_PROBE: summary(RANDOM_INIT_PROBE, 0.60, 0.02, 10_000, 10.0),
+        }
+    )
+    assert lines[0].startswith("**Use `head`**") and "`full` (0.951 ± 0.005)" in lines[0] and "12.0× less" in lines[0]
+    assert "Training the head is enough here: it reaches 98.8% of full" in lines[1]
+    assert "Pretraining helps on this data" in lines[2]
+
+
+def test_recommendation_says_when_pretrained_features_are_no_better_than_random():
+    lines = recommend(
+        {
+            "head": summary("head", 0.70, 0.03, 10_000, 10.0),
+            "full": summary("full", 0.95, 0.01, 3_000_000, 120.0),
+            RANDOM_INIT_PROBE: summary(RANDOM_INIT_PROBE, 0.69, 0.03, 10_000, 10.0),
+        }
+    )
+    assert lines[0].startswith("**Use `full`**") and lines[0].endswith("the best of all.")
+    assert "Training the head is not enough here" in lines[1]
+    assert "no better than random ones on this data (linear probe 0.700 vs 0.690)" in lines[2]
