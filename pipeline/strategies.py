@@ -61,7 +61,8 @@ NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
 def norm(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
-    """Only the normalisation layers' scale and shift (and their statistics), plus the head:
+    """Only the normalisation layers' scale and shift, plus the head (under `batchnorm: frozen` they
+    also re-estimate their statistics):
     "Training BatchNorm and only BatchNorm" (Frankle et al. 2021), BitFit (Ben Zaken et al. 2022)
     for networks whose biases live in BatchNorm. About 1% of the weights; nothing is added to the
     network, so it exports like any other. Tuned at the full rate: these few parameters need it."""
