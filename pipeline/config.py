@@ -49,9 +49,9 @@ class FinetuneConfig(Strict):
     auto_samples: int = Field(default=256, ge=8)  # auto: images the probe fits, and as many it is scored on
     auto_probe_enough: float = Field(default=0.98, gt=0, le=1)  # auto: probe accuracy at which the head suffices
     backbone_lr_mult: float = Field(default=0.1, gt=0, le=1)
-    # frozen: frozen parts keep their BatchNorm statistics, tuned ones re-estimate them; pretrained:
-    # every BatchNorm keeps them (its scale and shift still train where tuned); train: all re-estimate
-    batchnorm: Literal["frozen", "pretrained", "train"] = "frozen"
+    # pretrained: every BatchNorm keeps its statistics (its scale and shift still train where tuned);
+    # frozen: frozen parts keep theirs, tuned ones re-estimate them; train: all re-estimate
+    batchnorm: Literal["pretrained", "frozen", "train"] = "pretrained"
     cache_features: bool = True  # head-only phases train on features computed once
 
 
