@@ -183,13 +183,14 @@ def recommend(summaries: dict[str, Summary]) -> list[str]:
     best = max(tried.values(), key=lambda s: s.mean)
     tied = [s for s in tried.values() if not apart(best, s)]
     cheapest = min(tied, key=lambda s: s.train_seconds)
+    saving = best.train_seconds / cheapest.train_seconds
     lines = [
         f"**Use `{cheapest.strategy}`**: {cheapest.mean:.3f} ± {cheapest.std:.3f} test accuracy, "
         + (
             "the best of all."
             if cheapest is best
             else f"within the seeds' spread of the best, `{best.strategy}` ({best.mean:.3f} ± {best.std:.3f}), "
-            f"at {best.train_seconds / cheapest.train_seconds:.1f}× less training time."
+            + (f"at {saving:.1f}× less training time." if saving >= 1.2 else "in about the same training time.")
         )
     ]
     head, full = tried.get("head"), tried.get("full")

@@ -85,6 +85,16 @@ def test_recommendation_prefers_the_cheapest_strategy_within_the_spread_of_the_b
     assert "Pretraining helps on this data" in lines[2]
 
 
+def test_recommendation_does_not_claim_a_saving_it_did_not_measure():
+    lines = recommend(
+        {
+            "full": summary("full", 0.956, 0.002, 3_000_000, 167.0),
+            "lp-ft": summary("lp-ft", 0.955, 0.001, 3_000_000, 166.0),
+        }
+    )
+    assert lines[0].startswith("**Use `lp-ft`**") and lines[0].endswith("in about the same training time.")
+
+
 def test_recommendation_says_when_pretrained_features_are_no_better_than_random():
     lines = recommend(
         {
