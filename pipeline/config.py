@@ -105,7 +105,7 @@ class CompareConfig(Strict):
 
     strategies: list[Strategy] = Field(default=["head", "norm", "partial", "auto", "full", "lp-ft"], min_length=1)
     seeds: list[int] = Field(default=[0, 1, 2], min_length=1)
-    epochs: int = Field(default=3, ge=1)
+    epochs: int = Field(default=6, ge=1)
     head_epochs: int = Field(default=10, ge=1)
     image_size: int = Field(default=64, ge=16, le=1024)
     train_per_class: int | None = Field(default=100, ge=1)  # seeded subset of the train split; null: all
