@@ -89,7 +89,7 @@ def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
 
 def run_one(params: Params, label: str, train: Split, val: Split, test: Split, classes: list[str]) -> Result:
     """One child run: fit with `params`, score the best epoch on the test split."""
-    seed_everything(params.seed)
+    seed_everything(params)
     backbone = build(params.model.backbone, params.model.weights, len(classes))
     tags = {"strategy": label, "seed": str(params.seed), "git_commit": tracking.git_commit()}
     with mlflow.start_run(run_name=f"{label} seed {params.seed}", nested=True, tags=tags) as run:

@@ -7,7 +7,7 @@ value stops the stage with a `ConfigError` that names the key and what is allowe
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -70,12 +70,18 @@ class TrainConfig(Strict):
     warmup_epochs: float = Field(default=0.5, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    deterministic: bool = True  # deterministic kernels where torch has them: reproducible, a little slower on GPUs
+    compile: bool = False  # torch.compile the network for image phases: pays on long GPU runs, not short ones
+    # DataLoader processes that augment batches; auto: 0 on CPU (they would take the step's cores), up to 8 on CUDA
+    loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     augment: AugmentConfig = AugmentConfig()
 
 
 class ExportConfig(Strict):
     parity_tolerance: float = Field(default=1e-4, gt=0)
     opset: int = Field(default=18, ge=13)
+    fp16: bool = False  # float16 weights and arithmetic inside the graph (float32 in and out): for GPUs
+    fp16_parity_tolerance: float = Field(default=1e-2, gt=0)  # used instead of parity_tolerance when fp16
 
 
 class MlflowConfig(Strict):

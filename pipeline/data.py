@@ -2,9 +2,12 @@
 
 Images are decoded with the same `load_rgb` as prepare and resized once to the model's input
 size, then kept as one uint8 tensor per split, so epochs after the first never touch the files.
+Decoding runs on a thread per core: Pillow and torch let go of the GIL while they work.
 """
 
 import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,13 @@ def load_split(rows: list[dict], split: str, size: int, max_pixels: int) -> Spli
     classes = {name: index for index, name in enumerate(class_names(rows))}
     chosen = [row for row in rows if row["split"] == split]
     images = torch.empty((len(chosen), 3, size, size), dtype=torch.uint8)
-    for i, row in enumerate(tqdm(chosen, desc=f"decoding {split}", unit="img", disable=None, leave=False)):
-        images[i] = resize_square(load_rgb(row["path"], max_pixels), size)
+
+    def decode(i: int) -> None:
+        images[i] = resize_square(load_rgb(chosen[i]["path"], max_pixels), size)
+
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        decoded = pool.map(decode, range(len(chosen)))
+        for _ in tqdm(decoded, total=len(chosen), desc=f"decoding {split}", unit="img", disable=None, leave=False):
+            pass
     labels = torch.tensor([classes[row["label"]] for row in chosen], dtype=torch.int64)
     return Split([row["path"] for row in chosen], images, labels)

@@ -60,7 +60,7 @@ def resize_square(image: Image.Image, size: int) -> torch.Tensor:
 
 
 def normalize(batch: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 NCHW batch to the float input of the network."""
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+    """uint8 NCHW batch to the float input of the network, on the batch's device."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
+    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
     return (batch.float() - mean_t) / std_t

@@ -11,7 +11,7 @@ import copy
 import csv
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from pipeline.backbones import Backbone, build
 from pipeline.config import Params, load_params
 from pipeline.data import Split, class_names, load_split, read_manifest
 from pipeline.images import normalize
+from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
 from pipeline.strategies import STRATEGIES, Phase, apply_phase, count_parameters, set_train_mode
 
 MODEL_FILE = tracking.RUN_FILE.parent / "model.pt"
@@ -43,10 +44,14 @@ def pick_device(setting: str) -> torch.device:
     return torch.device(setting)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed what draws random numbers (the new head's init, augmentation); call before build()."""
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
+def seed_everything(params: Params) -> None:
+    """Seed what draws from torch's own generator (the new head's init); call before build().
+    Batch order and augmentation have their own seeds, from params.seed (pipeline.loader)."""
+    torch.manual_seed(params.seed)
+    torch.use_deterministic_algorithms(params.train.deterministic, warn_only=True)
+    # On by default with the above, it fills every new tensor to expose reads of uninitialised memory:
+    # a debugging aid that cost 10% of a CPU training step here, and more kernel launches on a GPU.
+    torch.utils.deterministic.fill_uninitialized_memory = False
 
 
 def make_augment(params: Params) -> v2.Transform:
@@ -69,69 +74,79 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def make_optimizer(params: Params, groups: list[dict]) -> torch.optim.Optimizer:
+def make_optimizer(params: Params, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
+    fused = True if device.type == "cuda" else None  # one kernel for all parameters instead of several per tensor
     if params.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=params.train.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=params.train.weight_decay)
+        return torch.optim.SGD(groups, momentum=0.9, nesterov=True, weight_decay=params.train.weight_decay, fused=fused)
+    return torch.optim.AdamW(groups, weight_decay=params.train.weight_decay, fused=fused)
+
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (network input, labels) on the device
 
 
 @dataclass
 class Inputs:
-    """What one phase trains on: images (through the whole model) or cached features (head)."""
+    """What one phase trains: images through the whole model, or cached features through the head."""
 
     net: nn.Module
-    train: torch.Tensor
-    val: torch.Tensor
-    to_input: Callable[[torch.Tensor, bool], torch.Tensor]  # rows -> network input (augmented when training)
+    train_batches: Callable[[torch.Tensor, int], Batches]  # (order, epoch) -> batches
+    val_batches: Callable[[], Batches]
 
 
 @torch.no_grad()
 def extract_features(
-    body: nn.Module, images: torch.Tensor, backbone: Backbone, batch_size: int, device
+    body: nn.Module, images: torch.Tensor, backbone: Backbone, batch_size: int, device: torch.device
 ) -> torch.Tensor:
-    """One pass of the frozen body (eval mode) over uint8 images: the head's cached inputs."""
+    """One pass of the frozen body (eval mode) over uint8 images: the head's cached inputs, kept on `device`."""
     body.eval()
     chunks = []
     for start in tqdm(range(0, len(images), batch_size), desc="caching features", disable=None, leave=False):
-        batch = normalize(images[start : start + batch_size], backbone.mean, backbone.std).to(device)
-        chunks.append(body(batch).float().cpu())
+        batch = normalize(images[start : start + batch_size].to(device), backbone.mean, backbone.std)
+        chunks.append(body(batch).float())
     return torch.cat(chunks)
 
 
 def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split, val: Split, device) -> Inputs:
-    cache = phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train"
-    if cache:
-        body, batch_size = backbone.model.body, params.train.batch_size
+    batch_size = params.train.batch_size
+    if phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train":
+        body = backbone.model.body
+        features = {
+            name: (extract_features(body, split.images, backbone, batch_size, device), split.labels.to(device))
+            for name, split in (("train", train), ("val", val))
+        }
+
+        def feature_batches(name: str, order: torch.Tensor) -> Batches:
+            rows, labels = features[name]
+            for start in range(0, len(order), batch_size):
+                index = order[start : start + batch_size].to(device)
+                yield rows[index], labels[index]
+
         return Inputs(
             backbone.model.head,
-            extract_features(body, train.images, backbone, batch_size, device),
-            extract_features(body, val.images, backbone, batch_size, device),
-            lambda batch, training: batch,
+            lambda order, epoch: feature_batches("train", order),
+            lambda: feature_batches("val", torch.arange(len(val.labels))),
         )
-    augment = make_augment(params)
+    workers = resolve_workers(params.train.loader_workers, device)
+    mean, std = backbone.mean, backbone.std
+    train_set = AugmentedImages(train.images, train.labels, make_augment(params), params.seed)
+    val_set = AugmentedImages(val.images, val.labels, None, params.seed)
+    val_batches = ImageBatches(val_set, batch_size, workers, device, mean, std)
+    return Inputs(
+        torch.compile(backbone.model) if params.train.compile else backbone.model,
+        ImageBatches(train_set, batch_size, workers, device, mean, std),
+        lambda: val_batches(torch.arange(len(val.labels)), 0),
+    )
 
-    def to_input(batch: torch.Tensor, training: bool) -> torch.Tensor:
-        if training:
-            batch = torch.stack([augment(image) for image in batch])
-        return normalize(batch, backbone.mean, backbone.std)
 
-    return Inputs(backbone.model, train.images, val.images, to_input)
-
-
-def run_batches(
-    net, rows, labels, to_input, device, batch_size, order=None, optimizer=None, scheduler=None, loss_fn=None
-):
-    """One pass over `rows` in `order`; trains when given an optimizer. Returns (mean loss, accuracy)."""
+def run_batches(net, batches: Batches, steps: int, device, loss_fn, optimizer=None, scheduler=None):
+    """One pass over `batches`; trains when given an optimizer. Returns (mean loss, accuracy)."""
     training = optimizer is not None
-    order = torch.arange(len(rows)) if order is None else order
-    total_loss, correct = 0.0, 0
+    # Summed on the device: reading them back every step would stall the GPU's queue.
+    total_loss = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for start in tqdm(range(0, len(order), batch_size), desc="train" if training else "val", disable=None, leave=False):
-        index = order[start : start + batch_size]
-        x = to_input(rows[index], training).to(device)
-        y = labels[index].to(device)
-        if device.type == "cuda" and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    for x, y in tqdm(batches, total=steps, desc="train" if training else "val", disable=None, leave=False):
         with torch.set_grad_enabled(training), amp:
             logits = net(x).float()
             loss = loss_fn(logits, y)
@@ -140,9 +155,10 @@ def run_batches(
             loss.backward()
             optimizer.step()
             scheduler.step()
-        total_loss += loss.item() * len(index)
-        correct += (logits.argmax(1) == y).sum().item()
-    return total_loss / len(order), correct / len(order)
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        count += len(y)
+    return total_loss.item() / count, correct.item() / count
 
 
 def plan(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
@@ -167,11 +183,14 @@ def fit(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing)
     best = {"val_accuracy": -1.0}
     epoch = 0
+    train_steps = math.ceil(len(train.labels) / params.train.batch_size)
+    val_steps = math.ceil(len(val.labels) / params.train.batch_size)
     for phase in phases or plan(params, backbone, train):
-        optimizer = make_optimizer(params, apply_phase(model, phase))
+        optimizer = make_optimizer(params, apply_phase(model, phase), device)
         inputs = phase_inputs(params, backbone, phase, train, val, device)
-        steps = math.ceil(len(train.labels) / params.train.batch_size)
-        scheduler = warmup_cosine(optimizer, round(params.train.warmup_epochs * steps), steps * phase.epochs)
+        scheduler = warmup_cosine(
+            optimizer, round(params.train.warmup_epochs * train_steps), train_steps * phase.epochs
+        )
         for _ in tqdm(
             range(phase.epochs), desc=f"{params.finetune.strategy}: {phase.name}", unit="epoch", disable=None
         ):
@@ -181,22 +200,11 @@ def fit(
             order = torch.randperm(len(train.labels), generator=generator)
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_acc = run_batches(
-                inputs.net,
-                inputs.train,
-                train.labels,
-                inputs.to_input,
-                device,
-                params.train.batch_size,
-                order,
-                optimizer,
-                scheduler,
-                loss_fn,
+                inputs.net, inputs.train_batches(order, epoch), train_steps, device, loss_fn, optimizer, scheduler
             )
             seconds = time.perf_counter() - started
             model.eval()
-            val_loss, val_acc = run_batches(
-                inputs.net, inputs.val, val.labels, inputs.to_input, device, params.train.batch_size, loss_fn=loss_fn
-            )
+            val_loss, val_acc = run_batches(inputs.net, inputs.val_batches(), val_steps, device, loss_fn)
             record = {
                 "epoch": epoch,
                 "phase": phase.name,
@@ -224,7 +232,7 @@ def main() -> None:
     classes = class_names(rows)
     size, max_pixels = params.train.image_size, params.data.max_image_pixels
     train, val = (load_split(rows, split, size, max_pixels) for split in ("train", "val"))
-    seed_everything(params.seed)
+    seed_everything(params)
     backbone = build(params.model.backbone, params.model.weights, len(classes))
     total = sum(p.numel() for p in backbone.model.parameters())
     history = []

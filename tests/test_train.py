@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from pipeline.backbones import build
@@ -17,7 +18,7 @@ def splits(folder, tmp_path, size=32, **data):
 
 
 def run(params, train, val, weights="none", backbone_name="resnet18"):
-    seed_everything(params.seed)
+    seed_everything(params)
     backbone = build(backbone_name, weights, len(set(train.labels.tolist())))
     history = []
     best = fit(params, backbone, train, val, on_epoch=lambda record, model, optimizer: history.append(record))
@@ -68,3 +69,27 @@ def test_batchnorm_policies_keep_or_update_the_statistics_they_say(image_folder,
     assert torch.equal(kept["state_dict"][late], before[late])  # tuned, yet on pretrained statistics
     assert not torch.equal(kept["state_dict"]["body.layer4.0.bn1.weight"], before["body.layer4.0.bn1.weight"])
     assert not torch.equal(drifting["state_dict"][early], before[early])
+
+
+@pytest.mark.slow  # inductor compiles C++ kernels for the forward, backward and eval graphs: ~1-2 min
+def test_compiled_training_matches_eager(image_folder, tmp_path):
+    train, val = splits(image_folder, tmp_path)
+    settings = {"finetune.strategy": "partial", "finetune.unfreeze_blocks": 1, "model.backbone": "resnet18"}
+    eager, eager_history = run(tiny_params(**settings), train, val)
+    compiled, compiled_history = run(tiny_params(**settings, **{"train.compile": True}), train, val)
+    assert [r["train_loss"] for r in compiled_history] == pytest.approx(
+        [r["train_loss"] for r in eager_history], rel=1e-3
+    )
+    assert compiled["val_accuracy"] == eager["val_accuracy"]
+    for key, value in eager["state_dict"].items():
+        torch.testing.assert_close(compiled["state_dict"][key], value, atol=1e-4, rtol=1e-3)
+    assert not any(key.startswith("_orig_mod") for key in compiled["state_dict"])  # the model's own names
+
+
+def test_loader_workers_change_nothing_but_speed(image_folder, tmp_path):
+    train, val = splits(image_folder, tmp_path)
+    settings = {"finetune.strategy": "partial", "model.backbone": "resnet18", "train.epochs": 2}
+    in_process, history = run(tiny_params(**settings), train, val)
+    with_workers, workers_history = run(tiny_params(**settings, **{"train.loader_workers": 2}), train, val)
+    assert [r["train_loss"] for r in workers_history] == [r["train_loss"] for r in history]
+    assert all(torch.equal(value, with_workers["state_dict"][key]) for key, value in in_process["state_dict"].items())

@@ -1,0 +1,90 @@
+"""Batches of the uint8 images held in memory (pipeline.data), on the training device.
+
+Each image's augmentation is drawn from its own seed (run seed, epoch, index), so a batch comes
+out the same whichever process makes it: the main process or any of N DataLoader workers. The
+images travel to the device as uint8, a quarter of float32's bytes (from pinned memory on CUDA),
+and are normalised there.
+"""
+
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from pipeline.images import normalize
+
+
+class AugmentedImages(Dataset):
+    """(image, label) by key (epoch, index); the image augmented from that key's own seed."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, augment: v2.Transform | None, seed: int):
+        self.images, self.labels, self.augment, self.seed = images, labels, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, index = key
+        image = self.images[index]
+        if self.augment is not None:
+            # torchvision's random transforms draw from torch's default CPU generator: seed it for this
+            # image alone, then put it back (torch.manual_seed would also reseed every device, 100x slower).
+            generator = torch.default_generator
+            state = generator.get_state()
+            generator.manual_seed(int(np.random.SeedSequence([self.seed, epoch, index]).generate_state(1)[0]))
+            try:
+                image = self.augment(image)
+            finally:
+                generator.set_state(state)
+        return image, self.labels[index]
+
+
+def resolve_workers(setting: int | str, device: torch.device) -> int:
+    """'auto': none on CPU, where workers would take cores from the training step; else up to 8."""
+    if setting != "auto":
+        return int(setting)
+    return 0 if device.type == "cpu" else min(8, max(1, (os.cpu_count() or 2) - 1))
+
+
+class EpochBatches:
+    """The batch sampler: keys (epoch, index) of the epoch set last, `batch_size` at a time. It runs in
+    the main process, so persistent workers see each new epoch's order."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size, self.keys = batch_size, []
+
+    def __iter__(self):
+        for start in range(0, len(self.keys), self.batch_size):
+            yield self.keys[start : start + self.batch_size]
+
+    def __len__(self) -> int:
+        return -(-len(self.keys) // self.batch_size)
+
+
+class ImageBatches:
+    """Normalised float image batches and labels on `device`, for any order and epoch. Its loader
+    workers start once and serve every epoch (starting them each epoch costs seconds on a GPU run)."""
+
+    def __init__(
+        self, dataset: AugmentedImages, batch_size: int, workers: int, device: torch.device, mean: tuple, std: tuple
+    ):
+        self.sampler = EpochBatches(batch_size)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=workers > 0,
+        )
+        self.device, self.mean, self.std = device, mean, std
+
+    def __call__(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.sampler.keys = [(epoch, index) for index in order.tolist()]
+        for images, labels in self.loader:
+            images = images.to(self.device, non_blocking=True)
+            if self.device.type == "cuda":  # the layout cuDNN's fastest convolutions read; normalize keeps it
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield normalize(images, self.mean, self.std), labels.to(self.device, non_blocking=True)
