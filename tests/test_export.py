@@ -59,3 +59,26 @@ def test_parity_gate_fails_and_leaves_no_file(model_and_meta, tmp_path):
     with pytest.raises(ParityError, match="over export.parity_tolerance"):
         export_checked(model, meta, images, path, opset=18, tolerance=1e-12)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fp16_export_keeps_float32_io_and_agrees_within_its_tolerance(model_and_meta, tmp_path):
+    model, meta, images = model_and_meta
+    path = tmp_path / "model.onnx"
+    _, _, fp32_probabilities, _ = export_checked(model, meta, images, tmp_path / "fp32.onnx", 18, 1e-4)
+    _, session, probabilities, difference = export_checked(model, meta, images, path, 18, 1e-2, fp16=True)
+    saved = onnx.load(str(path))
+    weights = [t for t in saved.graph.initializer if len(t.dims) == 4]  # the convolution kernels
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert {p.key: p.value for p in saved.metadata_props}["precision"] == "fp16"
+    assert (session.get_inputs()[0].type, session.get_outputs()[0].type) == ("tensor(float)", "tensor(float)")
+    assert probabilities.dtype == np.float32
+    assert 0 < difference < 1e-2  # really float16 arithmetic, and still within its own tolerance
+    assert path.stat().st_size < 0.6 * (tmp_path / "fp32.onnx").stat().st_size
+    np.testing.assert_array_equal(probabilities.argmax(1), fp32_probabilities.argmax(1))
+
+
+def test_fp16_parity_gate_names_its_own_tolerance(model_and_meta, tmp_path):
+    model, meta, images = model_and_meta
+    with pytest.raises(ParityError, match="over export.fp16_parity_tolerance"):
+        export_checked(model, meta, images, tmp_path / "model.onnx", 18, 1e-7, fp16=True)
+    assert not (tmp_path / "model.onnx").exists()
