@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTHON ?= python3.11
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 
-.PHONY: setup run test ui compare serve bento load-test clean
+.PHONY: setup run test ui compare serve bento load-test bench bench-gpu clean
 
 SERVE_PORT ?= 3000
 
@@ -47,6 +47,20 @@ bento: setup
 	bentoml build -f serving/bentofile.yaml .
 
 load-test: setup
+	python -m benchmarks.load_test
+
+# Speed against the tutorial loop and PyTorch eager, on CPU (about 12 min on 2 cores); see BENCHMARKS.md.
+bench: setup
+	python -m benchmarks.training
+	python -m benchmarks.inference
+
+# The same on a CUDA machine at the sizes of BENCHMARKS.md's GPU figures, then the served load test
+# (which serves models/model.onnx: `make run` first).
+bench-gpu: setup
+	python -m benchmarks.training --device cuda --image-size 224 --images 4096 --batch-size 256 \
+		--baseline-workers 8 --backbones resnet50,resnet18,efficientnet_lite0 \
+		--variants ours,ours+compile,ours+nondeterministic
+	python -m benchmarks.inference --device cuda --batches 1,32,64
 	python -m benchmarks.load_test
 
 clean:

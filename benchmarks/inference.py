@@ -1,0 +1,154 @@
+"""Model-side inference speed: ONNX Runtime on the exported graph against PyTorch eager, side by side.
+
+    python -m benchmarks.inference                              # CPU, the sizes of `make bench`
+    python -m benchmarks.inference --device cuda --batches 1,32,64 --repeat-seconds 3   # `make bench-gpu`
+
+Each backbone is exported by the pipeline's own `export_onnx` (float32, and float16 as with
+`export.fp16`), then timed on the same random batch: PyTorch eager (float32; on CUDA also float16
+and channels_last), ONNX Runtime CPU, and on a GPU machine ONNX Runtime's CUDA provider (input
+bound on the device) and TensorRT when they load. Softmax is part of both sides. Images/s is
+batch size over the median time of one call, after warm-up, repeated for --repeat-seconds.
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from benchmarks.common import machine, sync
+from pipeline.backbones import build
+from pipeline.export import WithSoftmax, export_onnx
+
+CLASSES = 10
+
+
+def median_seconds(call, device: torch.device, repeat_seconds: float) -> float:
+    for _ in range(3):
+        call()
+    times = []
+    deadline = time.perf_counter() + repeat_seconds
+    while len(times) < 5 or time.perf_counter() < deadline:
+        sync(device)
+        started = time.perf_counter()
+        call()
+        sync(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def ort_call(path: Path, provider: str, batch: np.ndarray):
+    """A zero-argument call running the session on `batch`, or None if `provider` does not load."""
+    ort.set_default_logger_severity(4)
+    options = {"trt_fp16_enable": True} if provider == "TensorrtExecutionProvider" else {}
+    try:
+        fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
+        session = ort.InferenceSession(str(path), providers=[(provider, options), *fallback])
+    except Exception:  # a provider library that is missing or cannot start on this machine
+        return None
+    if session.get_providers()[0] != provider:
+        return None
+    if provider == "CPUExecutionProvider":
+        return lambda: session.run(None, {"image": batch})
+    binding = session.io_binding()  # model-side: the input already on the device, the output stays there
+    binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+    binding.bind_output("probabilities", "cuda")
+    return lambda: session.run_with_iobinding(binding)
+
+
+def measure(name: str, image_size: int, batches: list[int], device: torch.device, repeat_seconds: float, tmp: Path):
+    torch.manual_seed(0)
+    model = WithSoftmax(build(name, "none", CLASSES).model).eval()
+    meta = {
+        "classes": [str(i) for i in range(CLASSES)],
+        "image_size": image_size,
+        "mean": [0.5] * 3,
+        "std": [0.25] * 3,
+        "backbone": name,
+        "strategy": "full",
+    }
+    paths = {"fp32": tmp / f"{name}.onnx", "fp16": tmp / f"{name}.fp16.onnx"}
+    for precision, path in paths.items():
+        export_onnx(model, meta, path, 18, fp16=precision == "fp16")
+    providers = (
+        ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider", "TensorrtExecutionProvider"]
+    )
+    rows = []
+    for batch_size in batches:
+        batch = np.random.default_rng(batch_size).standard_normal(
+            (batch_size, 3, image_size, image_size), dtype=np.float32
+        )
+        row = {"backbone": name, "batch": batch_size}
+        on_device = torch.from_numpy(batch).to(device)
+        variants = {"torch fp32": (model.to(device).float(), on_device)}
+        if device.type == "cuda":
+            half = WithSoftmax(build(name, "none", CLASSES).model).eval()
+            half.load_state_dict(model.state_dict())
+            half = half.to(device, memory_format=torch.channels_last).half()
+            variants["torch fp16 channels_last"] = (
+                half,
+                on_device.half().contiguous(memory_format=torch.channels_last),
+            )
+        for label, (net, inputs) in variants.items():
+            with torch.inference_mode():
+                row[label] = batch_size / median_seconds(
+                    lambda net=net, inputs=inputs: net(inputs), device, repeat_seconds
+                )
+        for provider in providers:
+            short = {
+                "CPUExecutionProvider": "ort cpu",
+                "CUDAExecutionProvider": "ort cuda",
+                "TensorrtExecutionProvider": "ort tensorrt",
+            }[provider]
+            for precision, path in paths.items():
+                call = ort_call(path, provider, batch)
+                row[f"{short} {precision}"] = (
+                    batch_size / median_seconds(call, device, repeat_seconds) if call else None
+                )
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbones", default="efficientnet_lite0,resnet18")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--repeat-seconds", type=float, default=3.0)
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(
+        f"# benchmarks.inference on {machine(device)}, ONNX Runtime {ort.__version__} "
+        f"({', '.join(ort.get_available_providers())}), {args.image_size} px",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.backbones.split(","):
+            rows += measure(
+                name, args.image_size, [int(b) for b in args.batches.split(",")], device, args.repeat_seconds, Path(tmp)
+            )
+    columns = [key for key in rows[0] if key not in ("backbone", "batch")]
+    print("\nimages/s (model-side; '-' where the provider does not load here)")
+    print("| backbone | batch | " + " | ".join(columns) + " | ONNX Runtime fp32 / torch fp32 |")
+    print("|---|---|" + "---|" * (len(columns) + 1))
+    ort_fp32 = "ort cpu fp32" if device.type == "cpu" else "ort cuda fp32"
+    for row in rows:
+        cells = [f"{row[c]:,.0f}" if row[c] else "-" for c in columns]
+        ratio = f"x{row[ort_fp32] / row['torch fp32']:.2f}" if row[ort_fp32] else "-"
+        print(f"| {row['backbone']} | {row['batch']} | " + " | ".join(cells) + f" | {ratio} |")
+    if args.out:
+        args.out.write_text(
+            json.dumps({"machine": machine(device), "onnxruntime": ort.__version__, "rows": rows}, indent=2)
+        )
+
+
+if __name__ == "__main__":
+    main()

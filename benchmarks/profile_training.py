@@ -1,0 +1,78 @@
+"""Where an epoch of the pipeline's training goes: torch.profiler over `fit` on synthetic photos.
+
+    python -m benchmarks.profile_training                          # CPU, efficientnet_lite0, 96 px
+    python -m benchmarks.profile_training --device cuda --backbone resnet50 --image-size 224 \
+        --images 2048 --batch-size 256 --trace trace.json            # open the trace in Perfetto
+
+Prints the operators with the most time on the host (the main process: data waits show as
+`enumerate(DataLoader)...`) and, on CUDA, on the device. Run it when a benchmark misses its goal.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from benchmarks.common import bench_params, folder_split, machine, write_photo_folder
+from pipeline.backbones import build
+from pipeline.train import fit, seed_everything
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--strategy", default="full")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="more params.yaml overrides, e.g. --set train.compile=true",
+    )
+    parser.add_argument("--rows", type=int, default=15)
+    parser.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace here")
+    args = parser.parse_args()
+    overrides = {key: yaml_value for key, _, yaml_value in (item.partition("=") for item in args.set)}
+    params = bench_params(
+        **{
+            "finetune.strategy": args.strategy,
+            "finetune.head_epochs": 2,
+            "train.epochs": 2,
+            "model.weights": "none",
+            "model.backbone": args.backbone,
+            "train.image_size": args.image_size,
+            "train.batch_size": args.batch_size,
+            "train.device": args.device,
+        }
+        | {key: {"true": True, "false": False}.get(value, value) for key, value in overrides.items()}
+    )
+    device = torch.device(args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = write_photo_folder(Path(tmp, "train"), args.images, 10, args.image_size * 4 // 3)
+        train = folder_split(folder, args.image_size)
+    seed_everything(params)
+    backbone = build(args.backbone, "none", 10)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as profiler:
+        records = []
+        fit(params, backbone, train, train, lambda record, *_: records.append(record))
+    print(
+        f"# benchmarks.profile_training on {machine(device)}: {args.backbone}, {args.strategy}, "
+        f"{args.images} images of {args.image_size} px, batch {args.batch_size}, {overrides or 'defaults'}"
+    )
+    print("training pass images/s per epoch:", ", ".join(f"{r['images_per_second']:,.0f}" for r in records))
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    if device.type == "cuda":
+        print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows))
+    if args.trace:
+        profiler.export_chrome_trace(str(args.trace))
+
+
+if __name__ == "__main__":
+    main()

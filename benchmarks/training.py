@@ -1,0 +1,271 @@
+"""Training speed of the pipeline against the tutorial loop (benchmarks/baseline.py), side by side.
+
+    python -m benchmarks.training                                  # CPU: the sizes of `make bench`
+    python -m benchmarks.training --device cuda --image-size 224 --images 4096 --batch-size 128 \
+        --backbones resnet50,resnet18,efficientnet_lite0 --variants ours,ours+compile   # `make bench-gpu`
+
+Both read the same synthetic JPEG folder (benchmarks/common.py). Three measurements:
+1. head-only: seconds per epoch (train + validation pass), first and later epochs: the baseline
+   runs the frozen network over freshly decoded files every epoch; the pipeline decodes once into
+   uint8 tensors, caches the body's features and then trains the head on them alone.
+2. loader alone vs training step alone, in images/s: which one bounds an epoch.
+3. full fine-tuning, images/s of the training pass (epochs after the first, so compilation and
+   warm-up stay out): the pipeline's `fit` (bf16 autocast, channels_last, fused optimizer and
+   loader workers on CUDA; `train.compile` on request) against the baseline's float32 loop.
+Bounded by --images and --epochs; weights are random (speed does not depend on them).
+"""
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from itertools import repeat
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks import baseline
+from benchmarks.common import bench_params, folder_split, machine, seconds_of, write_photo_folder
+from pipeline.backbones import build
+from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
+from pipeline.strategies import apply_phase, full
+from pipeline.train import fit, make_augment, make_optimizer, run_batches, seed_everything, warmup_cosine
+
+CLASSES = 10
+
+
+def run_params(args, strategy: str, **overrides):
+    return bench_params(
+        **{
+            "finetune.strategy": strategy,
+            "finetune.head_epochs": args.epochs,
+            "train.epochs": args.epochs,
+            "train.image_size": args.image_size,
+            "train.batch_size": args.batch_size,
+            "train.device": args.device,
+            "model.weights": "none",
+            **overrides,
+        }
+    )
+
+
+def fit_epoch_times(params, train, val) -> tuple[list[float], list[float]]:
+    """(seconds of each epoch from the end of the last, training-pass images/s of each epoch)."""
+    seed_everything(params)
+    backbone = build(params.model.backbone, "none", CLASSES)
+    marks, rates = [time.perf_counter()], []
+
+    def on_epoch(record, model, optimizer):
+        marks.append(time.perf_counter())
+        rates.append(record["images_per_second"])
+
+    fit(params, backbone, train, val, on_epoch)
+    return [b - a for a, b in zip(marks, marks[1:], strict=False)], rates
+
+
+def head_only(args, folders, train, val, decode_seconds: float, device) -> dict:
+    """Measurement 1 on --head-backbone; the pipeline's first epoch includes decoding the files once."""
+    name = args.head_backbone
+    params = run_params(args, "head", **{"model.backbone": name})
+    ours, _ = fit_epoch_times(params, train, val)
+    uncached, _ = fit_epoch_times(
+        params.model_copy(update={"finetune": params.finetune.model_copy(update={"cache_features": False})}), train, val
+    )
+
+    torch.use_deterministic_algorithms(False)  # the baseline runs with torch's defaults
+    backbone = build(name, "none", CLASSES)
+    model = backbone.model.to(device)
+    baseline.freeze_all_but_head(model)
+    optimizer = torch.optim.AdamW(model.head.parameters(), lr=params.train.lr)
+    train_loader = baseline.folder_loader(
+        folders["train"], args.image_size, args.batch_size, args.baseline_workers, True
+    )
+    val_loader = baseline.folder_loader(folders["val"], args.image_size, args.batch_size, args.baseline_workers, False)
+    base = [
+        seconds_of(
+            lambda: (
+                baseline.train_epoch(model, train_loader, optimizer, device),
+                baseline.evaluate(model, val_loader, device),
+            ),
+            device,
+        )
+        for _ in range(args.epochs)
+    ]
+    return {
+        "backbone": name,
+        "baseline_first_s": base[0],
+        "baseline_later_s": statistics.mean(base[1:]),
+        "ours_decode_s": decode_seconds,
+        "ours_first_s": decode_seconds + ours[0],
+        "ours_later_s": statistics.mean(ours[1:]),
+        "ours_uncached_later_s": statistics.mean(uncached[1:]),
+    }
+
+
+def loader_rate(batches, device) -> float:
+    """Images/s of a loader on its own (moved to the device, nothing computed)."""
+    count = 0
+
+    def drain():
+        nonlocal count
+        for images, _ in batches:
+            count += len(images)
+
+    seconds = seconds_of(drain, device)
+    return count / seconds
+
+
+def step_rate(step, batch_count: int, batch_size: int, device) -> float:
+    """Images/s of a training step on one batch already on the device (after 3 warm-up steps)."""
+    step(3)
+    return batch_count * batch_size / seconds_of(lambda: step(batch_count), device)
+
+
+VARIANTS = {  # the pipeline with these train settings
+    "ours": {},
+    "ours+compile": {"compile": True},
+    "ours+nondeterministic": {"deterministic": False},
+}
+
+
+def throughput(args, name: str, folder: Path, train, val, device) -> dict:
+    """Measurements 2 and 3 for one backbone: the baseline, then each of --variants."""
+    steps = max(5, min(30, len(train.labels) // args.batch_size))
+    params = run_params(args, "full", **{"model.backbone": name})
+    x = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
+    y = torch.randint(0, CLASSES, (args.batch_size,))
+
+    # Baseline: its loader, its step, its epochs, with torch's defaults.
+    torch.use_deterministic_algorithms(False)
+    model = build(name, "none", CLASSES).model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr)
+    loader = baseline.folder_loader(folder, args.image_size, args.batch_size, args.baseline_workers, True)
+    float_batch = (((x.float() / 255) - 0.45) / 0.225).to(device), y.to(device)
+    row = {
+        "backbone": name,
+        "baseline": {
+            "loader": loader_rate(((i.to(device), t) for i, t in loader), device),
+            "step": step_rate(
+                lambda n: baseline.train_epoch(model, repeat(float_batch, n), optimizer, device),
+                steps,
+                args.batch_size,
+                device,
+            ),
+        },
+    }
+    epochs = [
+        seconds_of(lambda: baseline.train_epoch(model, loader, optimizer, device), device) for _ in range(args.epochs)
+    ]
+    row["baseline"]["epoch"] = len(train.labels) / statistics.median(epochs[1:])
+
+    for variant in args.variants.split(","):
+        variant_params = params.model_copy(update={"train": params.train.model_copy(update=VARIANTS[variant])})
+        row[variant] = ours(args, variant_params, train, val, device, steps)
+    return row
+
+
+def ours(args, params, train, val, device, steps: int) -> dict:
+    """The pipeline's loader (pipeline.loader), its step (train.run_batches) and its epochs (train.fit)."""
+    seed_everything(params)
+    backbone = build(params.model.backbone, "none", CLASSES)
+    net = backbone.model.to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    workers = resolve_workers(params.train.loader_workers, device)
+    dataset = AugmentedImages(train.images, train.labels, make_augment(params), params.seed)
+    batches = ImageBatches(dataset, args.batch_size, workers, device, backbone.mean, backbone.std)
+    device_batch = next(batches(torch.arange(args.batch_size), 1))  # also starts the workers, as fit does per phase
+    optimizer = make_optimizer(params, apply_phase(net, full(params, backbone, train)[0]), device)
+    scheduler = warmup_cosine(optimizer, 0, 10**6)
+    stepped = torch.compile(net) if params.train.compile else net
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(count: int) -> None:
+        run_batches(stepped, repeat(device_batch, count), count, device, loss_fn, optimizer, scheduler)
+
+    figures = {
+        "loader": loader_rate(batches(torch.arange(len(dataset)), 1), device),
+        "step": step_rate(step, steps, args.batch_size, device),
+        "workers": workers,
+    }
+    _, rates = fit_epoch_times(params, train, val)
+    return figures | {"epoch": statistics.median(rates[1:])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--backbones", default="efficientnet_lite0,resnet18,resnet50")
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--images", type=int, default=256, help="training images (validation: a quarter as many)")
+    parser.add_argument("--photo-size", type=int, default=0, help="side of the JPEGs (0: 4/3 of --image-size)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="per measured run; the first one is warm-up")
+    parser.add_argument("--baseline-workers", type=int, default=2, help="the tutorial's DataLoader workers")
+    parser.add_argument("--head-backbone", default="efficientnet_lite0", help="'' skips the head-only measurement")
+    parser.add_argument("--variants", default="ours", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.set_float32_matmul_precision("high")  # TF32 for both sides on CUDA; no effect on CPU
+    print(
+        f"# benchmarks.training on {machine(device)}: {args.images} images of {args.image_size} px, "
+        f"batch {args.batch_size}, {args.epochs} epochs per run",
+        flush=True,
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photo = args.photo_size or args.image_size * 4 // 3
+        folders = {
+            "train": write_photo_folder(Path(tmp, "train"), args.images, CLASSES, photo),
+            "val": write_photo_folder(Path(tmp, "val"), max(CLASSES, args.images // 4), CLASSES, photo, 1),
+        }
+        decode = time.perf_counter()
+        train, val = folder_split(folders["train"], args.image_size), folder_split(folders["val"], args.image_size)
+        decode = time.perf_counter() - decode
+        head = head_only(args, folders, train, val, decode, device) if args.head_backbone else {}
+        if head:
+            print(f"\n## 1. head-only on {head['backbone']}: seconds per epoch (train + validation pass)")
+            print(f"baseline: first {head['baseline_first_s']:.2f}, later {head['baseline_later_s']:.2f}")
+            print(
+                f"ours: first {head['ours_first_s']:.2f} (decoding once: {head['ours_decode_s']:.2f}), "
+                f"later {head['ours_later_s']:.4f}; without the feature cache, later "
+                f"{head['ours_uncached_later_s']:.2f}"
+            )
+            print(
+                f"ratio, later epochs: x{head['baseline_later_s'] / head['ours_later_s']:.0f} (goal >= x20); "
+                f"first epoch: x{head['baseline_first_s'] / head['ours_first_s']:.2f}",
+                flush=True,
+            )
+        rows = []
+        print("\n## 2-3. full fine-tuning, images/s: loader alone, step alone, training pass of an epoch")
+        print("| backbone | variant | loader | step | epoch | epoch vs baseline |")
+        print("|---|---|---|---|---|---|")
+        for name in args.backbones.split(","):
+            row = throughput(args, name, folders["train"], train, val, device)
+            rows.append(row)
+            for variant in [key for key in row if key != "backbone"]:
+                figures = row[variant]
+                print(
+                    f"| {name} | {variant} | {figures['loader']:,.0f} | {figures['step']:,.0f} | "
+                    f"{figures['epoch']:,.0f} | x{figures['epoch'] / row['baseline']['epoch']:.2f} |",
+                    flush=True,
+                )
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "machine": machine(device),
+                    "args": vars(args) | {"out": str(args.out)},
+                    "head_only": head,
+                    "full": rows,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
