@@ -20,7 +20,6 @@ import json
 import statistics
 import tempfile
 import time
-from itertools import repeat
 from pathlib import Path
 
 import torch
@@ -117,10 +116,24 @@ def loader_rate(batches, device) -> float:
     return count / seconds
 
 
-def step_rate(step, batch_count: int, batch_size: int, device) -> float:
-    """Images/s of a training step on one batch already on the device (after 3 warm-up steps)."""
-    step(3)
-    return batch_count * batch_size / seconds_of(lambda: step(batch_count), device)
+def step_rate(step, batches: list, device) -> float:
+    """Images/s of training steps on batches already on the device (after 3 warm-up steps). Distinct
+    batches: steps repeated on one batch overfit it, and on CPU the tiny gradients then turn denormal
+    and slow every step down several times."""
+    step(batches[:3])
+    return sum(len(y) for _, y in batches) / seconds_of(lambda: step(batches), device)
+
+
+def device_batches(train, count: int, batch_size: int, device, channels_last: bool) -> list:
+    """`count` distinct batches of the training images, normalised, on the device."""
+    rows = torch.arange(count * batch_size) % len(train.labels)
+    batches = []
+    for index in rows.split(batch_size):
+        x = ((train.images[index].float() / 255 - 0.5) / 0.25).to(device)
+        batches.append(
+            (x.contiguous(memory_format=torch.channels_last) if channels_last else x, train.labels[index].to(device))
+        )
+    return batches
 
 
 VARIANTS = {  # the pipeline with these train settings
@@ -134,27 +147,25 @@ def throughput(args, name: str, folder: Path, train, val, device) -> dict:
     """Measurements 2 and 3 for one backbone: the baseline, then each of --variants."""
     steps = max(5, min(30, len(train.labels) // args.batch_size))
     params = run_params(args, "full", **{"model.backbone": name})
-    x = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
-    y = torch.randint(0, CLASSES, (args.batch_size,))
 
-    # Baseline: its loader, its step, its epochs, with torch's defaults.
+    # Baseline: its loader, its step, its epochs (each from fresh weights), with torch's defaults.
     torch.use_deterministic_algorithms(False)
-    model = build(name, "none", CLASSES).model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params.train.lr)
     loader = baseline.folder_loader(folder, args.image_size, args.batch_size, args.baseline_workers, True)
-    float_batch = (((x.float() / 255) - 0.45) / 0.225).to(device), y.to(device)
+
+    def fresh_model_and_optimizer():
+        model = build(name, "none", CLASSES).model.to(device)
+        return model, torch.optim.AdamW(model.parameters(), lr=params.train.lr)
+
+    model, optimizer = fresh_model_and_optimizer()
+    batches = device_batches(train, steps, args.batch_size, device, channels_last=False)
     row = {
         "backbone": name,
         "baseline": {
             "loader": loader_rate(((i.to(device), t) for i, t in loader), device),
-            "step": step_rate(
-                lambda n: baseline.train_epoch(model, repeat(float_batch, n), optimizer, device),
-                steps,
-                args.batch_size,
-                device,
-            ),
+            "step": step_rate(lambda some: baseline.train_epoch(model, some, optimizer, device), batches, device),
         },
     }
+    model, optimizer = fresh_model_and_optimizer()
     epochs = [
         seconds_of(lambda: baseline.train_epoch(model, loader, optimizer, device), device) for _ in range(args.epochs)
     ]
@@ -176,18 +187,18 @@ def ours(args, params, train, val, device, steps: int) -> dict:
     workers = resolve_workers(params.train.loader_workers, device)
     dataset = AugmentedImages(train.images, train.labels, make_augment(params), params.seed)
     batches = ImageBatches(dataset, args.batch_size, workers, device, backbone.mean, backbone.std)
-    device_batch = next(batches(torch.arange(args.batch_size), 1))  # also starts the workers, as fit does per phase
+    next(batches(torch.arange(args.batch_size), 1))  # starts the workers, as fit does once per phase
     optimizer = make_optimizer(params, apply_phase(net, full(params, backbone, train)[0]), device)
     scheduler = warmup_cosine(optimizer, 0, 10**6)
     stepped = torch.compile(net) if params.train.compile else net
     loss_fn = nn.CrossEntropyLoss()
 
-    def step(count: int) -> None:
-        run_batches(stepped, repeat(device_batch, count), count, device, loss_fn, optimizer, scheduler)
+    def step(some: list) -> None:
+        run_batches(stepped, some, len(some), device, loss_fn, optimizer, scheduler)
 
     figures = {
         "loader": loader_rate(batches(torch.arange(len(dataset)), 1), device),
-        "step": step_rate(step, steps, args.batch_size, device),
+        "step": step_rate(step, device_batches(train, steps, args.batch_size, device, device.type == "cuda"), device),
         "workers": workers,
     }
     _, rates = fit_epoch_times(params, train, val)
