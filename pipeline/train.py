@@ -220,6 +220,7 @@ def trained_modules(phases: list[Phase]) -> set[str]:
 
 def main() -> None:
     params = load_params()
+    tracking.check_reachable()  # fail fast, before minutes of loading and training
     rows = read_manifest()
     classes = class_names(rows)
     size, max_pixels = params.train.image_size, params.data.max_image_pixels
