@@ -60,6 +60,12 @@ class AugmentConfig(Strict):
     crop_scale_min: float = Field(default=0.7, gt=0, le=1)  # RandomResizedCrop; 1 disables
 
 
+class DistributedConfig(Strict):
+    """dvc.yaml runs `torchrun --standalone --nproc_per_node N -m pipeline.train` (pipeline/distributed.py)."""
+
+    nproc_per_node: int = Field(default=1, ge=1)  # processes on this machine: one per GPU, or gloo on CPU
+
+
 class TrainConfig(Strict):
     epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -71,6 +77,7 @@ class TrainConfig(Strict):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     augment: AugmentConfig = AugmentConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class ExportConfig(Strict):

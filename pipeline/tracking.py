@@ -75,9 +75,15 @@ def use_experiment(params: Params) -> None:
 
 
 @contextmanager
-def start_run(params: Params):
-    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+def start_run(params: Params, run_id: str | None = None):
+    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment;
+    or, given `run_id`, that run again (a training resumed from its checkpoint)."""
     use_experiment(params)
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as run:
+            write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+            yield run
+        return
     experiment = os.environ.get("DVC_EXP_NAME")
     name = experiment or f"{params.finetune.strategy}-{params.model.backbone}"
     tags = {
