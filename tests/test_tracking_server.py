@@ -58,7 +58,8 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield {"url": url, "root": root}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)  # the server and the workers it started
+        # the server and the workers it started; SIGTERM would wait about 12 s for idle client connections
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
 
 
