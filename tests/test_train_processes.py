@@ -27,7 +27,7 @@ RUN = {
     "train.epochs": 3,
     "train.batch_size": 17,
     "train.optimizer": "sgd",
-    "train.lr": 0.05,
+    "train.lr": 0.1,
 }
 NO_AUGMENT = {"train.augment": {"hflip": False, "crop_scale_min": 1.0}}
 TIMING = ("epoch_seconds", "images_per_second")
@@ -97,7 +97,7 @@ def two_gloo(project, single) -> dict:
 def test_two_gloo_processes_train_the_weights_of_one(single, two_gloo, project):
     difference = max_difference(single["weights"], two_gloo["weights"])
     print(f"max |weight difference| 2 gloo processes vs 1: {difference:.2e}")
-    assert 0 < difference < 1e-6  # not bitwise (gradients are summed in another order), within rounding
+    assert 0 < difference < 1e-5  # not bitwise (gradients are summed in another order), within rounding
     assert single["metrics"]["best_epoch"] > 1  # the weights compared are fine-tuned ones, not the head's
     assert len(two_gloo["history"]) == len(single["history"]) == 4
     for one, two in zip(single["history"], two_gloo["history"], strict=True):
