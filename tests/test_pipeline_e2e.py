@@ -17,7 +17,7 @@ import yaml
 from pipeline.data import load_split, read_manifest
 from pipeline.export import PROVIDERS
 from pipeline.images import normalize
-from tests.conftest import ROOT, default_params
+from tests.conftest import ROOT, default_params, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -126,18 +126,24 @@ def find_experiment(shown, name: str) -> dict:
     return {}
 
 
-def test_queued_experiments_run_in_parallel_without_clobbering_each_other(project):
+def test_queued_experiments_run_in_parallel_without_clobbering_each_other(project, tmp_path):
     strategies = {"q-head": "head", "q-norm": "norm"}
     # head_epochs 2: not the params of the `probe` experiment above, which DVC would restore from its run cache;
     # up to the train stage only, to keep the test short (evaluate and export reopen the run train started)
     queue = ["dvc", "exp", "run", "--queue", "-S", "finetune.head_epochs=2"]
     for name, strategy in strategies.items():
         sh(project, *queue, "-n", name, "-S", f"finetune.strategy={strategy}", "train")
-    sh(project, "dvc", "queue", "start", "-j", "2")
-    deadline = time.monotonic() + 900
-    while any(word in (status := sh(project, "dvc", "queue", "status")) for word in ("Queued", "Running")):
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
+    # The workers outlive `dvc queue start` and keep its stdout: a pipe there would block this test until they exit.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        command = ["dvc", "queue", "start", "-j", "2"]
+        subprocess.run(command, cwd=project, env=stage_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
+    try:
+        deadline = time.monotonic() + 900
+        while any(word in (status := sh(project, "dvc", "queue", "status")) for word in ("Queued", "Running")):
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        sh(project, "dvc", "queue", "stop")  # an idle worker may otherwise wait for tasks forever
     assert status.count("Success") == 2, status + sh(project, "dvc", "queue", "logs", "q-head")
     experiment = client(project).get_experiment_by_name("transfer-learning")
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
