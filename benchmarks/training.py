@@ -191,10 +191,10 @@ def ours(args, params, train, val, device, steps: int) -> dict:
     optimizer = make_optimizer(params, apply_phase(net, full(params, backbone, train)[0]), device)
     scheduler = warmup_cosine(optimizer, 0, 10**6)
     stepped = torch.compile(net) if params.train.compile else net
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")  # as fit's: run_batches scales it to the batch mean
 
     def step(some: list) -> None:
-        run_batches(stepped, some, len(some), device, loss_fn, optimizer, scheduler)
+        run_batches(stepped, some, sum(len(y) for _, y in some), args.batch_size, device, loss_fn, optimizer, scheduler)
 
     figures = {
         "loader": loader_rate(batches(torch.arange(len(dataset)), 1), device),

@@ -60,6 +60,12 @@ class AugmentConfig(Strict):
     crop_scale_min: float = Field(default=0.7, gt=0, le=1)  # RandomResizedCrop; 1 disables
 
 
+class DistributedConfig(Strict):
+    """dvc.yaml runs `torchrun --standalone --nproc_per_node N -m pipeline.train` (pipeline/distributed.py)."""
+
+    nproc_per_node: int = Field(default=1, ge=1)  # processes on this machine: one per GPU, or gloo on CPU
+
+
 class TrainConfig(Strict):
     epochs: int = Field(default=6, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -75,6 +81,7 @@ class TrainConfig(Strict):
     # DataLoader processes that augment batches; auto: 0 on CPU (they would take the step's cores), up to 8 on CUDA
     loader_workers: Literal["auto"] | Annotated[int, Field(ge=0)] = "auto"
     augment: AugmentConfig = AugmentConfig()
+    distributed: DistributedConfig = DistributedConfig()
 
 
 class ExportConfig(Strict):

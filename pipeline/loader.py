@@ -1,7 +1,8 @@
 """Batches of the uint8 images held in memory (pipeline.data), on the training device.
 
-Each image's augmentation is drawn from its own seed (run seed, epoch, index), so a batch comes
-out the same whichever process makes it: the main process or any of N DataLoader workers. The
+Each image's augmentation is drawn from its own seed (run seed, epoch, index), so an image comes
+out the same whichever process makes it: the main process, any of N DataLoader workers, or any
+rank of a torchrun job (which takes its share of every global batch, pipeline/distributed.py). The
 images travel to the device as uint8, a quarter of float32's bytes (from pinned memory on CUDA),
 and are normalised there.
 """
@@ -11,9 +12,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
+from pipeline import distributed
 from pipeline.images import normalize
 
 
@@ -41,6 +43,12 @@ class AugmentedImages(Dataset):
                 generator.set_state(state)
         return image, self.labels[index]
 
+    def collate(self, items: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch, an empty one too: a process's share of a last, small global batch may hold nothing."""
+        if not items:
+            return torch.empty((0, *self.images.shape[1:]), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return default_collate(items)
+
 
 def resolve_workers(setting: int | str, device: torch.device) -> int:
     """'auto': none on CPU, where workers would take cores from the training step; else up to 8."""
@@ -50,15 +58,15 @@ def resolve_workers(setting: int | str, device: torch.device) -> int:
 
 
 class EpochBatches:
-    """The batch sampler: keys (epoch, index) of the epoch set last, `batch_size` at a time. It runs in
-    the main process, so persistent workers see each new epoch's order."""
+    """The batch sampler: this process's share of each global batch of `batch_size` keys (epoch,
+    index) of the epoch set last. It runs in the main process, so persistent workers see each epoch."""
 
     def __init__(self, batch_size: int):
         self.batch_size, self.keys = batch_size, []
 
     def __iter__(self):
         for start in range(0, len(self.keys), self.batch_size):
-            yield self.keys[start : start + self.batch_size]
+            yield distributed.share(self.keys[start : start + self.batch_size])
 
     def __len__(self) -> int:
         return -(-len(self.keys) // self.batch_size)
@@ -75,6 +83,7 @@ class ImageBatches:
         self.loader = DataLoader(
             dataset,
             batch_sampler=self.sampler,
+            collate_fn=dataset.collate,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,

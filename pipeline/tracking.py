@@ -3,12 +3,15 @@
 train starts the run and writes its id to models/run.json; evaluate and export reopen it.
 The store defaults to a sqlite file at the project root, given as an absolute path because
 `dvc exp run --queue/--temp` runs the stages in a temporary copy of the project (DVC_ROOT
-then points at the real root); MLFLOW_TRACKING_URI overrides it.
+then points at the real root); MLFLOW_TRACKING_URI overrides it, e.g. a shared `mlflow server`
+(README, "A shared tracking server"). A server that does not answer stops the stage at once with
+an error naming it, instead of MLflow's client retrying for minutes or a run being lost.
 """
 
 import json
 import os
 import subprocess
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,6 +29,24 @@ def project_root() -> Path:
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+class TrackingServerUnreachable(RuntimeError):
+    """MLFLOW_TRACKING_URI names a server that does not answer."""
+
+
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """Raise, naming the URI, unless the tracking store is local or its server's /health answers."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
+    except OSError as exc:  # refused, timed out, unknown host, an HTTP error status (URLError is an OSError)
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server MLFLOW_TRACKING_URI={uri} is unreachable ({exc}); start it "
+            "(README: A shared tracking server) or unset MLFLOW_TRACKING_URI for the local sqlite store"
+        ) from None
 
 
 def git_commit() -> str:
@@ -54,9 +75,15 @@ def use_experiment(params: Params) -> None:
 
 
 @contextmanager
-def start_run(params: Params):
-    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment."""
+def start_run(params: Params, run_id: str | None = None):
+    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment;
+    or, given `run_id`, that run again (a training resumed from its checkpoint)."""
     use_experiment(params)
+    if run_id:
+        with mlflow.start_run(run_id=run_id) as run:
+            write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
+            yield run
+        return
     experiment = os.environ.get("DVC_EXP_NAME")
     name = experiment or f"{params.finetune.strategy}-{params.model.backbone}"
     tags = {
@@ -76,6 +103,7 @@ def start_run(params: Params):
 @contextmanager
 def resume_run():
     """Reopen the run that train started for the model in models/."""
+    check_reachable()
     mlflow.set_tracking_uri(tracking_uri())
     with mlflow.start_run(run_id=json.loads(RUN_FILE.read_text())["run_id"]) as run:
         yield run

@@ -2,11 +2,15 @@
 
     python -m pipeline.train
 
+    torchrun --standalone --nproc_per_node 2 -m pipeline.train   # data-parallel (pipeline/distributed.py)
+
 Reads data/prepared/manifest.csv; writes models/model.pt (best weights by validation accuracy,
-with classes and preprocessing), models/checkpoint.pt (every epoch), models/run.json (the
-MLflow run the later stages log to), metrics/train.json and metrics/train_history.csv.
+with classes and preprocessing), models/run.json (the MLflow run the later stages log to),
+metrics/train.json and metrics/train_history.csv. models/checkpoint.pt, written every epoch,
+lets a killed run resume where it stopped (pipeline/checkpoint.py).
 """
 
+import contextlib
 import copy
 import csv
 import math
@@ -21,7 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from pipeline import tracking
+from pipeline import checkpoint, distributed, tracking
 from pipeline.artifacts import atomic_path, write_json
 from pipeline.backbones import Backbone, build
 from pipeline.config import Params, load_params
@@ -31,7 +35,6 @@ from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
 from pipeline.strategies import STRATEGIES, Phase, apply_phase, count_parameters, set_train_mode
 
 MODEL_FILE = tracking.RUN_FILE.parent / "model.pt"
-CHECKPOINT_FILE = tracking.RUN_FILE.parent / "checkpoint.pt"
 METRICS_FILE = Path("metrics/train.json")
 HISTORY_FILE = Path("metrics/train_history.csv")
 
@@ -118,7 +121,7 @@ def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split,
         def feature_batches(name: str, order: torch.Tensor) -> Batches:
             rows, labels = features[name]
             for start in range(0, len(order), batch_size):
-                index = order[start : start + batch_size].to(device)
+                index = distributed.share(order[start : start + batch_size]).to(device)
                 yield rows[index], labels[index]
 
         return Inputs(
@@ -132,33 +135,37 @@ def phase_inputs(params: Params, backbone: Backbone, phase: Phase, train: Split,
     val_set = AugmentedImages(val.images, val.labels, None, params.seed)
     val_batches = ImageBatches(val_set, batch_size, workers, device, mean, std)
     return Inputs(
-        torch.compile(backbone.model) if params.train.compile else backbone.model,
+        backbone.model,
         ImageBatches(train_set, batch_size, workers, device, mean, std),
         lambda: val_batches(torch.arange(len(val.labels)), 0),
     )
 
 
-def run_batches(net, batches: Batches, steps: int, device, loss_fn, optimizer=None, scheduler=None):
-    """One pass over `batches`; trains when given an optimizer. Returns (mean loss, accuracy)."""
+def run_batches(net, batches: Batches, total: int, batch_size: int, device, loss_fn, optimizer=None, scheduler=None):
+    """One pass over `total` images in global batches of `batch_size`, of which `batches` holds this
+    process's shares; trains when given an optimizer. Returns (mean loss, accuracy) over all processes."""
     training = optimizer is not None
     # Summed on the device: reading them back every step would stall the GPU's queue.
-    total_loss = torch.zeros((), device=device)
+    summed_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    count = 0
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    for x, y in tqdm(batches, total=steps, desc="train" if training else "val", disable=None, leave=False):
+    steps = math.ceil(total / batch_size)
+    for step, (x, y) in enumerate(
+        tqdm(batches, total=steps, desc="train" if training else "val", disable=None, leave=False)
+    ):
         with torch.set_grad_enabled(training), amp:
             logits = net(x).float()
-            loss = loss_fn(logits, y)
+            loss = loss_fn(logits, y)  # summed over this process's share
         if training:
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # scaled so that DDP's average of the processes' gradients is that of the global batch's mean loss
+            (loss * distributed.loss_scale(min(batch_size, total - step * batch_size))).backward()
             optimizer.step()
             scheduler.step()
-        total_loss += loss.detach() * len(y)
+        summed_loss += loss.detach()
         correct += (logits.argmax(1) == y).sum()
-        count += len(y)
-    return total_loss.item() / count, correct.item() / count
+    summed_loss, correct = distributed.all_sum(summed_loss.item(), correct.item())
+    return summed_loss / total, correct / total
 
 
 def plan(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
@@ -173,26 +180,46 @@ def fit(
     val: Split,
     on_epoch: Callable = lambda *_: None,
     phases: list[Phase] | None = None,
+    save: Callable[[dict], None] = lambda _: None,
+    resume: dict | None = None,
 ) -> dict:
-    """Run the phases (by default the strategy's); return the best state (by val accuracy) and its record."""
-    device = pick_device(params.train.device)
+    """Run the phases (by default the strategy's); return the best state (by val accuracy) and its record.
+    `save` gets the whole training state after each epoch; `resume` is such a state to continue from."""
+    device = distributed.local(pick_device(params.train.device))
     generator = torch.Generator().manual_seed(params.seed)  # the batch order
+    distributed.seed_rank(params.seed)
     model = backbone.model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing)
+    # summed, then scaled to the mean over the global batch in run_batches (however the ranks split it)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=params.train.label_smoothing, reduction="sum")
     best = {"val_accuracy": -1.0}
     epoch = 0
-    train_steps = math.ceil(len(train.labels) / params.train.batch_size)
-    val_steps = math.ceil(len(val.labels) / params.train.batch_size)
-    for phase in phases or plan(params, backbone, train):
+    if resume:
+        model.load_state_dict(resume["state_dict"])
+        generator.set_state(resume["generator"])
+        checkpoint.restore_rng(resume["rng"])
+        best, epoch = resume["best"], resume["epoch"]
+    batch_size = params.train.batch_size
+    steps = math.ceil(len(train.labels) / batch_size)
+    for phase_index, phase in enumerate(phases or plan(params, backbone, train)):
+        done = checkpoint.epochs_done(resume, phase_index, phase.epochs)
+        if done == phase.epochs:
+            continue
         optimizer = make_optimizer(params, apply_phase(model, phase), device)
         inputs = phase_inputs(params, backbone, phase, train, val, device)
-        scheduler = warmup_cosine(
-            optimizer, round(params.train.warmup_epochs * train_steps), train_steps * phase.epochs
-        )
-        for _ in tqdm(
-            range(phase.epochs), desc=f"{params.finetune.strategy}: {phase.name}", unit="epoch", disable=None
+        scheduler = warmup_cosine(optimizer, round(params.train.warmup_epochs * steps), steps * phase.epochs)
+        if done:
+            optimizer.load_state_dict(resume["optimizer"])
+            scheduler.load_state_dict(resume["scheduler"])
+        net = distributed.wrap(inputs.net, device)
+        if params.train.compile and inputs.net is model:  # not the head alone on cached features: too small to pay
+            net = torch.compile(net)
+        for phase_epoch in tqdm(
+            range(done + 1, phase.epochs + 1),
+            desc=f"{params.finetune.strategy}: {phase.name}",
+            unit="epoch",
+            disable=None if distributed.is_main() else True,
         ):
             epoch += 1
             started = time.perf_counter()
@@ -200,11 +227,18 @@ def fit(
             order = torch.randperm(len(train.labels), generator=generator)
             lr = optimizer.param_groups[0]["lr"]
             train_loss, train_acc = run_batches(
-                inputs.net, inputs.train_batches(order, epoch), train_steps, device, loss_fn, optimizer, scheduler
+                net,
+                inputs.train_batches(order, epoch),
+                len(train.labels),
+                batch_size,
+                device,
+                loss_fn,
+                optimizer,
+                scheduler,
             )
             seconds = time.perf_counter() - started
             model.eval()
-            val_loss, val_acc = run_batches(inputs.net, inputs.val_batches(), val_steps, device, loss_fn)
+            val_loss, val_acc = run_batches(net, inputs.val_batches(), len(val.labels), batch_size, device, loss_fn)
             record = {
                 "epoch": epoch,
                 "phase": phase.name,
@@ -219,6 +253,19 @@ def fit(
             if val_acc > best["val_accuracy"]:
                 best = {**record, "state_dict": copy.deepcopy(model.state_dict())}
             on_epoch(record, model, optimizer)
+            save(
+                {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "phase_index": phase_index,
+                    "phase_epoch": phase_epoch,
+                    "state_dict": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "generator": generator.get_state(),
+                    "best": best,
+                }
+            )
     return best
 
 
@@ -228,6 +275,8 @@ def trained_modules(phases: list[Phase]) -> set[str]:
 
 def main() -> None:
     params = load_params()
+    tracking.check_reachable()  # fail fast, before minutes of loading and training
+    distributed.start(pick_device(params.train.device))
     rows = read_manifest()
     classes = class_names(rows)
     size, max_pixels = params.train.image_size, params.data.max_image_pixels
@@ -235,29 +284,32 @@ def main() -> None:
     seed_everything(params)
     backbone = build(params.model.backbone, params.model.weights, len(classes))
     total = sum(p.numel() for p in backbone.model.parameters())
-    history = []
+    resume = checkpoint.load(params)
+    history = resume["history"] if resume else []
+    main_rank = distributed.is_main()  # the only one that logs and writes files
 
-    def on_epoch(record: dict, model: nn.Module, optimizer) -> None:
+    def on_epoch(record: dict, *_) -> None:
         history.append(record)
-        mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "phase")}, step=record["epoch"])
-        with atomic_path(CHECKPOINT_FILE) as partial:
-            torch.save(
-                {
-                    "epoch": record["epoch"],
-                    "phase": record["phase"],
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                },
-                partial,
-            )
+        if main_rank:
+            mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "phase")}, step=record["epoch"])
 
-    with tracking.start_run(params):
-        started = time.perf_counter()  # auto's choice of blocks is part of its cost
+    def save(state: dict) -> None:
+        run_id = mlflow.active_run().info.run_id if main_rank else None
+        seconds = time.perf_counter() - started
+        fingerprint = checkpoint.fingerprint(params)
+        checkpoint.save(state | {"fingerprint": fingerprint, "history": history, "run_id": run_id, "seconds": seconds})
+
+    with tracking.start_run(params, resume and resume["run_id"]) if main_rank else contextlib.nullcontext():
+        started = time.perf_counter() - (resume["seconds"] if resume else 0)  # auto's choice of blocks counts
         phases = plan(params, backbone, train)
         trainable = count_parameters(backbone.model, trained_modules(phases))
-        mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
-        best = fit(params, backbone, train, val, on_epoch, phases)
+        if main_rank:
+            mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
+        best = fit(params, backbone, train, val, on_epoch, phases, save, resume)
         train_seconds = time.perf_counter() - started
+        if not main_rank:
+            distributed.stop()
+            return
         meta = {
             "backbone": params.model.backbone,
             "classes": classes,
@@ -282,9 +334,12 @@ def main() -> None:
             writer = csv.DictWriter(f, fieldnames=list(history[0]))
             writer.writeheader()
             writer.writerows(history)
+    checkpoint.CHECKPOINT_FILE.unlink()  # the outputs are complete: nothing left to resume
+    processes = f" on {distributed.size()} processes" if distributed.active() else ""
+    distributed.stop()
     print(
         f"{params.finetune.strategy}: best val accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']}, "
-        f"{trainable:,} of {total:,} parameters trained, {train_seconds:.0f} s"
+        f"{trainable:,} of {total:,} parameters trained, {train_seconds:.0f} s{processes}"
     )
 
 

@@ -55,6 +55,10 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
+    try:
+        tracking.check_reachable()  # MLflow's client would retry a dead server for minutes
+    except tracking.TrackingServerUnreachable as exc:
+        raise ModelLoadError(f"SERVING_MODEL={spec}: {exc}") from None
     reference = spec.removeprefix("models:/")
     name, alias = reference.split("@", 1) if "@" in reference else (reference.rsplit("/", 1)[0], None)
     client = MlflowClient(tracking_uri=tracking.tracking_uri())

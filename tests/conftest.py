@@ -1,5 +1,7 @@
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +73,28 @@ def in_tmp_project(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     return tmp_path
+
+
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment of a stage subprocess: this venv's tools first, the local MLflow store unless given."""
+    env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env | extra
+
+
+def stage_project(folder: Path, **overrides) -> Path:
+    """A folder laid out like the project, with this checkout's pipeline/, a tiny params.yaml (plus
+    `section.key` overrides) and synthetic class images, prepared: ready for `python -m pipeline.train`."""
+    shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    write_class_images(folder / "images", per_class=10)
+    settings = {
+        "data.source": "images",
+        "data.max_per_class": None,
+        "model.backbone": "resnet18",
+        "model.weights": "none",
+        "train.image_size": 32,
+        "train.device": "cpu",
+    }
+    (folder / "params.yaml").write_text(yaml.safe_dump(default_params(**(settings | overrides)), sort_keys=False))
+    subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=folder, env=stage_env(), check=True)
+    return folder

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ import yaml
 from pipeline.data import load_split, read_manifest
 from pipeline.export import PROVIDERS
 from pipeline.images import normalize
-from tests.conftest import ROOT, default_params
+from tests.conftest import ROOT, default_params, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -110,3 +111,70 @@ def test_experiment_in_a_temp_copy_logs_to_the_project_store(project):
     text = json.dumps(shown)
     assert "probe" in text and "trainable_params" in text
     assert len(client(project).search_model_versions("name='e2e-classifier'")) == 2
+
+
+def find_experiment(shown, name: str) -> dict:
+    """The `data` of experiment `name` anywhere in `dvc exp show --json`."""
+    if isinstance(shown, dict):
+        if shown.get("name") == name and "data" in shown:
+            return shown["data"]
+        shown = list(shown.values())
+    for item in shown if isinstance(shown, list) else []:
+        found = find_experiment(item, name)
+        if found:
+            return found
+    return {}
+
+
+def test_queued_experiments_run_in_parallel_without_clobbering_each_other(project, tmp_path):
+    strategies = {"q-head": "head", "q-norm": "norm"}
+    # head_epochs 2: not the params of the `probe` experiment above, which DVC would restore from its run cache;
+    # up to the train stage only, to keep the test short (evaluate and export reopen the run train started)
+    queue = ["dvc", "exp", "run", "--queue", "-S", "finetune.head_epochs=2"]
+    for name, strategy in strategies.items():
+        sh(project, *queue, "-n", name, "-S", f"finetune.strategy={strategy}", "train")
+    # The workers outlive `dvc queue start` and keep its stdout: a pipe there would block this test until they exit.
+    with open(tmp_path / "queue-start.log", "w") as log:
+        command = ["dvc", "queue", "start", "-j", "2"]
+        subprocess.run(command, cwd=project, env=stage_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
+    try:
+        deadline = time.monotonic() + 900
+        while any(word in (status := sh(project, "dvc", "queue", "status")) for word in ("Queued", "Running")):
+            assert time.monotonic() < deadline, status
+            time.sleep(2)
+    finally:
+        sh(project, "dvc", "queue", "stop")  # an idle worker may otherwise wait for tasks forever
+    assert status.count("Success") == 2, status + sh(project, "dvc", "queue", "logs", "q-head")
+    experiment = client(project).get_experiment_by_name("transfer-learning")
+    shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
+    runs = []
+    for name, strategy in strategies.items():
+        [run] = client(project).search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")
+        runs.append(run.info)
+        assert run.info.status == "FINISHED" and run.data.params["finetune.strategy"] == strategy
+        data = find_experiment(shown, name)
+        assert data["params"]["params.yaml"]["data"]["finetune"]["strategy"] == strategy
+        trained = data["metrics"]["metrics/train.json"]["data"]
+        # each experiment's outputs hold its own run's numbers, not the other's
+        assert trained["trainable_params"] == run.data.metrics["trainable_params"]
+        assert trained["best_val_accuracy"] == pytest.approx(run.data.metrics["best_val_accuracy"])
+        assert len(client(project).get_metric_history(run.info.run_id, "val_accuracy")) == 2  # its own epochs only
+    trained = {n: find_experiment(shown, n)["metrics"]["metrics/train.json"]["data"] for n in strategies}
+    assert trained["q-head"]["trainable_params"] < trained["q-norm"]["trainable_params"]
+    assert max(r.start_time for r in runs) < min(r.end_time for r in runs)  # at the same time, on one sqlite store
+
+
+def test_a_fresh_clone_pulls_from_the_remote_and_has_nothing_to_reproduce(project, tmp_path):
+    remote, clone = tmp_path / "remote", tmp_path / "clone"
+    sh(project, "dvc", "remote", "add", "-d", "local", str(remote))
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results and the remote")
+    sh(project, "dvc", "push")
+    sh(tmp_path, "git", "clone", "-q", str(project), str(clone))
+    assert not (clone / "models/model.onnx").exists()
+    sh(clone, "dvc", "pull")
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "status")
+    assert "Data and pipelines are up to date" in sh(clone, "dvc", "repro")
+    assert (clone / "models/model.onnx").read_bytes() == (project / "models/model.onnx").read_bytes()
+    assert (clone / "models/model.pt").read_bytes() == (project / "models/model.pt").read_bytes()
+    assert "analytics = false" in (clone / ".dvc/config").read_text()
