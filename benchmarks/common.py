@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from pipeline.config import Params, parse_params
+from pipeline.config import Params, parse_params, with_overrides
 from pipeline.data import Split, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,13 +36,7 @@ def folder_split(folder: Path, image_size: int) -> Split:
 def bench_params(**overrides) -> Params:
     """params.yaml with `section.key` overrides (the benchmarks' runs differ only where they say)."""
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    return parse_params(raw, "benchmark settings")
+    return parse_params(with_overrides(raw, overrides), "benchmark settings")
 
 
 def sync(device: torch.device) -> None:

@@ -160,6 +160,17 @@ def parse_params(raw: dict, origin: str = "params") -> Params:
         raise ConfigError(f"{origin} is invalid:\n" + "\n".join(lines)) from None
 
 
+def with_overrides(raw: dict, overrides: Mapping[str, object]) -> dict:
+    """`raw` params with `section.key` values replaced, as `dvc exp run -S section.key=value` would."""
+    for dotted, value in overrides.items():
+        *parents, key = dotted.split(".")
+        node = raw
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    return raw
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the stages from the project root")

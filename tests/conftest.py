@@ -10,7 +10,7 @@ import yaml
 from PIL import Image
 
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
-from pipeline.config import parse_params
+from pipeline.config import parse_params, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -18,14 +18,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 def default_params(**overrides) -> dict:
     """params.yaml as a dict, with `section.key` overrides."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in overrides.items():
-        *parents, key = dotted.split(".")
-        node = raw
-        for part in parents:
-            node = node[part]
-        node[key] = value
-    return raw
+    return with_overrides(yaml.safe_load((ROOT / "params.yaml").read_text()), overrides)
 
 
 def tiny_params(**overrides):
