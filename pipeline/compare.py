@@ -87,11 +87,13 @@ def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
     return Split([split.paths[i] for i in keep], split.images[keep], split.labels[keep])
 
 
-def run_one(params: Params, label: str, train: Split, val: Split, test: Split, classes: list[str]) -> Result:
+def run_one(
+    params: Params, label: str, train: Split, val: Split, test: Split, classes: list[str], commit: str
+) -> Result:
     """One child run: fit with `params`, score the best epoch on the test split."""
     seed_everything(params)
     backbone = build(params.model.backbone, params.model.weights, len(classes))
-    tags = {"strategy": label, "seed": str(params.seed), "git_commit": tracking.git_commit()}
+    tags = {"strategy": label, "seed": str(params.seed), "git_commit": commit}
     with mlflow.start_run(run_name=f"{label} seed {params.seed}", nested=True, tags=tags) as run:
         mlflow.log_params(tracking.flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
 
@@ -318,20 +320,22 @@ def compare(params: Params, rows: list[dict], out_dir: Path = REPORT_DIR) -> dic
         runs.append((RANDOM_INIT_PROBE, "none"))
     tracking.use_experiment(params)
     results = []
-    with mlflow.start_run(run_name="compare", tags={"git_commit": tracking.git_commit(), "kind": "compare"}) as parent:
+    commit = tracking.git_commit()
+    with mlflow.start_run(run_name="compare", tags={"git_commit": commit, "kind": "compare"}) as parent:
         mlflow.log_params(
             tracking.flatten({"compare": budget.model_dump(mode="json"), "data": {"source": params.data.source}})
         )
         for seed in budget.seeds:
             for label, weights in runs:
                 strategy = "head" if label == RANDOM_INIT_PROBE else label
-                results.append(run_one(run_params(params, strategy, seed, weights), label, train, val, test, classes))
+                run = run_params(params, strategy, seed, weights)
+                results.append(run_one(run, label, train, val, test, classes, commit))
         pretrained = build(params.model.backbone, params.model.weights, len(classes))
         summaries = summarize(results)
         report = {
             "setup": {
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-                "git_commit": tracking.git_commit(),
+                "git_commit": commit,
                 "parent_run_id": parent.info.run_id,
                 "data_source": params.data.source,
                 "train_images": len(train.labels),
