@@ -11,6 +11,7 @@ batch size over the median time of one call, after warm-up, repeated for --repea
 """
 
 import argparse
+import copy
 import json
 import statistics
 import tempfile
@@ -87,9 +88,7 @@ def measure(name: str, image_size: int, batches: list[int], device: torch.device
         on_device = torch.from_numpy(batch).to(device)
         variants = {"torch fp32": (model.to(device).float(), on_device)}
         if device.type == "cuda":
-            half = WithSoftmax(build(name, "none", CLASSES).model).eval()
-            half.load_state_dict(model.state_dict())
-            half = half.to(device, memory_format=torch.channels_last).half()
+            half = copy.deepcopy(model).to(device, memory_format=torch.channels_last).half()
             variants["torch fp16 channels_last"] = (
                 half,
                 on_device.half().contiguous(memory_format=torch.channels_last),

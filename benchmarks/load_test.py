@@ -106,14 +106,21 @@ def sample_images(count: int) -> list[bytes]:
     return blobs
 
 
-def expected_labels(onnx_file: Path, blobs: list[bytes]) -> list[str]:
-    """The top-1 class ONNX Runtime gives each file, through the evaluation preprocessing."""
+def onnx_on_files(onnx_file: Path, blobs: list[bytes]) -> tuple[np.ndarray, list[str]]:
+    """ONNX Runtime's probabilities for each image file, through the evaluation preprocessing the
+    model's metadata names, and its class names: what the service must answer."""
     session = onnx_session(onnx_file)
     metadata = session.get_modelmeta().custom_metadata_map
-    size, classes = int(metadata["image_size"]), json.loads(metadata["classes"])
+    size = int(metadata["image_size"])
     batch = torch.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), size) for blob in blobs])
     inputs = normalize(batch, json.loads(metadata["mean"]), json.loads(metadata["std"])).numpy()
-    return [classes[i] for i in session.run(None, {"image": inputs})[0].argmax(axis=1)]
+    return session.run(None, {"image": inputs})[0], json.loads(metadata["classes"])
+
+
+def expected_labels(onnx_file: Path, blobs: list[bytes]) -> list[str]:
+    """The top-1 class ONNX Runtime gives each file."""
+    probabilities, classes = onnx_on_files(onnx_file, blobs)
+    return [classes[i] for i in probabilities.argmax(axis=1)]
 
 
 async def client(

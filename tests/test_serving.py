@@ -20,10 +20,9 @@ import torch
 from PIL import Image
 
 from benchmarks import load_test
-from benchmarks.load_test import free_port, running_service, serve_command
+from benchmarks.load_test import free_port, onnx_on_files, running_service, serve_command
 from pipeline.backbones import build
-from pipeline.export import export_checked, onnx_metadata, onnx_session
-from pipeline.images import load_rgb, normalize, resize_square
+from pipeline.export import export_checked, onnx_metadata
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -93,9 +92,9 @@ def server(registry):
 
 def expected_probabilities(registry, blobs: list[bytes]) -> np.ndarray:
     """What ONNX Runtime gives on the same files through the pipeline's evaluation preprocessing."""
-    batch = torch.stack([resize_square(load_rgb(io.BytesIO(blob), 10**8), META["image_size"]) for blob in blobs])
-    inputs = normalize(batch, META["mean"], META["std"]).numpy()
-    return onnx_session(registry["onnx"]).run(None, {"image": inputs})[0]
+    probabilities, classes = onnx_on_files(registry["onnx"], blobs)
+    assert classes == CLASSES
+    return probabilities
 
 
 def as_array(prediction: dict) -> np.ndarray:
