@@ -6,6 +6,7 @@ is read, per-image transforms run in DataLoader workers, and the loop is plain f
 head and still runs the whole network each epoch. Nothing in pipeline/ uses this.
 """
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD
+from pipeline.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 
 
 def folder_loader(root: Path, image_size: int, batch_size: int, workers: int, train: bool) -> DataLoader:
@@ -29,6 +30,12 @@ def folder_loader(root: Path, image_size: int, batch_size: int, workers: int, tr
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def network(backbone: Backbone) -> nn.Module:
+    """The backbone and its new head without the pipeline's in-model normalisation: the tutorial's
+    loader normalises on the CPU."""
+    return nn.Sequential(OrderedDict(body=backbone.model.body, head=backbone.model.head))
 
 
 def freeze_all_but_head(model: nn.Module) -> None:

@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import Params, parse_params, with_overrides
-from pipeline.data import Split, load_split
+from pipeline.manifest import Split, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.common import machine, sync
 from pipeline.backbones import build
+from pipeline.card import ModelCard
 from pipeline.export import WithSoftmax, export_onnx
 
 CLASSES = 10
@@ -50,7 +51,7 @@ def ort_call(path: Path, provider: str, batch: np.ndarray):
     try:
         fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), providers=[(provider, options), *fallback])
-    except Exception:  # a provider library that is missing or cannot start on this machine
+    except Exception:  # noqa: BLE001  (ORT raises its own pybind classes) a provider that cannot start here
         return None
     if session.get_providers()[0] != provider:
         return None
@@ -64,35 +65,34 @@ def ort_call(path: Path, provider: str, batch: np.ndarray):
 
 def measure(name: str, image_size: int, batches: list[int], device: torch.device, repeat_seconds: float, tmp: Path):
     torch.manual_seed(0)
-    model = WithSoftmax(build(name, "none", CLASSES).model).eval()
-    meta = {
-        "classes": [str(i) for i in range(CLASSES)],
-        "image_size": image_size,
-        "mean": [0.5] * 3,
-        "std": [0.25] * 3,
-        "backbone": name,
-        "strategy": "full",
-    }
+    backbone = build(name, "none", CLASSES)
+    model = WithSoftmax(backbone.model).eval()
+    card = ModelCard(
+        classes=[str(i) for i in range(CLASSES)],
+        image_size=image_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        backbone=name,
+        weights="none",
+        strategy="full",
+        data_source="benchmark",
+        data_fingerprint="benchmark",
+    )
     paths = {"fp32": tmp / f"{name}.onnx", "fp16": tmp / f"{name}.fp16.onnx"}
     for precision, path in paths.items():
-        export_onnx(model, meta, path, 18, fp16=precision == "fp16")
+        export_onnx(backbone.model, card, path, 18, fp16=precision == "fp16")
     providers = (
         ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider", "TensorrtExecutionProvider"]
     )
     rows = []
     for batch_size in batches:
-        batch = np.random.default_rng(batch_size).standard_normal(
-            (batch_size, 3, image_size, image_size), dtype=np.float32
-        )
+        batch = np.random.default_rng(batch_size).integers(0, 256, (batch_size, 3, image_size, image_size), np.uint8)
         row = {"backbone": name, "batch": batch_size}
         on_device = torch.from_numpy(batch).to(device)
         variants = {"torch fp32": (model.to(device).float(), on_device)}
         if device.type == "cuda":
             half = copy.deepcopy(model).to(device, memory_format=torch.channels_last).half()
-            variants["torch fp16 channels_last"] = (
-                half,
-                on_device.half().contiguous(memory_format=torch.channels_last),
-            )
+            variants["torch fp16 channels_last"] = (half, on_device.contiguous(memory_format=torch.channels_last))
         for label, (net, inputs) in variants.items():
             with torch.inference_mode():
                 row[label] = batch_size / median_seconds(

@@ -17,77 +17,22 @@ import csv
 import io
 import json
 import os
+import platform
 import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import numpy as np
-import torch
 from PIL import Image
 
-from pipeline.export import onnx_session
-from pipeline.images import load_rgb, normalize, resize_square
+from pipeline import paths
+from pipeline.onnx_model import classify_files
+from tests.servers import running_service
 
 ROOT = Path(__file__).resolve().parents[1]
-MANIFEST = ROOT / "data/prepared/manifest.csv"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def serve_command(port: int) -> list[str]:
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    return [bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
-
-
-@contextmanager
-def running_service(env: dict[str, str], startup_timeout: float = 120):
-    """`bentoml serve` on a free loopback port until the block ends; yields its base URL."""
-    port = free_port()
-    # The log goes to a file, not a pipe: a full pipe would stall a busy server.
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            serve_command(port),
-            cwd=ROOT,
-            env=os.environ | env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # so that stopping it stops its workers too
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + startup_timeout
-            while process.poll() is None:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"bentoml serve was not ready after {startup_timeout:.0f} s")
-                time.sleep(0.5)
-            else:
-                log.seek(0)
-                output = log.read().decode(errors="replace")[-3000:]
-                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{output}")
-            yield url
-        finally:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
+MANIFEST = ROOT / paths.MANIFEST
 
 
 def sample_images(count: int) -> list[bytes]:
@@ -106,21 +51,14 @@ def sample_images(count: int) -> list[bytes]:
     return blobs
 
 
-def onnx_on_files(onnx_file: Path, blobs: list[bytes]) -> tuple[np.ndarray, list[str]]:
-    """ONNX Runtime's probabilities for each image file, through the evaluation preprocessing the
-    model's metadata names, and its class names: what the service must answer."""
-    session = onnx_session(onnx_file)
-    metadata = session.get_modelmeta().custom_metadata_map
-    size = int(metadata["image_size"])
-    batch = torch.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), size) for blob in blobs])
-    inputs = normalize(batch, json.loads(metadata["mean"]), json.loads(metadata["std"])).numpy()
-    return session.run(None, {"image": inputs})[0], json.loads(metadata["classes"])
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
 def expected_labels(onnx_file: Path, blobs: list[bytes]) -> list[str]:
     """The top-1 class ONNX Runtime gives each file."""
-    probabilities, classes = onnx_on_files(onnx_file, blobs)
-    return [classes[i] for i in probabilities.argmax(axis=1)]
+    probabilities, card = classify_files(onnx_file, blobs)
+    return [card.classes[i] for i in probabilities.argmax(axis=1)]
 
 
 async def client(
@@ -201,13 +139,14 @@ def run_mode(adaptive: bool, args, blobs, labels) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--model", default="models/model.onnx", help="SERVING_MODEL: an .onnx path or models:/NAME@ALIAS"
+        "--model", default=str(paths.ONNX_FILE), help="SERVING_MODEL: an .onnx path or models:/NAME@ALIAS"
     )
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per mode")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
     parser.add_argument("--max-requests", type=int, default=100_000, help="per client and mode")
     parser.add_argument("--images", type=int, default=64, help="distinct images the clients cycle through")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here (read by docs/results.py)")
     args = parser.parse_args(argv)
 
     if args.model.startswith("models:/"):
@@ -239,6 +178,23 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         for error in r["errors"][:5]:
             print(f"  {name} error: {error}")
+    if args.out:
+        figures = {
+            "source": "written by this run of `python -m benchmarks.load_test`",
+            "command": "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+            "model": args.model,
+            "providers": next(iter(results.values()))["providers"],
+            "clients": args.clients,
+            "seconds": round(args.seconds),
+            "warmup_seconds": round(args.warmup),
+            "modes": {
+                name: {k: v for k, v in r.items() if k != "providers"} | {"errors": len(r["errors"])}
+                for name, r in results.items()
+            },
+        }
+        args.out.write_text(json.dumps(figures, indent=2) + "\n")
     return 1 if any(r["errors"] for r in results.values()) else 0
 
 

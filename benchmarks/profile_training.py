@@ -16,8 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import bench_params, folder_split, machine, write_photo_folder
-from pipeline.backbones import build
-from pipeline.train import fit, seed_everything
+from pipeline.training import Callbacks, train_model
 
 
 def main() -> None:
@@ -56,12 +55,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_photo_folder(Path(tmp, "train"), args.images, 10, args.image_size * 4 // 3)
         train = folder_split(folder, args.image_size)
-    seed_everything(params)
-    backbone = build(args.backbone, "none", 10)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as profiler:
         records = []
-        fit(params, backbone, train, train, lambda record, *_: records.append(record))
+        train_model(params, [str(i) for i in range(10)], train, train, "benchmark", Callbacks(on_epoch=records.append))
     print(
         f"# benchmarks.profile_training on {machine(device)}: {args.backbone}, {args.strategy}, "
         f"{args.images} images of {args.image_size} px, batch {args.batch_size}, {overrides or 'defaults'}"

@@ -30,7 +30,15 @@ from benchmarks.common import bench_params, folder_split, machine, seconds_of, w
 from pipeline.backbones import build
 from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
 from pipeline.strategies import apply_phase, full
-from pipeline.train import fit, make_augment, make_optimizer, run_batches, seed_everything, warmup_cosine
+from pipeline.training import (
+    Callbacks,
+    make_augment,
+    make_optimizer,
+    run_batches,
+    seed_everything,
+    train_model,
+    warmup_cosine,
+)
 
 CLASSES = 10
 
@@ -52,15 +60,15 @@ def run_params(args, strategy: str, **overrides):
 
 def fit_epoch_times(params, train, val) -> tuple[list[float], list[float]]:
     """(seconds of each epoch from the end of the last, training-pass images/s of each epoch)."""
-    seed_everything(params)
-    backbone = build(params.model.backbone, "none", CLASSES)
-    marks, rates = [time.perf_counter()], []
+    marks, rates = [], []
 
-    def on_epoch(record, model, optimizer):
+    def on_epoch(record):
         marks.append(time.perf_counter())
         rates.append(record["images_per_second"])
 
-    fit(params, backbone, train, val, on_epoch)
+    classes = [str(i) for i in range(CLASSES)]
+    callbacks = Callbacks(on_plan=lambda *_: marks.append(time.perf_counter()), on_epoch=on_epoch)
+    train_model(params, classes, train, val, "benchmark", callbacks)
     return [b - a for a, b in zip(marks, marks[1:], strict=False)], rates
 
 
@@ -74,8 +82,7 @@ def head_only(args, folders, train, val, decode_seconds: float, device) -> dict:
     )
 
     torch.use_deterministic_algorithms(False)  # the baseline runs with torch's defaults
-    backbone = build(name, "none", CLASSES)
-    model = backbone.model.to(device)
+    model = baseline.network(build(name, "none", CLASSES)).to(device)
     baseline.freeze_all_but_head(model)
     optimizer = torch.optim.AdamW(model.head.parameters(), lr=params.train.lr)
     train_loader = baseline.folder_loader(
@@ -124,12 +131,14 @@ def step_rate(step, batches: list, device) -> float:
     return sum(len(y) for _, y in batches) / seconds_of(lambda: step(batches), device)
 
 
-def device_batches(train, count: int, batch_size: int, device, channels_last: bool) -> list:
-    """`count` distinct batches of the training images, normalised, on the device."""
+def device_batches(train, count: int, batch_size: int, device, ours: bool) -> list:
+    """`count` distinct batches of the training images on the device: uint8 in channels_last on CUDA for
+    the pipeline's model (which normalises them itself), normalised float for the baseline's."""
     rows = torch.arange(count * batch_size) % len(train.labels)
+    channels_last = ours and device.type == "cuda"
     batches = []
     for index in rows.split(batch_size):
-        x = ((train.images[index].float() / 255 - 0.5) / 0.25).to(device)
+        x = (train.images[index] if ours else (train.images[index].float() / 255 - 0.5) / 0.25).to(device)
         batches.append(
             (x.contiguous(memory_format=torch.channels_last) if channels_last else x, train.labels[index].to(device))
         )
@@ -153,11 +162,11 @@ def throughput(args, name: str, folder: Path, train, val, device) -> dict:
     loader = baseline.folder_loader(folder, args.image_size, args.batch_size, args.baseline_workers, True)
 
     def fresh_model_and_optimizer():
-        model = build(name, "none", CLASSES).model.to(device)
+        model = baseline.network(build(name, "none", CLASSES)).to(device)
         return model, torch.optim.AdamW(model.parameters(), lr=params.train.lr)
 
     model, optimizer = fresh_model_and_optimizer()
-    batches = device_batches(train, steps, args.batch_size, device, channels_last=False)
+    batches = device_batches(train, steps, args.batch_size, device, ours=False)
     row = {
         "backbone": name,
         "baseline": {
@@ -178,7 +187,7 @@ def throughput(args, name: str, folder: Path, train, val, device) -> dict:
 
 
 def ours(args, params, train, val, device, steps: int) -> dict:
-    """The pipeline's loader (pipeline.loader), its step (train.run_batches) and its epochs (train.fit)."""
+    """The pipeline's loader (pipeline.loader), its step (training.run_batches) and its epochs (train_model)."""
     seed_everything(params)
     backbone = build(params.model.backbone, "none", CLASSES)
     net = backbone.model.to(device)
@@ -186,9 +195,9 @@ def ours(args, params, train, val, device, steps: int) -> dict:
         net.to(memory_format=torch.channels_last)
     workers = resolve_workers(params.train.loader_workers, device)
     dataset = AugmentedImages(train.images, train.labels, make_augment(params), params.seed)
-    batches = ImageBatches(dataset, args.batch_size, workers, device, backbone.mean, backbone.std)
+    batches = ImageBatches(dataset, args.batch_size, workers, device)
     next(batches(torch.arange(args.batch_size), 1))  # starts the workers, as fit does once per phase
-    optimizer = make_optimizer(params, apply_phase(net, full(params, backbone, train)[0]), device)
+    optimizer = make_optimizer(params, apply_phase(net, full(params, backbone, train).phases[0]), device)
     scheduler = warmup_cosine(optimizer, 0, 10**6)
     stepped = torch.compile(net) if params.train.compile else net
     loss_fn = nn.CrossEntropyLoss(reduction="sum")  # as fit's: run_batches scales it to the batch mean
@@ -198,7 +207,7 @@ def ours(args, params, train, val, device, steps: int) -> dict:
 
     figures = {
         "loader": loader_rate(batches(torch.arange(len(dataset)), 1), device),
-        "step": step_rate(step, device_batches(train, steps, args.batch_size, device, device.type == "cuda"), device),
+        "step": step_rate(step, device_batches(train, steps, args.batch_size, device, ours=True), device),
         "workers": workers,
     }
     _, rates = fit_epoch_times(params, train, val)

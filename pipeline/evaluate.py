@@ -18,27 +18,11 @@ import mlflow
 import torch
 from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, f1_score, precision_recall_fscore_support
 
-from pipeline import tracking
-from pipeline.artifacts import atomic_path, write_json
-from pipeline.backbones import Classifier, load_trained
+from pipeline import tracking, trained
+from pipeline.atomic import atomic_path, write_json
 from pipeline.config import load_params
-from pipeline.data import load_split, read_manifest
-from pipeline.images import normalize
-from pipeline.train import MODEL_FILE
-
-METRICS_FILE = Path("metrics/evaluate.json")
-PREDICTIONS_FILE = Path("metrics/test_predictions.csv")
-CONFUSION_PNG = Path("metrics/confusion_matrix.png")
-
-
-@torch.no_grad()
-def predict_probabilities(model: Classifier, images: torch.Tensor, meta: dict, batch_size: int = 64) -> torch.Tensor:
-    """Softmax probabilities for uint8 images, preprocessed as the exported model expects."""
-    chunks = [
-        model(normalize(images[i : i + batch_size], meta["mean"], meta["std"])).softmax(1)
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(chunks)
+from pipeline.manifest import load_split, read_manifest
+from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
 
 
 def expected_calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
@@ -83,27 +67,26 @@ def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
 
 def main() -> None:
     params = load_params()
-    model, meta = load_trained(MODEL_FILE)
-    test = load_split(read_manifest(), "test", meta["image_size"], params.data.max_image_pixels)
-    probabilities = predict_probabilities(model, test.images, meta)
-    metrics = score(probabilities, test.labels, meta["classes"])
+    model, card = trained.load(MODEL_FILE)
+    test = load_split(read_manifest(), "test", card.image_size, params.data.max_image_pixels)
+    probabilities = trained.predict_probabilities(model, test.images)
+    metrics = score(probabilities, test.labels, card.classes)
     predicted = probabilities.argmax(1)
-    classes = meta["classes"]
-    with atomic_path(PREDICTIONS_FILE) as partial, open(partial, "w", newline="") as f:
+    with atomic_path(TEST_PREDICTIONS) as partial, open(partial, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "actual", "predicted"])
         writer.writerows(
-            (p, classes[a], classes[b]) for p, a, b in zip(test.paths, test.labels, predicted, strict=True)
+            (p, card.classes[a], card.classes[b]) for p, a, b in zip(test.paths, test.labels, predicted, strict=True)
         )
-    plot_confusion(test.labels.numpy(), predicted.numpy(), classes, CONFUSION_PNG)
-    write_json(METRICS_FILE, metrics)
+    plot_confusion(test.labels.numpy(), predicted.numpy(), card.classes, CONFUSION_PNG)
+    write_json(EVALUATE_METRICS, metrics)
     with tracking.resume_run():
         mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if k != "per_class"})
         mlflow.log_metrics(
             {f"test_{kind}_{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()}
         )
         mlflow.log_artifact(str(CONFUSION_PNG))
-        mlflow.log_artifact(str(METRICS_FILE))
+        mlflow.log_artifact(str(EVALUATE_METRICS))
     print(
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
         f"on {len(test.labels)} images"

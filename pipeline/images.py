@@ -1,16 +1,16 @@
-"""Decoding any image file a user may have into an RGB picture, and the tensors the model sees.
+"""Decoding any image file a user may have into the uint8 pixels the model takes; Pillow and numpy only,
+so the service needs no torch.
 
-`load_rgb` is the single place where files become pixels: prepare validates with it, training,
-evaluation and export read with it, so a file that passed prepare decodes the same everywhere.
+`load_rgb` and `resize_square` are the single place where files become model input: prepare
+validates with them, training, evaluation, export and the service read with them, so an image is
+the same array everywhere.
 """
 
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torchvision.transforms import v2
 
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
@@ -52,15 +52,11 @@ def load_rgb(source: Path | str | BinaryIO, max_pixels: int) -> Image.Image:
         raise BadImage(f"{type(exc).__name__}: {exc}") from None
 
 
-def resize_square(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize the short side to `size` and centre-crop: the uint8 CHW tensor of eval and serving."""
-    tensor = v2.functional.pil_to_tensor(image)
-    tensor = v2.functional.resize(tensor, size, antialias=True)
-    return v2.functional.center_crop(tensor, [size, size])
-
-
-def normalize(batch: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
-    """uint8 NCHW batch to the float input of the network, on the batch's device."""
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
-    std_t = torch.tensor(std, dtype=torch.float32, device=batch.device).view(1, -1, 1, 1) * 255.0
-    return (batch.float() - mean_t) / std_t
+def resize_square(image: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to `size` (bilinear, antialiased) and centre-crop: uint8 3 x size x size."""
+    width, height = image.size
+    # the long side as torchvision computes it (truncated), so the crop matches its Resize + CenterCrop
+    scaled = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+    image = image.resize(scaled, Image.Resampling.BILINEAR)
+    left, top = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+    return np.ascontiguousarray(np.asarray(image.crop((left, top, left + size, top + size))).transpose(2, 0, 1))

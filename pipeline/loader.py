@@ -1,10 +1,10 @@
-"""Batches of the uint8 images held in memory (pipeline.data), on the training device.
+"""Batches of the uint8 images held in memory (pipeline.manifest), on the training device.
 
 Each image's augmentation is drawn from its own seed (run seed, epoch, index), so an image comes
 out the same whichever process makes it: the main process, any of N DataLoader workers, or any
 rank of a torchrun job (which takes its share of every global batch, pipeline/distributed.py). The
-images travel to the device as uint8, a quarter of float32's bytes (from pinned memory on CUDA),
-and are normalised there.
+images travel to the device as uint8, a quarter of float32's bytes (from pinned memory on CUDA);
+the model normalises them there.
 """
 
 import os
@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision.transforms import v2
 
 from pipeline import distributed
-from pipeline.images import normalize
 
 
 class AugmentedImages(Dataset):
@@ -73,12 +72,10 @@ class EpochBatches:
 
 
 class ImageBatches:
-    """Normalised float image batches and labels on `device`, for any order and epoch. Its loader
-    workers start once and serve every epoch (starting them each epoch costs seconds on a GPU run)."""
+    """uint8 image batches and labels on `device`, for any order and epoch. Its loader workers start
+    once and serve every epoch (starting them each epoch costs seconds on a GPU run)."""
 
-    def __init__(
-        self, dataset: AugmentedImages, batch_size: int, workers: int, device: torch.device, mean: tuple, std: tuple
-    ):
+    def __init__(self, dataset: AugmentedImages, batch_size: int, workers: int, device: torch.device):
         self.sampler = EpochBatches(batch_size)
         self.loader = DataLoader(
             dataset,
@@ -88,12 +85,12 @@ class ImageBatches:
             pin_memory=device.type == "cuda",
             persistent_workers=workers > 0,
         )
-        self.device, self.mean, self.std = device, mean, std
+        self.device = device
 
     def __call__(self, order: torch.Tensor, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.keys = [(epoch, index) for index in order.tolist()]
         for images, labels in self.loader:
             images = images.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":  # the layout cuDNN's fastest convolutions read; normalize keeps it
+            if self.device.type == "cuda":  # the layout cuDNN's fastest convolutions read; normalising keeps it
                 images = images.contiguous(memory_format=torch.channels_last)
-            yield normalize(images, self.mean, self.std), labels.to(self.device, non_blocking=True)
+            yield images, labels.to(self.device, non_blocking=True)

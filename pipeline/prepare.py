@@ -2,13 +2,10 @@
 
     python -m pipeline.prepare
 
-`data.source` is a folder with one sub-folder of images per class (any depth below it).
-Every candidate file is decoded; corrupt, truncated, empty and non-image files are skipped and
-listed in data/prepared/report.json. Writes data/prepared/manifest.csv (path, label, split,
-sha256) and metrics/prepare.json.
+Every candidate file of `data.source` is decoded; the ones that fail are skipped and listed with
+the reason in data/prepared/report.json. Writes data/prepared/manifest.csv and metrics/prepare.json.
 """
 
-import csv
 import hashlib
 import io
 import random
@@ -17,14 +14,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_dir, write_json
+from pipeline.atomic import atomic_dir, write_json
 from pipeline.config import ConfigError, DataConfig, load_params
 from pipeline.images import BadImage, load_rgb
-
-OUT_DIR = Path("data/prepared")
-MANIFEST = OUT_DIR / "manifest.csv"
-METRICS = Path("metrics/prepare.json")
-SPLITS = ("train", "val", "test")
+from pipeline.manifest import SPLITS, write_manifest
+from pipeline.paths import MANIFEST, PREPARE_METRICS, PREPARE_REPORT, PREPARED_DIR
 
 
 def list_classes(source: Path) -> dict[str, list[Path]]:
@@ -82,7 +76,7 @@ def manifest_path(path: Path) -> str:
         return path.resolve().as_posix()
 
 
-def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
+def prepare(data: DataConfig, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
     source = Path(data.source)
     classes = list_classes(source)
     rows, skipped, per_class = [], [], {}
@@ -100,11 +94,8 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
         rows += [(manifest_path(p), label, split, digest) for split, items in splits.items() for p, digest in items]
 
     with atomic_dir(out_dir) as partial:
-        with open(partial / MANIFEST.name, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split", "sha256"])
-            writer.writerows(sorted(rows))
-        write_json(partial / "report.json", {"source": str(source), "classes": per_class, "skipped": skipped})
+        write_manifest(partial / MANIFEST.name, rows)
+        write_json(partial / PREPARE_REPORT.name, {"source": str(source), "classes": per_class, "skipped": skipped})
 
     split_counts = Counter(split for _, _, split, _ in rows)
     return {
@@ -118,10 +109,10 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = OUT_DIR) -> dict:
 def main() -> None:
     params = load_params()
     metrics = prepare(params.data, params.seed)
-    write_json(METRICS, metrics)
+    write_json(PREPARE_METRICS, metrics)
     print(
         f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
-        f"(listed in {OUT_DIR / 'report.json'})"
+        f"(listed in {PREPARE_REPORT})"
     )
 
 

@@ -1,4 +1,4 @@
-"""Fine-tuning strategies: each is a registry entry that turns the config into training phases.
+"""Fine-tuning strategies: a registry of planners that turn the config into a `Plan` of phases.
 
 A `Phase` says which modules train, at which learning rates, for how many epochs; the training
 loop runs phases and knows nothing of strategy names. With `finetune.batchnorm: frozen` every
@@ -9,13 +9,12 @@ keep their pretrained values (and dropout in them is off), the same as in the fe
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import mlflow
 from torch import nn
 
 from pipeline.backbones import Backbone
+from pipeline.block_choice import BlockChoice, block_label, choose_blocks
 from pipeline.config import ConfigError, Params
-from pipeline.data import Split
-from pipeline.surgical import block_label, choose_blocks
+from pipeline.manifest import Split
 
 
 @dataclass(frozen=True)
@@ -31,13 +30,27 @@ class Phase:
         return self.trainable == ("head",)
 
 
-def head(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
-    return [Phase("head", params.finetune.head_epochs, ("head",), params.train.lr, 0.0)]
+@dataclass(frozen=True)
+class Plan:
+    phases: tuple[Phase, ...]
+    block_choice: BlockChoice | None = None  # `auto`: what its probe measured and chose
+
+    @property
+    def trained_modules(self) -> set[str]:
+        return {name for phase in self.phases for name in phase.trainable}
 
 
-def full(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+def head_phase(params: Params) -> Phase:
+    return Phase("head", params.finetune.head_epochs, ("head",), params.train.lr, 0.0)
+
+
+def head(params: Params, backbone: Backbone, train: Split) -> Plan:
+    return Plan((head_phase(params),))
+
+
+def full(params: Params, backbone: Backbone, train: Split) -> Plan:
     lr = params.train.lr
-    return [Phase("full", params.train.epochs, ("body", "head"), lr, lr * params.finetune.backbone_lr_mult)]
+    return Plan((Phase("full", params.train.epochs, ("body", "head"), lr, lr * params.finetune.backbone_lr_mult),))
 
 
 def checked_block_count(params: Params, backbone: Backbone) -> int:
@@ -50,17 +63,17 @@ def checked_block_count(params: Params, backbone: Backbone) -> int:
     return count
 
 
-def partial(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+def partial(params: Params, backbone: Backbone, train: Split) -> Plan:
     count = checked_block_count(params, backbone)
     names = tuple(name for block in backbone.blocks[-count:] for name in block)
     lr = params.train.lr
-    return [Phase("partial", params.train.epochs, (*names, "head"), lr, lr * params.finetune.backbone_lr_mult)]
+    return Plan((Phase("partial", params.train.epochs, (*names, "head"), lr, lr * params.finetune.backbone_lr_mult),))
 
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
 
-def norm(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+def norm(params: Params, backbone: Backbone, train: Split) -> Plan:
     """Only the normalisation layers' scale and shift, plus the head (under `batchnorm: frozen` they
     also re-estimate their statistics):
     "Training BatchNorm and only BatchNorm" (Frankle et al. 2021), BitFit (Ben Zaken et al. 2022)
@@ -72,20 +85,19 @@ def norm(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
         if isinstance(module, NORM_LAYERS) and any(True for _ in module.parameters(recurse=False))
     )
     lr = params.train.lr
-    return [Phase("norm", params.train.epochs, (*names, "head"), lr, lr)]
+    return Plan((Phase("norm", params.train.epochs, (*names, "head"), lr, lr),))
 
 
-def lp_ft(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
+def lp_ft(params: Params, backbone: Backbone, train: Split) -> Plan:
     """Linear probe, then everything at the lower rate (Kumar et al. 2022): a trained head
     sends small gradients into the backbone, so the pretrained features are not distorted."""
     low = params.train.lr * params.finetune.backbone_lr_mult
-    return [*head(params, backbone, train), Phase("fine-tune", params.train.epochs, ("body", "head"), low, low)]
+    return Plan((head_phase(params), Phase("fine-tune", params.train.epochs, ("body", "head"), low, low)))
 
 
-def auto(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
-    """The blocks the data asks for (pipeline/surgical.py), tuned like `partial`; the head alone
-    when a linear probe already classifies held-out images. The choice and the per-block relative
-    gradient norms go to the MLflow run."""
+def auto(params: Params, backbone: Backbone, train: Split) -> Plan:
+    """The blocks the data asks for (pipeline.block_choice), tuned like `partial`; the head alone
+    when a linear probe already classifies held-out images. The probe runs on the model's device."""
     tune = params.finetune
     choice = choose_blocks(
         backbone,
@@ -96,20 +108,14 @@ def auto(params: Params, backbone: Backbone, train: Split) -> list[Phase]:
         tune.auto_samples,
         params.seed,
     )
-    chosen = ", ".join(choice.blocks) or "none (head only)"
-    print(f"auto: probe accuracy {choice.probe_accuracy:.3f} on held-out images; tuning {chosen}")
-    if mlflow.active_run():
-        mlflow.log_metrics({f"auto.rgn.{label}": value for label, value in choice.relative_gradient_norms.items()})
-        mlflow.log_metric("auto.probe_accuracy", choice.probe_accuracy)
-        mlflow.set_tag("auto.blocks", chosen)
     if not choice.blocks:
-        return head(params, backbone, train)
+        return Plan((head_phase(params),), choice)
     names = tuple(name for block in backbone.blocks if block_label(block) in choice.blocks for name in block)
     lr = params.train.lr
-    return [Phase("auto", params.train.epochs, (*names, "head"), lr, lr * tune.backbone_lr_mult)]
+    return Plan((Phase("auto", params.train.epochs, (*names, "head"), lr, lr * tune.backbone_lr_mult),), choice)
 
 
-STRATEGIES: dict[str, Callable[[Params, Backbone, Split], list[Phase]]] = {
+STRATEGIES: dict[str, Callable[[Params, Backbone, Split], Plan]] = {
     "head": head,
     "full": full,
     "partial": partial,

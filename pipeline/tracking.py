@@ -3,9 +3,10 @@
 train starts the run and writes its id to models/run.json; evaluate and export reopen it.
 The store defaults to a sqlite file at the project root, given as an absolute path because
 `dvc exp run --queue/--temp` runs the stages in a temporary copy of the project (DVC_ROOT
-then points at the real root); MLFLOW_TRACKING_URI overrides it, e.g. a shared `mlflow server`
-(README, "A shared tracking server"). A server that does not answer stops the stage at once with
-an error naming it, instead of MLflow's client retrying for minutes or a run being lost.
+then points at the real root); MLFLOW_TRACKING_URI overrides it. A server that does not answer
+stops the stage at once with an error naming it, instead of MLflow's client retrying for minutes.
+The train stage and compare log a training through the same functions (log_run_params, log_plan,
+log_epoch).
 """
 
 import json
@@ -17,10 +18,9 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.artifacts import write_json
+from pipeline.atomic import write_json
 from pipeline.config import PARAMS_FILE, Params
-
-RUN_FILE = Path("models/run.json")
+from pipeline.paths import RUN_FILE
 
 
 def project_root() -> Path:
@@ -93,11 +93,30 @@ def start_run(params: Params, run_id: str | None = None):
         **({"dvc_experiment": experiment} if experiment else {}),
     }
     with mlflow.start_run(run_name=name, tags=tags) as run:
-        mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
+        log_run_params(params)
         if PARAMS_FILE.is_file():
             mlflow.log_artifact(str(PARAMS_FILE))
         write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
         yield run
+
+
+def log_run_params(params: Params) -> None:
+    """What decides a training's result, as flat `section.key` params (MLflow compares runs by them)."""
+    mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
+
+
+def log_plan(plan, trainable: int, total: int) -> None:
+    """A `pipeline.strategies.Plan` and its parameter counts, on the active run."""
+    mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
+    choice = plan.block_choice
+    if choice is not None:  # `auto`: what its probe measured, and the blocks it chose
+        mlflow.log_metrics({f"auto.rgn.{label}": value for label, value in choice.relative_gradient_norms.items()})
+        mlflow.log_metric("auto.probe_accuracy", choice.probe_accuracy)
+        mlflow.set_tag("auto.blocks", ", ".join(choice.blocks) or "none (head only)")
+
+
+def log_epoch(record: dict) -> None:
+    mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "phase")}, step=record["epoch"])
 
 
 @contextmanager

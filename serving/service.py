@@ -7,16 +7,16 @@ Two services in one server. `ImageClassifier` is the HTTP front: it checks and d
 images (so a bad image is refused with a 4xx on its own request, never failing a batch of others)
 with the pipeline's own `load_rgb`/`resize_square`, then calls `OnnxModel.predict`, which is
 batchable: BentoML merges concurrent requests into one ONNX Runtime call (adaptive batching).
+The graph normalises its uint8 input itself, so the service needs Pillow and ONNX Runtime, not torch.
 
 Which model is served and the limits come from params.yaml's `serving` section, each overridable by
 SERVING_<KEY>; SERVING_MODEL is `models:/NAME@ALIAS`, `models:/NAME/VERSION` or an .onnx path.
-Class names and preprocessing are read from the model's own metadata, written by pipeline.export.
+Class names and input size come from the model card in the model's metadata (pipeline.card).
 """
 
 import base64
 import binascii
 import io
-import json
 import logging
 from http import HTTPStatus
 from pathlib import Path
@@ -24,23 +24,18 @@ from pathlib import Path
 import anyio
 import bentoml
 import numpy as np
-import torch
 from fastapi import FastAPI, Form, HTTPException, UploadFile
 from pydantic import BaseModel
 from starlette.responses import JSONResponse
 
-from pipeline import tracking
+from pipeline import onnx_model, tracking
 from pipeline.config import ServingConfig, load_serving_config
-from pipeline.images import BadImage, load_rgb, normalize, resize_square
+from pipeline.images import BadImage, load_rgb, resize_square
+from pipeline.onnx_model import ModelLoadError
 
 logger = logging.getLogger("bentoml.serving")
 # The batching decorator below is evaluated at import, so the settings are read here, once.
 SETTINGS = load_serving_config()
-REQUIRED_METADATA = ("classes", "image_size", "mean", "std")
-
-
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be served; raised at start-up, never at a request."""
 
 
 def resolve_model(spec: str) -> tuple[Path, dict]:
@@ -79,24 +74,8 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
     return files[0], {"name": name, "version": int(version.version), "alias": alias, "run_id": version.run_id}
 
 
-def open_session(path: Path, tensorrt: bool):
-    import onnxruntime as ort
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if tensorrt:
-        providers.insert(0, "TensorrtExecutionProvider")
-    ort.set_default_logger_severity(4)  # a GPU provider failing to load on a CPU machine is expected
-    try:
-        session = ort.InferenceSession(str(path), providers=providers)
-    except Exception as exc:  # noqa: BLE001  (ORT raises its own pybind classes: InvalidProtobuf, Fail, ...)
-        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from None
-    metadata = session.get_modelmeta().custom_metadata_map
-    missing = [key for key in REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise ModelLoadError(
-            f"{path} lacks the metadata {missing} that pipeline.export writes; export it with the pipeline"
-        )
-    return session, metadata
+def provider_order(tensorrt: bool) -> list[str]:
+    return ["TensorrtExecutionProvider", *onnx_model.PROVIDERS] if tensorrt else onnx_model.PROVIDERS
 
 
 # BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age`
@@ -116,29 +95,14 @@ class OnnxModel:
 
     @bentoml.on_deployment
     def check_model() -> None:
-        """Runs once in `bentoml serve`'s main process: a missing or corrupt model stops the server
-        there, instead of each worker failing and being respawned forever."""
-        open_session(resolve_model(SETTINGS.model)[0], tensorrt=False)
+        """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
+        the server there, instead of each worker failing and being respawned forever."""
+        onnx_model.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
 
     def __init__(self) -> None:
-        path, self.source = resolve_model(SETTINGS.model)
-        self.session, metadata = open_session(path, SETTINGS.tensorrt)
-        self.mean = tuple(json.loads(metadata["mean"]))
-        self.std = tuple(json.loads(metadata["std"]))
-        self.info = {
-            "model": SETTINGS.model,
-            **self.source,
-            "classes": json.loads(metadata["classes"]),
-            "image_size": int(metadata["image_size"]),
-            "mean": self.mean,
-            "std": self.std,
-            "backbone": metadata.get("backbone"),
-            "strategy": metadata.get("strategy"),
-            "providers": self.session.get_providers(),
-            "adaptive_batching": SETTINGS.adaptive_batching,
-            "max_batch_size": SETTINGS.max_batch_size if SETTINGS.adaptive_batching else None,
-        }
-        logger.info("serving %s (%s) on %s", SETTINGS.model, path, ", ".join(self.info["providers"]))
+        path, _ = resolve_model(SETTINGS.model)
+        self.session, _ = onnx_model.open_session(path, provider_order(SETTINGS.tensorrt))
+        logger.info("serving %s (%s) on %s", SETTINGS.model, path, ", ".join(self.session.get_providers()))
 
     @bentoml.api(
         batchable=SETTINGS.adaptive_batching,
@@ -146,17 +110,17 @@ class OnnxModel:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def predict(self, images: np.ndarray) -> np.ndarray:
-        inputs = normalize(torch.from_numpy(images), self.mean, self.std).numpy()
         # I/O binding: on CUDA the batch is copied to the device once and the probabilities back once.
         binding = self.session.io_binding()
-        binding.bind_cpu_input("image", inputs)
-        binding.bind_output("probabilities")
+        binding.bind_cpu_input(onnx_model.INPUT, images)
+        binding.bind_output(onnx_model.OUTPUT)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
     @bentoml.api
-    def describe(self) -> dict:
-        return self.info
+    def providers(self) -> list[str]:
+        """The ONNX Runtime providers really active (a GPU one may have failed to load)."""
+        return self.session.get_providers()
 
 
 class Label(BaseModel):
@@ -219,17 +183,13 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
-        self._info: dict | None = None
-
-    async def model_info(self) -> dict:
-        # Asked of the model service once, so the two can never disagree on classes or preprocessing.
-        if self._info is None:
-            self._info = await self.model.to_async.describe()
-        return self._info
+        path, self.source = resolve_model(SETTINGS.model)
+        # Classes and input size from the card of the file the model service resolves too: no call to it.
+        _, self.card = onnx_model.open_session(path, ["CPUExecutionProvider"])
 
     def decode(self, blobs: list[tuple[str, bytes]], image_size: int) -> np.ndarray:
         """(name, bytes) pairs to a uint8 NCHW batch, refusing the request on the first bad image."""
-        tensors = []
+        arrays = []
         for name, blob in blobs:
             if not blob:
                 raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is empty")
@@ -242,8 +202,8 @@ class ImageClassifier:
                 image = load_rgb(io.BytesIO(blob), self.settings.max_image_pixels)
             except BadImage as exc:
                 raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None
-            tensors.append(resize_square(image, image_size))
-        return torch.stack(tensors).numpy()
+            arrays.append(resize_square(image, image_size))
+        return np.stack(arrays)
 
     async def classify_blobs(self, blobs: list[tuple[str, bytes]], top_k: int | None) -> list[Prediction]:
         if not blobs:
@@ -253,16 +213,17 @@ class ImageClassifier:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"{len(blobs)} images in one request, over the limit of {self.settings.max_images_per_request}",
             )
-        info = await self.model_info()
-        classes = info["classes"]
+        classes = self.card.classes
         top_k = self.settings.top_k if top_k is None else top_k
         if not 1 <= top_k <= len(classes):
             raise refuse(
                 HTTPStatus.BAD_REQUEST,
                 f"top_k must be between 1 and {len(classes)} (the number of classes), got {top_k}",
             )
-        batch = await anyio.to_thread.run_sync(self.decode, blobs, info["image_size"])
+        batch = await anyio.to_thread.run_sync(self.decode, blobs, self.card.image_size)
         probabilities = await self.model.to_async.predict(batch)
+        if probabilities.shape[1] != len(classes):  # an alias moved between the two services' start-ups
+            raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
         return [
             Prediction(predictions=[Label(label=classes[i], probability=float(row[i])) for i in best])
@@ -301,8 +262,15 @@ class ImageClassifier:
 
     @api.get("/metadata")
     async def metadata(self) -> dict:
-        """The served model: name, version, alias, classes, input size, active ONNX Runtime providers."""
-        return await self.model_info()
+        """The served model: where it came from, its model card, the active ONNX Runtime providers."""
+        return {
+            "model": self.settings.model,
+            **self.source,
+            **self.card.model_dump(mode="json"),
+            "providers": await self.model.to_async.providers(),
+            "adaptive_batching": self.settings.adaptive_batching,
+            "max_batch_size": self.settings.max_batch_size if self.settings.adaptive_batching else None,
+        }
 
 
 ImageClassifier.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)

@@ -10,7 +10,8 @@ import yaml
 from PIL import Image
 
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
-from pipeline.config import parse_params, with_overrides
+from pipeline.card import ModelCard
+from pipeline.config import DataConfig, parse_params, with_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -34,6 +35,28 @@ def tiny_params(**overrides):
     return parse_params(default_params(**(settings | overrides)))
 
 
+def data_config(source: Path, **overrides) -> DataConfig:
+    """params.yaml's `data` section for `source`, every image kept, with `key=value` overrides."""
+    settings = {"data.source": str(source), "data.max_per_class": None}
+    return parse_params(default_params(**settings | {f"data.{k}": v for k, v in overrides.items()})).data
+
+
+def model_card(**overrides) -> ModelCard:
+    """A card for test models: three classes, 32 px, a normalisation unlike any backbone's."""
+    fields = {
+        "classes": ["cat", "dog", "owl"],
+        "image_size": 32,
+        "mean": (0.4, 0.5, 0.6),
+        "std": (0.2, 0.25, 0.3),
+        "backbone": "resnet18",
+        "weights": "none",
+        "strategy": "full",
+        "data_source": "images",
+        "data_fingerprint": "0" * 64,
+    }
+    return ModelCard(**fields | overrides)
+
+
 def write_class_images(folder: Path, per_class: int = 6, size: int = 20, classes=("red", "green", "blue")) -> Path:
     """Learnable synthetic classes: noisy images dominated by one colour channel each."""
     rng = np.random.default_rng(0)
@@ -53,10 +76,16 @@ def image_folder(tmp_path) -> Path:
 
 @pytest.fixture(scope="session")
 def animal_shape_folder(tmp_path_factory) -> Path:
-    from pipeline.datasets import write_class_folder
+    """The first 60 images of each class of the built-in animal-shape data (as the builtin stage writes them)."""
+    from pipeline.builtin import animal_shape
 
     folder = tmp_path_factory.mktemp("builtin") / "animal-shape"
-    write_class_folder("animal-shape", folder)
+    written: dict[str, int] = {}
+    for label, pixels in animal_shape():
+        if written.get(label, 0) < 60:
+            (folder / label).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / label / f"{written.get(label, 0)}.png")
+            written[label] = written.get(label, 0) + 1
     return folder
 
 

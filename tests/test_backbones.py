@@ -4,16 +4,21 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torchvision.models import ResNet18_Weights
 
-from pipeline.backbones import build, efficientnet_lite0, load_trained
-from pipeline.images import normalize, resize_square
+from pipeline import trained
+from pipeline.backbones import Classifier, build, efficientnet_lite0
+from pipeline.card import ModelCardError
+from pipeline.images import resize_square
+from tests.conftest import model_card
 
 IMAGENET_CLASSES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
 
 
 def top5(net, image, mean, std) -> list[str]:
-    batch = normalize(resize_square(Image.fromarray(image), 224)[None], mean, std)
+    """The network's top classes, through the pipeline's own preprocessing (a Classifier normalises)."""
+    classifier = Classifier(net, torch.nn.Identity(), mean, std).eval()
+    batch = torch.from_numpy(resize_square(Image.fromarray(image), 224))[None]
     with torch.no_grad():
-        return [IMAGENET_CLASSES[i] for i in net(batch).topk(5).indices[0]]
+        return [IMAGENET_CLASSES[i] for i in classifier(batch).topk(5).indices[0]]
 
 
 def test_offline_lite0_weights_load_strictly_and_recognise_photos():
@@ -60,13 +65,29 @@ def test_local_checkpoint_loads_with_weights_only(tmp_path):
     assert torch.equal(loaded.body.layer4[1].conv2.weight, source.body.layer4[1].conv2.weight)
 
 
-def test_trained_model_file_roundtrip(tmp_path):
+CARD = model_card(classes=["a", "b"])
+
+
+def test_trained_model_file_roundtrip_carries_the_card_and_normalises_with_it(tmp_path):
     backbone = build("resnet18", "none", num_classes=2)
-    meta = {"backbone": "resnet18", "classes": ["a", "b"], "image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
-    torch.save({"state_dict": backbone.model.state_dict(), "meta": meta}, tmp_path / "model.pt")
-    model, loaded_meta = load_trained(tmp_path / "model.pt")
-    assert loaded_meta == meta and not model.training
+    trained.save(tmp_path / "model.pt", backbone.model.state_dict(), CARD)
+    model, card = trained.load(tmp_path / "model.pt")
+    assert card == CARD and not model.training
     assert torch.equal(model.head.weight, backbone.model.head.weight)
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    normalised = (images.float() / 255 - torch.tensor(CARD.mean).view(1, 3, 1, 1)) / torch.tensor(CARD.std).view(
+        1, 3, 1, 1
+    )
+    backbone.model.eval()
+    torch.testing.assert_close(
+        model(images), backbone.model.head(backbone.model.body(normalised)), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_a_model_file_without_a_card_is_refused_by_name(tmp_path):
+    torch.save({"state_dict": {}, "meta": {}}, tmp_path / "model.pt")
+    with pytest.raises(ModelCardError, match="model.pt has no model card"):
+        trained.load(tmp_path / "model.pt")
 
 
 def test_bad_backbone_and_weights_are_named():

@@ -29,6 +29,13 @@ def test_bento_packages_are_pinned_to_the_project_lock():
     assert BENTOFILE["python"]["lock_packages"] is False  # locking needs the internet
     assert {name: locked.get(name) for name in packages} == packages
     assert {"onnxruntime-gpu", "bentoml", "fastapi", "python-multipart", "mlflow"} <= set(packages)
+    assert not {"torch", "torchvision"} & set(packages)
+
+
+def test_the_service_imports_neither_torch_nor_torchvision():
+    code = "import sys, serving.service; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.slow

@@ -4,9 +4,18 @@ from pipeline.config import ConfigError, load_params, load_serving_config, parse
 from tests.conftest import ROOT, default_params
 
 
-def test_project_params_are_valid():
+def test_project_params_are_valid_and_every_key_is_there():
     params = load_params(ROOT / "params.yaml")
-    assert params.finetune.strategy in ("head", "full", "partial", "lp-ft")
+    assert params.model_dump(mode="json") == default_params()  # nothing filled in from elsewhere
+
+
+def test_params_yaml_is_the_only_home_of_defaults():
+    """The typed config has no default of its own to drift from params.yaml: a missing key is an error."""
+    raw = default_params()
+    del raw["train"]["lr"], raw["serving"]
+    with pytest.raises(ConfigError) as error:
+        parse_params(raw)
+    assert "train.lr: required" in str(error.value) and "serving: required" in str(error.value)
 
 
 def test_unknown_key_is_named_with_the_allowed_keys():
@@ -23,7 +32,7 @@ def test_misspelled_strategy_lists_the_allowed_values():
         parse_params(default_params(**{"finetune.strategy": "fulll"}))
     message = str(error.value)
     assert "finetune.strategy" in message and "'fulll'" in message
-    for allowed in ("'head'", "'full'", "'partial'", "'lp-ft'"):
+    for allowed in ("'head'", "'full'", "'partial'", "'lp-ft'", "'norm'", "'auto'"):
         assert allowed in message
 
 

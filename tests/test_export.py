@@ -1,84 +1,91 @@
-import json
-
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from pipeline import onnx_model
 from pipeline.backbones import build
-from pipeline.export import ParityError, export_checked, onnx_session
-from pipeline.images import normalize
+from pipeline.export import ParityError, export_checked
+from tests.conftest import model_card
+
+CARD = model_card()
 
 
 @pytest.fixture(scope="module")
-def model_and_meta():
+def model_and_images():
     torch.manual_seed(0)
-    model = build("resnet18", "none", 3).model.eval()
-    meta = {
-        "backbone": "resnet18",
-        "classes": ["cat", "dog", "owl"],
-        "image_size": 32,
-        "mean": [0.4, 0.5, 0.6],
-        "std": [0.2, 0.25, 0.3],
-        "strategy": "full",
-    }
+    backbone = build("resnet18", "none", 3)
+    model = type(backbone.model)(backbone.model.body, backbone.model.head, CARD.mean, CARD.std).eval()
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    return model, meta, images
+    return model, images
 
 
-def test_export_matches_pytorch_and_carries_its_preprocessing(model_and_meta, tmp_path):
-    model, meta, images = model_and_meta
+def test_export_takes_uint8_normalises_inside_and_carries_the_card(model_and_images, tmp_path):
+    model, images = model_and_images
     path = tmp_path / "model.onnx"
-    _, session, probabilities, difference = export_checked(model, meta, images, path, opset=18, tolerance=1e-4)
+    _, session, probabilities, difference = export_checked(model, CARD, images, path, opset=18, tolerance=1e-4)
     assert difference < 1e-4
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     saved = onnx.load(str(path))
     onnx.checker.check_model(saved)
-    props = {p.key: p.value for p in saved.metadata_props}
-    assert json.loads(props["classes"]) == ["cat", "dog", "owl"]
-    assert (props["image_size"], json.loads(props["mean"]), json.loads(props["std"])) == (
-        "32",
-        meta["mean"],
-        meta["std"],
-    )
+    assert session.get_inputs()[0].type == "tensor(uint8)"
+    _, card = onnx_model.open_session(path)
+    assert card == CARD
+    # the graph's own normalisation is the card's: the same network fed pre-normalised floats agrees
+    mean, std = torch.tensor(CARD.mean).view(1, 3, 1, 1), torch.tensor(CARD.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        by_hand = model.head(model.body((images.float() / 255 - mean) / std)).softmax(1).numpy()
+    np.testing.assert_allclose(probabilities, by_hand, atol=1e-5)
     assert session.get_providers()[-1] == "CPUExecutionProvider"
 
 
-def test_batch_axis_is_dynamic(model_and_meta, tmp_path):
-    model, meta, images = model_and_meta
-    export_checked(model, meta, images, tmp_path / "model.onnx", opset=18, tolerance=1e-4)
-    session = onnx_session(tmp_path / "model.onnx")
-    inputs = normalize(images, meta["mean"], meta["std"]).numpy()
+def test_batch_axis_is_dynamic(model_and_images, tmp_path):
+    model, images = model_and_images
+    export_checked(model, CARD, images, tmp_path / "model.onnx", opset=18, tolerance=1e-4)
+    session, _ = onnx_model.open_session(tmp_path / "model.onnx")
     for batch in (1, 4):
-        assert session.run(None, {"image": inputs[:batch]})[0].shape == (batch, 3)
+        assert onnx_model.probabilities(session, images[:batch].numpy()).shape == (batch, 3)
 
 
-def test_parity_gate_fails_and_leaves_no_file(model_and_meta, tmp_path):
-    model, meta, images = model_and_meta
+def test_parity_gate_fails_and_leaves_no_file(model_and_images, tmp_path):
+    model, images = model_and_images
     path = tmp_path / "model.onnx"
     with pytest.raises(ParityError, match="over export.parity_tolerance"):
-        export_checked(model, meta, images, path, opset=18, tolerance=1e-12)
+        export_checked(model, CARD, images, path, opset=18, tolerance=1e-12)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_fp16_export_keeps_float32_io_and_agrees_within_its_tolerance(model_and_meta, tmp_path):
-    model, meta, images = model_and_meta
+def test_fp16_export_keeps_its_io_types_and_agrees_within_its_tolerance(model_and_images, tmp_path):
+    model, images = model_and_images
     path = tmp_path / "model.onnx"
-    _, _, fp32_probabilities, _ = export_checked(model, meta, images, tmp_path / "fp32.onnx", 18, 1e-4)
-    _, session, probabilities, difference = export_checked(model, meta, images, path, 18, 1e-2, fp16=True)
+    _, _, fp32_probabilities, _ = export_checked(model, CARD, images, tmp_path / "fp32.onnx", 18, 1e-4)
+    _, session, probabilities, difference = export_checked(model, CARD, images, path, 18, 1e-2, fp16=True)
     saved = onnx.load(str(path))
     weights = [t for t in saved.graph.initializer if len(t.dims) == 4]  # the convolution kernels
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
     assert {p.key: p.value for p in saved.metadata_props}["precision"] == "fp16"
-    assert (session.get_inputs()[0].type, session.get_outputs()[0].type) == ("tensor(float)", "tensor(float)")
+    assert (session.get_inputs()[0].type, session.get_outputs()[0].type) == ("tensor(uint8)", "tensor(float)")
     assert probabilities.dtype == np.float32
     assert 0 < difference < 1e-2  # really float16 arithmetic, and still within its own tolerance
     assert path.stat().st_size < 0.6 * (tmp_path / "fp32.onnx").stat().st_size
     np.testing.assert_array_equal(probabilities.argmax(1), fp32_probabilities.argmax(1))
 
 
-def test_fp16_parity_gate_names_its_own_tolerance(model_and_meta, tmp_path):
-    model, meta, images = model_and_meta
+def test_fp16_parity_gate_names_its_own_tolerance(model_and_images, tmp_path):
+    model, images = model_and_images
     with pytest.raises(ParityError, match="over export.fp16_parity_tolerance"):
-        export_checked(model, meta, images, tmp_path / "model.onnx", 18, 1e-7, fp16=True)
+        export_checked(model, CARD, images, tmp_path / "model.onnx", 18, 1e-7, fp16=True)
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_model_that_does_not_fit_its_card_is_refused(model_and_images, tmp_path):
+    model, images = model_and_images
+    export_checked(model, CARD, images, tmp_path / "model.onnx", opset=18, tolerance=1e-4)
+    proto = onnx.load(str(tmp_path / "model.onnx"))
+    wrong = CARD.model_copy(update={"classes": ["cat", "dog", "owl", "yak"], "image_size": 28})
+    for prop in proto.metadata_props:
+        if prop.key == "model_card":
+            prop.value = wrong.to_json()
+    onnx.save(proto, str(tmp_path / "wrong.onnx"))
+    with pytest.raises(onnx_model.ModelLoadError, match=r"\[batch, 3, 28, 28\].*\[batch, 4\]"):
+        onnx_model.open_session(tmp_path / "wrong.onnx")

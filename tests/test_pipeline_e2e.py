@@ -1,6 +1,7 @@
 """`dvc repro` and `dvc exp run` of the real dvc.yaml in a temporary git repository, with a real
 sqlite MLflow store: the run, its metrics, the registered model and the ONNX file are checked."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -10,13 +11,11 @@ import time
 from pathlib import Path
 
 import mlflow
-import onnxruntime as ort
 import pytest
 import yaml
 
-from pipeline.data import load_split, read_manifest
-from pipeline.export import PROVIDERS
-from pipeline.images import normalize
+from pipeline import onnx_model
+from pipeline.manifest import load_split, read_manifest
 from tests.conftest import ROOT, default_params, stage_env
 
 pytestmark = pytest.mark.slow
@@ -82,17 +81,32 @@ def test_one_mlflow_run_holds_every_stage(project):
     assert version.run_id == run_id and exported["registered_version"] == int(version.version) == 1
 
 
-def test_onnx_model_reproduces_the_evaluated_accuracy(project, monkeypatch):
+def test_onnx_model_reproduces_the_evaluated_accuracy_and_carries_the_card(project, monkeypatch):
     monkeypatch.chdir(project)
-    session = ort.InferenceSession(str(project / "models/model.onnx"), providers=PROVIDERS)
-    props = session.get_modelmeta().custom_metadata_map
-    test = load_split(read_manifest(), "test", int(props["image_size"]), 10**7)
-    probabilities = session.run(
-        None, {"image": normalize(test.images, json.loads(props["mean"]), json.loads(props["std"])).numpy()}
-    )[0]
+    session, card = onnx_model.open_session(project / "models/model.onnx")
+    test = load_split(read_manifest(), "test", card.image_size, 10**7)
+    probabilities = onnx_model.probabilities(session, test.images.numpy())
     accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
     assert accuracy == pytest.approx(json.loads((project / "metrics/evaluate.json").read_text())["accuracy"])
-    assert json.loads(props["classes"]) == [str(d) for d in range(10)]
+    assert card.classes == [str(d) for d in range(10)] and (card.strategy, card.image_size) == ("partial", 32)
+    manifest = (project / "data/prepared/manifest.csv").read_bytes()
+    assert card.data_fingerprint == hashlib.sha256(manifest).hexdigest()
+
+
+def test_settings_that_do_not_change_the_model_do_not_retrain_it(project):
+    params = project / "params.yaml"
+    original = params.read_text()
+    changed = yaml.safe_load(original)
+    changed["mlflow"]["experiment"] = "renamed"
+    changed["train"]["loader_workers"] = 1
+    params.write_text(yaml.safe_dump(changed, sort_keys=False))
+    try:
+        assert "Data and pipelines are up to date" in sh(project, "dvc", "status")
+        changed["train"]["lr"] = 0.01
+        params.write_text(yaml.safe_dump(changed, sort_keys=False))
+        assert "train.lr" in sh(project, "dvc", "status")  # and one that does, does
+    finally:
+        params.write_text(original)
 
 
 def test_second_repro_does_nothing(project):
@@ -126,7 +140,7 @@ def find_experiment(shown, name: str) -> dict:
     return {}
 
 
-def test_queued_experiments_run_in_parallel_without_clobbering_each_other(project, tmp_path):
+def test_queued_experiments_on_two_workers_do_not_clobber_each_other(project, tmp_path):
     strategies = {"q-head": "head", "q-norm": "norm"}
     # head_epochs 2: not the params of the `probe` experiment above, which DVC would restore from its run cache;
     # up to the train stage only, to keep the test short (evaluate and export reopen the run train started)
@@ -147,10 +161,8 @@ def test_queued_experiments_run_in_parallel_without_clobbering_each_other(projec
     assert status.count("Success") == 2, status + sh(project, "dvc", "queue", "logs", "q-head")
     experiment = client(project).get_experiment_by_name("transfer-learning")
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
-    runs = []
     for name, strategy in strategies.items():
         [run] = client(project).search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")
-        runs.append(run.info)
         assert run.info.status == "FINISHED" and run.data.params["finetune.strategy"] == strategy
         data = find_experiment(shown, name)
         assert data["params"]["params.yaml"]["data"]["finetune"]["strategy"] == strategy
@@ -161,7 +173,6 @@ def test_queued_experiments_run_in_parallel_without_clobbering_each_other(projec
         assert len(client(project).get_metric_history(run.info.run_id, "val_accuracy")) == 2  # its own epochs only
     trained = {n: find_experiment(shown, n)["metrics"]["metrics/train.json"]["data"] for n in strategies}
     assert trained["q-head"]["trainable_params"] < trained["q-norm"]["trainable_params"]
-    assert max(r.start_time for r in runs) < min(r.end_time for r in runs)  # at the same time, on one sqlite store
 
 
 def test_a_fresh_clone_pulls_from_the_remote_and_has_nothing_to_reproduce(project, tmp_path):

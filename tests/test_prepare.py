@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import ConfigError, DataConfig
-from pipeline.datasets import ANIMAL_SHAPE_CLASSES, animal_shape, load_numpy_pickle
+from pipeline.builtin import ANIMAL_SHAPE_CLASSES, animal_shape, load_numpy_pickle
+from pipeline.config import ConfigError
 from pipeline.images import load_rgb
 from pipeline.prepare import prepare
+from tests.conftest import data_config
 
 
 def read_rows(out_dir):
@@ -40,7 +41,7 @@ def add_awkward_files(folder):
 def test_bad_files_are_skipped_and_reported_good_ones_kept(image_folder, tmp_path):
     add_awkward_files(image_folder)
     out = tmp_path / "prepared"
-    metrics = prepare(DataConfig(source=str(image_folder)), seed=1, out_dir=out)
+    metrics = prepare(data_config(image_folder), seed=1, out_dir=out)
     report = json.loads((out / "report.json").read_text())
     skipped = {os.path.basename(s["path"]): s["reason"] for s in report["skipped"]}
     assert set(skipped) == {"empty.jpg", "notes.txt", "corrupt.png", "truncated.jpg"}
@@ -62,14 +63,14 @@ def test_odd_modes_become_rgb(image_folder):
 
 def test_pixel_limit_skips_decompression_bombs(image_folder, tmp_path):
     Image.new("RGB", (300, 300)).save(image_folder / "red" / "huge.png")
-    prepare(DataConfig(source=str(image_folder), max_image_pixels=300 * 299), seed=1, out_dir=tmp_path / "out")
+    prepare(data_config(image_folder, max_image_pixels=300 * 299), seed=1, out_dir=tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert [os.path.basename(s["path"]) for s in report["skipped"]] == ["huge.png"]
     assert "over the limit" in report["skipped"][0]["reason"]
 
 
 def test_split_is_stratified_seeded_and_hashed(image_folder, tmp_path):
-    data = DataConfig(source=str(image_folder), val_fraction=0.2, test_fraction=0.2)
+    data = data_config(image_folder, val_fraction=0.2, test_fraction=0.2)
     prepare(data, seed=3, out_dir=tmp_path / "a")
     prepare(data, seed=3, out_dir=tmp_path / "b")
     prepare(data, seed=4, out_dir=tmp_path / "c")
@@ -84,15 +85,15 @@ def test_split_is_stratified_seeded_and_hashed(image_folder, tmp_path):
 
 
 def test_per_class_cap_is_seeded(image_folder, tmp_path):
-    metrics = prepare(DataConfig(source=str(image_folder), max_per_class=4), seed=1, out_dir=tmp_path / "a")
+    metrics = prepare(data_config(image_folder, max_per_class=4), seed=1, out_dir=tmp_path / "a")
     assert metrics["images"] == 12
-    prepare(DataConfig(source=str(image_folder), max_per_class=4), seed=1, out_dir=tmp_path / "b")
+    prepare(data_config(image_folder, max_per_class=4), seed=1, out_dir=tmp_path / "b")
     assert read_rows(tmp_path / "a") == read_rows(tmp_path / "b")
 
 
 def test_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
-        prepare(DataConfig(source=str(tmp_path / "nowhere")), seed=1, out_dir=tmp_path / "out")
+        prepare(data_config(tmp_path / "nowhere"), seed=1, out_dir=tmp_path / "out")
 
 
 def test_one_class_is_a_clear_error(image_folder, tmp_path):
@@ -101,14 +102,14 @@ def test_one_class_is_a_clear_error(image_folder, tmp_path):
             f.unlink()
         (image_folder / name).rmdir()
     with pytest.raises(ConfigError, match="at least 2 class sub-folders, found 1"):
-        prepare(DataConfig(source=str(image_folder)), seed=1, out_dir=tmp_path / "out")
+        prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
 
 
 def test_class_without_readable_images_is_named(image_folder, tmp_path):
     (image_folder / "empty_class").mkdir()
     (image_folder / "empty_class" / "broken.jpg").write_bytes(b"junk")
     with pytest.raises(ConfigError, match="empty_class has no readable images"):
-        prepare(DataConfig(source=str(image_folder)), seed=1, out_dir=tmp_path / "out")
+        prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 

@@ -20,21 +20,16 @@ import torch
 from PIL import Image
 
 from benchmarks import load_test
-from benchmarks.load_test import free_port, onnx_on_files, running_service, serve_command
-from pipeline.backbones import build
+from pipeline.backbones import Classifier, build
+from pipeline.card import ModelCard
 from pipeline.export import export_checked, onnx_metadata
-from tests.conftest import ROOT
+from pipeline.onnx_model import classify_files
+from tests.conftest import ROOT, model_card
+from tests.servers import free_port, running_service, serve_command
 
 pytestmark = pytest.mark.slow
 CLASSES = ["cat", "dog", "owl", "yak"]
-META = {
-    "backbone": "mobilenet_v3_small",
-    "classes": CLASSES,
-    "image_size": 40,
-    "mean": [0.4, 0.5, 0.6],
-    "std": [0.2, 0.25, 0.3],
-    "strategy": "full",
-}
+CARD = model_card(classes=CLASSES, image_size=40, backbone="mobilenet_v3_small")
 LIMITS = {  # small limits, so the tests can cross them cheaply
     "SERVING_MAX_IMAGE_BYTES": "60000",
     "SERVING_MAX_IMAGE_PIXELS": "250000",
@@ -68,16 +63,17 @@ def registry(tmp_path_factory):
     """A model exported by the pipeline, logged and registered as `tiny` v1 with alias champion."""
     root = tmp_path_factory.mktemp("registry")
     torch.manual_seed(0)
-    model = build("mobilenet_v3_small", "none", len(CLASSES)).model.eval()
+    backbone = build("mobilenet_v3_small", "none", len(CLASSES))
+    model = Classifier(backbone.model.body, backbone.model.head, CARD.mean, CARD.std).eval()
     images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
     path = root / "model.onnx"
-    export_checked(model, META, images, path, opset=18, tolerance=1e-4)
+    export_checked(model, CARD, images, path, opset=18, tolerance=1e-4)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         mlflow.onnx.log_model(
-            onnx.load(str(path)), name="model", registered_model_name="tiny", metadata=onnx_metadata(META)
+            onnx.load(str(path)), name="model", registered_model_name="tiny", metadata=onnx_metadata(CARD)
         )
     mlflow.MlflowClient(uri).set_registered_model_alias("tiny", "champion", "1")
     return {"uri": uri, "onnx": path}
@@ -92,8 +88,8 @@ def server(registry):
 
 def expected_probabilities(registry, blobs: list[bytes]) -> np.ndarray:
     """What ONNX Runtime gives on the same files through the pipeline's evaluation preprocessing."""
-    probabilities, classes = onnx_on_files(registry["onnx"], blobs)
-    assert classes == CLASSES
+    probabilities, card = classify_files(registry["onnx"], blobs)
+    assert card == CARD
     return probabilities
 
 
@@ -164,8 +160,7 @@ def test_metadata_names_the_model_its_classes_and_active_providers(server):
     assert response.status_code == 200
     info = response.json()
     assert (info["name"], info["version"], info["alias"]) == ("tiny", 1, "champion")
-    assert info["classes"] == CLASSES and info["image_size"] == 40
-    assert info["mean"] == META["mean"] and info["std"] == META["std"]
+    assert ModelCard.model_validate({key: info[key] for key in ModelCard.model_fields}) == CARD
     expected_last = "CPUExecutionProvider"
     assert info["providers"][-1] == expected_last
     if not torch.cuda.is_available():  # the service reports what ONNX Runtime really runs on
@@ -244,20 +239,45 @@ def test_bad_input_gets_a_4xx_that_says_why_and_the_server_keeps_serving(server,
     assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
 
 
-@pytest.mark.parametrize("problem", ["missing", "corrupt", "unknown alias"])
+def with_card(source, target, card_json: str | None):
+    """A copy of the ONNX file `source` whose model card is replaced (None: removed)."""
+    proto = onnx.load(str(source))
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != "model_card"]
+    del proto.metadata_props[:]
+    for key, value in kept + ([("model_card", card_json)] if card_json is not None else []):
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(target))
+    return str(target)
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "unknown alias", "no card", "bad card", "card misfit"])
 def test_an_unusable_model_stops_the_server_at_start_up(tmp_path, registry, problem):
+    source = registry["onnx"]
     model = {
-        "missing": str(tmp_path / "nothing.onnx"),
-        "corrupt": str(tmp_path / "corrupt.onnx"),
-        "unknown alias": "models:/tiny@staging",
-    }[problem]
-    (tmp_path / "corrupt.onnx").write_bytes(registry["onnx"].read_bytes()[:5000])
+        "missing": lambda: str(tmp_path / "nothing.onnx"),
+        "corrupt": lambda: (
+            (tmp_path / "corrupt.onnx").write_bytes(source.read_bytes()[:5000]) and str(tmp_path / "corrupt.onnx")
+        ),
+        "unknown alias": lambda: "models:/tiny@staging",
+        "no card": lambda: with_card(source, tmp_path / "m.onnx", None),
+        "bad card": lambda: with_card(source, tmp_path / "m.onnx", '{"classes": [], "mean": "abc"}'),
+        "card misfit": lambda: with_card(
+            source, tmp_path / "m.onnx", CARD.model_copy(update={"image_size": 28}).to_json()
+        ),
+    }[problem]()
     env = os.environ | {"SERVING_MODEL": model, "MLFLOW_TRACKING_URI": registry["uri"]}
     result = subprocess.run(
         serve_command(free_port()), check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode != 0
-    expected = {"missing": "no such file", "corrupt": "not a loadable ONNX model", "unknown alias": "staging"}[problem]
+    expected = {
+        "missing": "no such file",
+        "corrupt": "not a loadable ONNX model",
+        "unknown alias": "staging",
+        "no card": "has no `model_card` metadata",
+        "bad card": "the model card is invalid",
+        "card misfit": "input shape should be [batch, 3, 28, 28]",
+    }[problem]
     assert "ModelLoadError" in result.stderr and expected in result.stderr
 
 

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.load_test import free_port, running_service
 from pipeline import tracking
-from pipeline.export import onnx_session
-from pipeline.images import load_rgb, normalize, resize_square
+from pipeline.onnx_model import classify_files
 from tests.conftest import stage_env, stage_project
+from tests.servers import free_port, running_service
 
 MODEL_NAME = "shared-classifier"
 
@@ -111,12 +110,8 @@ def test_stages_log_to_the_server_and_the_service_serves_its_champion(server, tm
     pixels = np.random.default_rng(3).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")
-    session = onnx_session(project / "models/model.onnx")
-    props = session.get_modelmeta().custom_metadata_map
-    classes, size = json.loads(props["classes"]), int(props["image_size"])
-    image = resize_square(load_rgb(io.BytesIO(buffer.getvalue()), 10**7), size)[None]
-    inputs = normalize(image, json.loads(props["mean"]), json.loads(props["std"])).numpy()
-    expected = session.run(None, {"image": inputs})
+    expected, card = classify_files(project / "models/model.onnx", [buffer.getvalue()])
+    classes = card.classes
     env = {"SERVING_MODEL": f"models:/{MODEL_NAME}@champion", "MLFLOW_TRACKING_URI": server["url"]}
     with running_service(env) as url:
         answer = httpx.post(
@@ -129,7 +124,7 @@ def test_stages_log_to_the_server_and_the_service_serves_its_champion(server, tm
     assert answer.status_code == 200, answer.text
     assert (info["name"], info["version"], info["alias"]) == (MODEL_NAME, int(version.version), "champion")
     served = {item["label"]: item["probability"] for item in answer.json()["predictions"]}
-    np.testing.assert_allclose([served[c] for c in classes], expected[0][0], atol=1e-6)
+    np.testing.assert_allclose([served[c] for c in classes], expected[0], atol=1e-6)
 
 
 @pytest.mark.slow

@@ -1,18 +1,19 @@
 """The train stage as real processes: `torchrun` with 2 gloo processes against one process, and runs
-killed with SIGKILL / SIGTERM after a checkpoint, then resumed, against uninterrupted ones."""
+killed right after a checkpoint (checkpoint.KILL_AFTER_EPOCH: a known point, not a race with a
+signal sent from here), then resumed, against uninterrupted ones."""
 
 import csv
 import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 
+from pipeline.checkpoint import KILL_AFTER_EPOCH
 from tests.conftest import stage_env, stage_project
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,6 @@ RUN = {
     "train.optimizer": "sgd",
     "train.lr": 0.1,
 }
-TIMING = ("epoch_seconds", "images_per_second")
 
 
 def outputs(project: Path, result: subprocess.CompletedProcess) -> dict:
@@ -51,28 +51,36 @@ def train(project: Path, command: list[str]) -> dict:
     return outputs(project, result)
 
 
-def checkpointed_epoch(path: Path) -> int:
-    return torch.load(path, weights_only=True)["epoch"] if path.exists() else 0  # replaced atomically
-
-
-def kill_after_checkpoint(project: Path, command: list[str], sig: signal.Signals, epoch: int = 1) -> int:
-    """Start training, send `sig` once the checkpoint holds `epoch`; return the exit status."""
-    checkpoint = project / "models/checkpoint.pt"
+def killed_after_epoch(project: Path, command: list[str], epoch: int) -> subprocess.CompletedProcess:
+    """Train until the checkpoint of `epoch` is written, where every process kills itself (SIGKILL)."""
     (project / "models/model.pt").unlink()  # as DVC does before it reruns a stage
-    process = subprocess.Popen(command, cwd=project, env=stage_env(), stdout=subprocess.DEVNULL)
-    while checkpointed_epoch(checkpoint) < epoch and process.poll() is None:
-        time.sleep(0.05)
-    process.send_signal(sig)
-    return process.wait(timeout=120)
+    env = stage_env(**{KILL_AFTER_EPOCH: str(epoch)})
+    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    assert torch.load(project / "models/checkpoint.pt", weights_only=True)["epoch"] == epoch
+    return result
+
+
+def assert_same_training(resumed: dict, uninterrupted: dict) -> None:
+    """Equal up to float rounding: on the CPU the backward pass of a one-image batch (the last of every
+    epoch here) is not bit-reproducible, even between two uninterrupted runs in one process (measured:
+    weights 6e-8 apart; with batches of 9, 0). Resuming adds no difference of its own: a resumed fit in
+    tests/test_checkpoint.py is compared bit for bit."""
+    assert max_difference(resumed["weights"], uninterrupted["weights"]) < 1e-6
+    assert len(resumed["history"]) == len(uninterrupted["history"])
+    for again, first in zip(resumed["history"], uninterrupted["history"], strict=True):
+        assert (again["epoch"], again["phase"], again["train_accuracy"], again["val_accuracy"]) == (
+            first["epoch"],
+            first["phase"],
+            first["train_accuracy"],
+            first["val_accuracy"],
+        )
+        for loss in ("train_loss", "val_loss"):
+            assert float(again[loss]) == pytest.approx(float(first[loss]), abs=1e-6)
 
 
 def max_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
-def without_timing(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING} for row in history]
 
 
 @pytest.fixture(scope="module")
@@ -115,25 +123,21 @@ def test_two_gloo_processes_train_the_weights_of_one(single, two_gloo, project):
     assert [m.step for m in client.get_metric_history(two_gloo["run_id"], "val_accuracy")] == [1, 2, 3, 4]
 
 
-def test_two_processes_stopped_with_sigterm_resume_to_the_same_weights(project, two_gloo):
-    status = kill_after_checkpoint(project, TWO_GLOO, signal.SIGTERM)
-    assert status != 0 and not (project / "models/model.pt").exists()
+def test_two_killed_processes_resume_to_the_same_weights(project, two_gloo):
+    killed = killed_after_epoch(project, TWO_GLOO, epoch=1)
+    assert killed.returncode != 0 and not (project / "models/model.pt").exists()
     resumed = train(project, TWO_GLOO)
-    assert "resuming from models/checkpoint.pt" in resumed["stdout"]
-    assert max_difference(resumed["weights"], two_gloo["weights"]) == 0
-    assert without_timing(resumed["history"]) == without_timing(two_gloo["history"])
+    assert "resuming from models/checkpoint.pt: epoch 1 (head) done" in resumed["stdout"]
+    assert_same_training(resumed, two_gloo)
 
 
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(project, single):
-    status = kill_after_checkpoint(project, SINGLE, signal.SIGKILL, epoch=2)  # mid-phase: optimizer state too
-    assert status == -signal.SIGKILL
-    assert (project / "models/checkpoint.pt").exists() and not (project / "models/model.pt").exists()
+    killed = killed_after_epoch(project, SINGLE, epoch=2)  # mid-phase: optimizer state too
+    assert killed.returncode == -signal.SIGKILL and not (project / "models/model.pt").exists()
     killed_run = json.loads((project / "models/run.json").read_text())["run_id"]
     resumed = train(project, SINGLE)
-    done = int(resumed["stdout"].split("resuming from models/checkpoint.pt: epoch ")[1].split()[0])
-    assert 2 <= done < 4
-    assert max_difference(resumed["weights"], single["weights"]) == 0
-    assert without_timing(resumed["history"]) == without_timing(single["history"])
+    assert "resuming from models/checkpoint.pt: epoch 2 (fine-tune) done" in resumed["stdout"]
+    assert_same_training(resumed, single)
     assert resumed["metrics"]["best_val_accuracy"] == single["metrics"]["best_val_accuracy"]
     # the resumed training finishes the killed run's MLflow run instead of leaving it behind
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")

@@ -1,11 +1,12 @@
-"""The prepared split as tensors: the manifest written by prepare, decoded once per run.
+"""The prepared split: data/prepared/manifest.csv (written by prepare) and its images as tensors.
 
-Images are decoded with the same `load_rgb` as prepare and resized once to the model's input
-size, then kept as one uint8 tensor per split, so epochs after the first never touch the files.
-Decoding runs on a thread per core: Pillow and torch let go of the GIL while they work.
+Images are decoded and resized once per run with the same `load_rgb`/`resize_square` as prepare and
+the service, and kept as one uint8 tensor per split, so epochs after the first never touch the files.
+Decoding runs on a thread per core: Pillow lets go of the GIL while it works.
 """
 
 import csv
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,7 +16,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.images import load_rgb, resize_square
-from pipeline.prepare import MANIFEST
+from pipeline.paths import MANIFEST
+
+COLUMNS = ("path", "label", "split", "sha256")
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -25,9 +29,21 @@ class Split:
     labels: torch.Tensor  # int64 class indices into `classes`
 
 
+def write_manifest(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        writer.writerows(sorted(rows))
+
+
 def read_manifest(manifest: Path = MANIFEST) -> list[dict]:
     with open(manifest, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def fingerprint(manifest: Path = MANIFEST) -> str:
+    """SHA-256 of the manifest: the files, their contents (each row has its hash), labels and splits."""
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
 def class_names(rows: list[dict]) -> list[str]:
@@ -40,7 +56,7 @@ def load_split(rows: list[dict], split: str, size: int, max_pixels: int) -> Spli
     images = torch.empty((len(chosen), 3, size, size), dtype=torch.uint8)
 
     def decode(i: int) -> None:
-        images[i] = resize_square(load_rgb(chosen[i]["path"], max_pixels), size)
+        images[i] = torch.from_numpy(resize_square(load_rgb(chosen[i]["path"], max_pixels), size))
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         decoded = pool.map(decode, range(len(chosen)))

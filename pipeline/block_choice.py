@@ -1,4 +1,4 @@
-"""Which blocks to tune, chosen from the data before the budget is spent: the `auto` strategy.
+"""Which blocks to tune, chosen from the data before the budget is spent (the `auto` strategy).
 
 After Auto-RGN ("Surgical Fine-Tuning Improves Adaptation to Distribution Shifts", Lee et al.
 2023): a block whose weights would change most, relative to their size, under the gradient of the
@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from pipeline.backbones import Backbone
-from pipeline.images import normalize
 
 BATCH = 64
 
@@ -35,7 +34,7 @@ def block_label(block: list[str]) -> str:
 
 def fit_probe(features: torch.Tensor, labels: torch.Tensor, classes: int) -> nn.Linear:
     """A multinomial logistic regression on fixed features, to convergence (L2 keeps it finite)."""
-    probe = nn.Linear(features.shape[1], classes)
+    probe = nn.Linear(features.shape[1], classes).to(features.device)
     optimizer = torch.optim.LBFGS(probe.parameters(), max_iter=200, line_search_fn="strong_wolfe")
 
     def closure():
@@ -57,8 +56,11 @@ def choose_blocks(
     samples: int,
     seed: int,
 ) -> BlockChoice:
-    """Probe on `samples` training images, gradients on `samples` others; the model is left as it was."""
+    """Probe on `samples` training images, gradients on `samples` others, on the model's device; the
+    model is left as it was."""
     model = backbone.model
+    device = next(model.parameters()).device
+    labels = labels.to(device)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.eval()  # BatchNorm on its running statistics, as the frozen parts will run
@@ -68,10 +70,7 @@ def choose_blocks(
     try:
         with torch.no_grad():
             features = torch.cat(
-                [
-                    model.body(normalize(images[fit_rows[i : i + BATCH]], backbone.mean, backbone.std))
-                    for i in range(0, len(fit_rows), BATCH)
-                ]
+                [model.features(images[fit_rows[i : i + BATCH]].to(device)) for i in range(0, len(fit_rows), BATCH)]
             )
         probe = fit_probe(features, labels[fit_rows], model.head.out_features)
         model.head.load_state_dict(probe.state_dict())
@@ -80,7 +79,7 @@ def choose_blocks(
             correct = 0
             for i in range(0, len(held_out), BATCH):
                 rows = held_out[i : i + BATCH]
-                logits = model(normalize(images[rows], backbone.mean, backbone.std))
+                logits = model(images[rows].to(device))
                 (nn.functional.cross_entropy(logits, labels[rows], reduction="sum") / len(held_out)).backward()
                 correct += (logits.argmax(1) == labels[rows]).sum().item()
         norms = {}

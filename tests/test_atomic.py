@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.artifacts import atomic_dir, atomic_path
+from pipeline.atomic import atomic_dir, atomic_path
 
 
 def test_failed_folder_write_keeps_the_old_folder_and_no_partial(tmp_path):

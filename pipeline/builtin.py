@@ -1,8 +1,8 @@
 """Built-in datasets, written out as a folder of PNGs in class sub-folders.
 
-    python -m pipeline.datasets animal-shape data/builtin/animal-shape
-    python -m pipeline.datasets digits data/builtin/digits
-    python -m pipeline.datasets CIFAR10 data/cifar10      # any torchvision dataset; needs internet
+    python -m pipeline.builtin animal-shape data/builtin/animal-shape
+    python -m pipeline.builtin digits data/builtin/digits
+    python -m pipeline.builtin CIFAR10 data/cifar10      # any torchvision dataset; needs internet
 
 The `builtin` stage of dvc.yaml runs the offline ones, so the default data goes through exactly
 the same prepare path as a user's own folder of images.
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline.artifacts import atomic_dir
+from pipeline.atomic import atomic_dir
 
 ANIMAL_SHAPE_CLASSES = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")
 
@@ -110,7 +110,7 @@ def write_class_folder(name: str, out_dir: Path) -> int:
 def main(argv: list[str]) -> None:
     if len(argv) != 2:
         sys.exit(
-            f"usage: python -m pipeline.datasets NAME OUT_DIR   (NAME: {', '.join(BUILTIN)} or a torchvision dataset)"
+            f"usage: python -m pipeline.builtin NAME OUT_DIR   (NAME: {', '.join(BUILTIN)} or a torchvision dataset)"
         )
     name, out_dir = argv
     count = write_class_folder(name, Path(out_dir))

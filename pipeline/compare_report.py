@@ -1,0 +1,187 @@
+"""The report of `make compare`: per-strategy summaries over seeds, a plain-language recommendation,
+a plot and the Markdown page (reports/compare.md), from the runs' results alone."""
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on servers and CI
+import matplotlib.pyplot as plt
+from matplotlib import ticker
+
+from pipeline.atomic import atomic_path
+
+RANDOM_INIT_PROBE = "head (random init)"
+
+
+@dataclass
+class Result:
+    strategy: str
+    seed: int
+    test_accuracy: float
+    best_val_accuracy: float
+    train_seconds: float
+    trainable_params: int  # of this run: `auto` chooses its blocks per seed
+    run_id: str
+
+
+@dataclass
+class Summary:
+    strategy: str
+    runs: int
+    mean: float
+    std: float
+    trainable_params: int  # mean over the seeds
+    train_seconds: float
+
+
+def summarize(results: list[Result]) -> dict[str, Summary]:
+    summaries = {}
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        runs = [r for r in results if r.strategy == strategy]
+        accuracies = [r.test_accuracy for r in runs]
+        summaries[strategy] = Summary(
+            strategy,
+            len(runs),
+            statistics.fmean(accuracies),
+            statistics.stdev(accuracies) if len(runs) > 1 else 0.0,
+            round(statistics.fmean(r.trainable_params for r in runs)),
+            statistics.fmean(r.train_seconds for r in runs),
+        )
+    return summaries
+
+
+def apart(a: Summary, b: Summary) -> bool:
+    """a's mean accuracy is above b's by more than their spreads combined (not noise of the seeds)."""
+    return a.mean - b.mean > (a.std**2 + b.std**2) ** 0.5
+
+
+def recommend(summaries: dict[str, Summary]) -> list[str]:
+    """Plain-language findings, from the summaries alone."""
+    tried = {name: s for name, s in summaries.items() if name != RANDOM_INIT_PROBE}
+    best = max(tried.values(), key=lambda s: s.mean)
+    tied = [s for s in tried.values() if not apart(best, s)]
+    cheapest = min(tied, key=lambda s: s.train_seconds)
+    saving = best.train_seconds / cheapest.train_seconds
+    lines = [
+        f"**Use `{cheapest.strategy}`**: {cheapest.mean:.3f} ± {cheapest.std:.3f} test accuracy, "
+        + (
+            "the best of all."
+            if cheapest is best
+            else f"within the seeds' spread of the best, `{best.strategy}` ({best.mean:.3f} ± {best.std:.3f}), "
+            + (f"at {saving:.1f}× less training time." if saving >= 1.2 else "in about the same training time.")
+        )
+    ]
+    head, full = tried.get("head"), tried.get("full")
+    if head and full:
+        verdict = "enough" if not apart(full, head) else "not enough"
+        lines.append(
+            f"Training the head is {verdict} here: it reaches {100 * head.mean / full.mean:.1f}% of full "
+            f"fine-tuning's accuracy ({head.mean:.3f} vs {full.mean:.3f}) at "
+            f"{full.train_seconds / head.train_seconds:.1f}× less training time and "
+            f"{full.trainable_params / head.trainable_params:.0f}× fewer trained parameters."
+        )
+    random_probe = summaries.get(RANDOM_INIT_PROBE)
+    if head and random_probe:
+        if apart(head, random_probe):
+            lines.append(
+                f"Pretraining helps on this data: a linear probe reaches {head.mean:.3f} on the pretrained "
+                f"features against {random_probe.mean:.3f} on random-init ones."
+            )
+        else:
+            lines.append(
+                f"The pretrained features are no better than random ones on this data (linear probe "
+                f"{head.mean:.3f} vs {random_probe.mean:.3f}): it is far from the pretraining data, and what "
+                "the network learns here it learns from this data, not from pretraining."
+            )
+    return lines
+
+
+def plot(summaries: dict[str, Summary], path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, label in (
+        (axes[0], "trainable_params", "trained parameters"),
+        (axes[1], "train_seconds", "training seconds (mean)"),
+    ):
+        for s in summaries.values():
+            x = getattr(s, key)
+            ax.errorbar(x, s.mean, yerr=s.std, fmt="o", capsize=4)
+            ax.annotate(s.strategy, (x, s.mean), textcoords="offset points", xytext=(6, 4), fontsize=9)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:,.0f}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel(label + " (log scale)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
+    fig.suptitle("Fine-tuning strategies at equal budget")
+    fig.tight_layout()
+    with atomic_path(path) as partial:
+        fig.savefig(partial, format="png", dpi=100)
+    plt.close(fig)
+
+
+def markdown(report: dict) -> str:
+    setup, summaries = report["setup"], report["summaries"]
+    full = summaries.get("full")
+    lines = [
+        "# Strategy comparison",
+        "",
+        f"{setup['date']}, git {setup['git_commit'][:7]}, MLflow parent run `{setup['parent_run_id']}`. "
+        f"Data `{setup['data_source']}`: {setup['train_images']} training images ({setup['train_per_class']} per "
+        f"class at most), {setup['val_images']} validation, {setup['test_images']} test, {setup['classes']} "
+        f"classes, at {setup['image_size']} px. Backbone `{setup['backbone']}` ({setup['weights']}); "
+        f"epochs per fine-tuning phase: {setup['epochs']}, per head phase (on cached features): "
+        f"{setup['head_epochs']}; seeds {setup['seeds']}. Reproduce: `make compare`.",
+        "",
+        "## Recommendation",
+        "",
+        *(f"- {line}" for line in report["recommendation"]),
+        "",
+        "| strategy | test accuracy (mean ± std) | runs | trained parameters (mean) | train s (mean) "
+        "| accuracy vs `full` | time vs `full` |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in summaries.values():
+        ratios = (
+            (f"{100 * s['mean'] / full['mean']:.1f}%", f"{s['train_seconds'] / full['train_seconds']:.2f}×")
+            if full
+            else ("", "")
+        )
+        lines.append(
+            f"| `{s['strategy']}` | {s['mean']:.3f} ± {s['std']:.3f} | {s['runs']} | {s['trainable_params']:,} | "
+            f"{s['train_seconds']:.1f} | {ratios[0]} | {ratios[1]} |"
+        )
+    lines += ["", "![accuracy against trained parameters and time](compare.png)", ""]
+    lines += [
+        "## Why: how far this data is from the pretraining data",
+        "",
+        *(
+            [
+                f"- Linear probe on the pretrained features: {probe['mean']:.3f} ± {probe['std']:.3f}; on "
+                f"random-init features: {random_probe['mean']:.3f} ± {random_probe['std']:.3f}.",
+                "",
+            ]
+            if (probe := summaries.get("head")) and (random_probe := summaries.get(RANDOM_INIT_PROBE))
+            else []
+        ),
+        "Where the features differ: per block, how many standard deviations the target images' statistics "
+        "at its BatchNorm inputs lie from the pretraining ones (0: as in pretraining). Large shifts in the "
+        "early blocks mean the low-level statistics differ, which a head alone cannot undo.",
+        "",
+        "| block | BatchNorm shift |",
+        "|---|---|",
+        *(f"| `{block}` | {shift:.2f} |" for block, shift in report["batchnorm_shift"].items()),
+        "",
+        "## Runs",
+        "",
+        "| strategy | seed | test accuracy | best val accuracy | trained parameters | train s | MLflow run |",
+        "|---|---|---|---|---|---|---|",
+        *(
+            f"| `{r['strategy']}` | {r['seed']} | {r['test_accuracy']:.4f} | {r['best_val_accuracy']:.4f} | "
+            f"{r['trainable_params']:,} | {r['train_seconds']:.1f} | `{r['run_id']}` |"
+            for r in report["runs"]
+        ),
+    ]
+    return "\n".join(lines) + "\n"

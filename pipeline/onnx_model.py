@@ -1,0 +1,72 @@
+"""The exported model at run time: an ONNX Runtime session checked against its model card.
+
+Needs ONNX Runtime, Pillow and numpy only (no torch): the service, the export's parity gate, the load
+test and the tests all run the model through here. The graph takes uint8 RGB images, N x 3 x size x
+size (`pipeline.images.resize_square`), and returns class probabilities, N x classes.
+"""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from pipeline.card import ModelCard, ModelCardError, from_onnx_metadata
+from pipeline.images import load_rgb, resize_square
+
+PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+INPUT, OUTPUT = "image", "probabilities"
+
+
+class ModelLoadError(RuntimeError):
+    """The file is not a model this project can serve; the message says why."""
+
+
+def check_fits(session: ort.InferenceSession, card: ModelCard, origin: str) -> None:
+    """The graph's input and output are what its card promises."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    size = card.image_size
+    problems = []
+    if [i.name for i in inputs] != [INPUT] or inputs[0].type != "tensor(uint8)":
+        problems.append(f"input should be one uint8 tensor `{INPUT}`, is {[(i.name, i.type) for i in inputs]}")
+    elif inputs[0].shape[1:] != [3, size, size]:
+        problems.append(
+            f"input shape should be [batch, 3, {size}, {size}] (the card's image_size), is {inputs[0].shape}"
+        )
+    if [o.name for o in outputs] != [OUTPUT]:
+        problems.append(f"output should be `{OUTPUT}`, is {[o.name for o in outputs]}")
+    elif outputs[0].shape[1:] != [len(card.classes)]:
+        problems.append(
+            f"output shape should be [batch, {len(card.classes)}] (the card's classes), is {outputs[0].shape}"
+        )
+    if problems:
+        raise ModelLoadError(f"{origin} does not fit its model card: " + "; ".join(problems))
+
+
+def open_session(path: Path, providers: list[str] = PROVIDERS) -> tuple[ort.InferenceSession, ModelCard]:
+    """The first of `providers` that really loads (session.get_providers() says which), and the card."""
+    ort.set_default_logger_severity(4)  # a GPU provider failing to load on a CPU machine is expected
+    try:
+        session = ort.InferenceSession(str(path), providers=providers)
+    except Exception as exc:  # noqa: BLE001  (ORT raises its own pybind classes: InvalidProtobuf, Fail, ...)
+        raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from None
+    try:
+        card = from_onnx_metadata(session.get_modelmeta().custom_metadata_map, str(path))
+    except ModelCardError as exc:
+        raise ModelLoadError(str(exc)) from None
+    check_fits(session, card, str(path))
+    return session, card
+
+
+def probabilities(session: ort.InferenceSession, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for a uint8 N x 3 x size x size batch."""
+    return np.concatenate(
+        [session.run([OUTPUT], {INPUT: images[i : i + batch_size]})[0] for i in range(0, len(images), batch_size)]
+    )
+
+
+def classify_files(path: Path, blobs: list[bytes]) -> tuple[np.ndarray, ModelCard]:
+    """ONNX Runtime's probabilities for image files, decoded as everywhere else: what the service must answer."""
+    session, card = open_session(path)
+    batch = np.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), card.image_size) for blob in blobs])
+    return probabilities(session, batch), card

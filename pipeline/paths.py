@@ -1,0 +1,25 @@
+"""Where the stages read and write, relative to the project root: the one list of the files through
+which the stages meet (dvc.yaml declares the same paths as deps and outs)."""
+
+from pathlib import Path
+
+PREPARED_DIR = Path("data/prepared")
+MANIFEST = PREPARED_DIR / "manifest.csv"
+PREPARE_REPORT = PREPARED_DIR / "report.json"
+
+MODELS_DIR = Path("models")
+MODEL_FILE = MODELS_DIR / "model.pt"  # best weights and the model card (pipeline.trained)
+RUN_FILE = MODELS_DIR / "run.json"  # the MLflow run that evaluate and export log to
+CHECKPOINT_FILE = MODELS_DIR / "checkpoint.pt"  # not a DVC output: see pipeline.checkpoint
+ONNX_FILE = MODELS_DIR / "model.onnx"
+
+METRICS_DIR = Path("metrics")
+PREPARE_METRICS = METRICS_DIR / "prepare.json"
+TRAIN_METRICS = METRICS_DIR / "train.json"
+TRAIN_HISTORY = METRICS_DIR / "train_history.csv"
+EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
+TEST_PREDICTIONS = METRICS_DIR / "test_predictions.csv"
+CONFUSION_PNG = METRICS_DIR / "confusion_matrix.png"
+EXPORT_METRICS = METRICS_DIR / "export.json"
+
+REPORT_DIR = Path("reports")

@@ -1,0 +1,66 @@
+"""Real servers on free loopback ports for the tests (and the load test): `bentoml serve` of the service."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_command(port: int) -> list[str]:
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    return [bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+
+
+@contextmanager
+def running_service(env: dict[str, str], startup_timeout: float = 120):
+    """`bentoml serve` on a free loopback port until the block ends; yields its base URL."""
+    port = free_port()
+    # The log goes to a file, not a pipe: a full pipe would stall a busy server.
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            serve_command(port),
+            cwd=ROOT,
+            env=os.environ | env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # so that stopping it stops its workers too
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + startup_timeout
+            while process.poll() is None:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"bentoml serve was not ready after {startup_timeout:.0f} s")
+                time.sleep(0.5)
+            else:
+                log.seek(0)
+                output = log.read().decode(errors="replace")[-3000:]
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{output}")
+            yield url
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
