@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTHON ?= python3.11
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 
-.PHONY: setup run test ui compare serve bento load-test bench bench-gpu clean
+.PHONY: setup run test test-fast lint ui compare serve bento load-test bench bench-gpu docs clean
 
 SERVE_PORT ?= 3000
 
@@ -28,8 +28,17 @@ run: setup
 	@git rev-parse --git-dir >/dev/null 2>&1 || { echo "dvc needs a git repository: clone the project (or git init) first"; exit 1; }
 	dvc repro
 
-test: setup
+# The whole suite, what CI runs (about 15 min on 2 cores); the linter first.
+test: lint
 	python -m pytest
+
+# The edit loop: everything but the end-to-end tests marked slow (about 2-3 min on 2 cores).
+test-fast: lint
+	python -m pytest -m "not slow"
+
+lint: setup
+	ruff check .
+	ruff format --check .
 
 ui: setup
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
@@ -49,7 +58,7 @@ bento: setup
 load-test: setup
 	python -m benchmarks.load_test
 
-# Speed against the tutorial loop and PyTorch eager, on CPU (about 12 min on 2 cores); see BENCHMARKS.md.
+# Speed against the tutorial loop and PyTorch eager, on CPU; see BENCHMARKS.md.
 bench: setup
 	python -m benchmarks.training
 	python -m benchmarks.inference
@@ -62,6 +71,10 @@ bench-gpu: setup
 		--variants ours,ours+compile,ours+nondeterministic
 	python -m benchmarks.inference --device cuda --batches 1,32,64
 	python -m benchmarks.load_test
+
+# docs/results.md and the figures of BENCHMARKS.md, from the committed metrics, reports and benchmark results.
+docs: setup
+	python docs/results.py
 
 clean:
 	rm -rf data/builtin data/prepared models metrics mlflow.db .dvc/cache .dvc/tmp

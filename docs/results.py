@@ -1,0 +1,673 @@
+"""Write every measured figure of the docs from the committed result files: `make docs`.
+
+    python docs/results.py               # docs/results.md, and the generated blocks of BENCHMARKS.md
+    python docs/results.py --root DIR    # the same for another copy of the project (tests/test_docs.py)
+
+docs/results.md is written whole from metrics/*.json (the default run) and reports/**/compare.json
+(`make compare`). In BENCHMARKS.md only the text between `<!-- generated:NAME -->` and
+`<!-- /generated:NAME -->` is replaced, from the JSON, logs and text files in benchmarks/results/;
+the prose around it is hand-written and carries no figures. A marker without a generator, or a
+generator without its marker, stops the script. Same input files, byte-identical output; each
+file is replaced atomically, and left alone when nothing changed. Standard library only.
+"""
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_MD = Path("docs/results.md")
+BENCHMARKS_MD = Path("BENCHMARKS.md")
+BENCH = Path("benchmarks/results")
+CPU = BENCH / "2026-11-26-cpu-issue11"  # the CPU figures of the current code (issue 11 re-ran them)
+H200_RUN1 = BENCH / "2026-11-26-h200-run1"
+H200_RUN2 = BENCH / "2026-11-26-h200-run2"
+MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
+BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+
+# What a committed comparison's files cannot say about themselves (no figures here: they come from the files).
+REPORT_NOTES = {
+    "reports/compare.json": "Seed 0 of this comparison shared the machine with the test suite, so its times are "
+    "inflated: compare the times of seeds 1 and 2.",
+    "reports/epochs-3/compare.json": "Made with `compare.epochs: 3`; at this budget the fine-tuned strategies "
+    "have not converged.",
+    "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
+    "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
+}
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def count(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def fixed(value: float, digits: int) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def times(value: float, digits: int = 2) -> str:
+    return f"x{value:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def read_json(root: Path, path: Path | str) -> dict:
+    return json.loads((root / path).read_text(encoding="utf-8"))
+
+
+def read_text(root: Path, path: Path | str) -> str:
+    return (root / path).read_text(encoding="utf-8")
+
+
+def search(pattern: str, text: str, origin: str) -> re.Match:
+    match = re.search(pattern, text, re.MULTILINE)
+    if match is None:
+        raise SystemExit(f"{origin}: no line matches {pattern!r}")
+    return match
+
+
+# ---------------------------------------------------------------- docs/results.md
+
+
+def default_run(root: Path) -> str:
+    prepare = read_json(root, "metrics/prepare.json")
+    train = read_json(root, "metrics/train.json")
+    evaluate = read_json(root, "metrics/evaluate.json")
+    export = read_json(root, "metrics/export.json")
+    share = 100 * train["trainable_params"] / train["total_params"]
+    rows = [
+        [
+            "prepared images",
+            f"{count(prepare['images'])} in {prepare['classes']} classes, {prepare['skipped']} skipped: "
+            f"{count(prepare['train_images'])} train, {count(prepare['val_images'])} validation, "
+            f"{count(prepare['test_images'])} test",
+        ],
+        [
+            "test accuracy",
+            f"**{fixed(evaluate['accuracy'], 4)}** (one test image is {fixed(100 / prepare['test_images'], 2)} points)",
+        ],
+        ["test macro-F1", fixed(evaluate["macro_f1"], 4)],
+        ["test ECE (expected calibration error)", fixed(evaluate["ece"], 4)],
+        ["best validation accuracy", f"{fixed(train['best_val_accuracy'], 4)}, at epoch {train['best_epoch']}"],
+        [
+            "trained parameters",
+            f"{count(train['trainable_params'])} of {count(train['total_params'])} ({fixed(share, 1)}%)",
+        ],
+        ["training time (`train_seconds`)", f"{fixed(train['train_seconds'], 1)} s"],
+        ["ONNX Runtime against PyTorch, largest difference", f"{export['parity_max_abs_diff']:.1e}"],
+        ["ONNX Runtime test accuracy", fixed(export["onnx_test_accuracy"], 4)],
+    ]
+    per_class = [
+        [f"`{name}`", fixed(scores["precision"], 3), fixed(scores["recall"], 3)]
+        for name, scores in evaluate["per_class"].items()
+    ]
+    return "\n".join(
+        [
+            "## The default run (`make run`)",
+            "",
+            "From `metrics/prepare.json`, `metrics/train.json`, `metrics/evaluate.json` and `metrics/export.json`: "
+            "the `dvc repro` committed with the code, on the default `params.yaml` (`dvc.lock` records its "
+            "params and data). The files do not record the machine; BENCHMARKS.md has the same run on a GPU.",
+            "",
+            table(["", "value"], rows),
+            "",
+            "Per class, on the test split:",
+            "",
+            table(["class", "precision", "recall"], per_class),
+        ]
+    )
+
+
+def compare_reports(root: Path) -> list[Path]:
+    return sorted((path.relative_to(root) for path in (root / "reports").rglob("compare.json")), key=Path.as_posix)
+
+
+def seed_list(seeds: list[int]) -> str:
+    return ", ".join(str(seed) for seed in seeds)
+
+
+def compare_section(root: Path, path: Path) -> str:
+    report = read_json(root, path)
+    setup = report["setup"]
+    runs: dict[str, list[dict]] = {}
+    for run in report["runs"]:
+        runs.setdefault(run["strategy"], []).append(run)
+    rows = []
+    for key, summary in report["summaries"].items():
+        by_seed = {run["seed"]: run for run in runs.get(key, [])}
+        params = sorted({run["trainable_params"] for run in by_seed.values()} or {summary["trainable_params"]})
+        trained = count(params[0]) if len(params) == 1 else f"{count(params[0])}-{count(params[-1])}"
+        per_seed = " / ".join(
+            fixed(by_seed[seed]["train_seconds"], 1) if seed in by_seed else "-" for seed in setup["seeds"]
+        )
+        rows.append(
+            [
+                f"`{summary['strategy']}`",
+                f"{fixed(summary['mean'], 3)} ± {fixed(summary['std'], 3)}",
+                str(summary["runs"]),
+                trained,
+                fixed(summary["train_seconds"], 1),
+                per_seed,
+            ]
+        )
+    name = Path(setup["data_source"]).name
+    markdown = path.with_suffix(".md")
+    lines = [
+        f"### {name}, {setup['epochs']} epochs (`{path.as_posix()}`)",
+        "",
+        f"Data `{setup['data_source']}`: {count(setup['train_images'])} training images "
+        f"({setup['train_per_class']} per class at most), {count(setup['val_images'])} validation, "
+        f"{count(setup['test_images'])} test, {setup['classes']} classes, at {setup['image_size']} px. "
+        f"Backbone `{setup['backbone']}` ({setup['weights']}); {setup['epochs']} epochs per fine-tuning phase, "
+        f"{setup['head_epochs']} per head phase (on cached features); seeds {seed_list(setup['seeds'])}. "
+        f"{setup['date']}, git {setup['git_commit'][:7]}."
+        + (f" Full report: [{markdown.as_posix()}](../{markdown.as_posix()})." if (root / markdown).is_file() else ""),
+        "",
+        table(
+            [
+                "strategy",
+                "test accuracy (mean ± std)",
+                "runs",
+                "trained parameters",
+                "train s (mean)",
+                f"train s, seed {' / '.join(str(seed) for seed in setup['seeds'])}",
+            ],
+            rows,
+        ),
+        "",
+        "The report's recommendation:",
+        "",
+        *(f"- {line}" for line in report["recommendation"]),
+    ]
+    note = REPORT_NOTES.get(path.as_posix())
+    if note:
+        lines += ["", note]
+    return "\n".join(lines)
+
+
+def render_results(root: Path) -> str:
+    sections = [
+        "# Results",
+        "",
+        "<!-- Generated by `make docs` (python docs/results.py) from the committed files named below: "
+        "do not edit; change the files or the script. -->",
+        "",
+        "Every figure on this page is read from a committed file by `docs/results.py` (`make docs`), and "
+        "`tests/test_docs.py` fails when the page is out of date. Speed figures are in "
+        "[BENCHMARKS.md](../BENCHMARKS.md).",
+        "",
+        default_run(root),
+        "",
+        "## Strategy comparisons (`make compare`)",
+        "",
+        "One table per committed `reports/**/compare.json`. Test accuracy is the mean ± standard deviation over "
+        "the seeds; the trained parameters of `auto` depend on the blocks it chose for each seed. Times are of "
+        "the machine that ran the comparison, which the report does not record. How the comparison and its "
+        "recommendation work: [strategies.md](strategies.md#comparing-the-strategies).",
+    ]
+    for path in compare_reports(root):
+        sections += ["", compare_section(root, path)]
+    return "\n".join(sections) + "\n"
+
+
+# ---------------------------------------------------------------- BENCHMARKS.md blocks
+
+
+def machines(root: Path) -> str:
+    cpu = read_json(root, CPU / "training.json")
+    ort = read_json(root, CPU / "inference.json")["onnxruntime"]
+    env = read_text(root, H200_RUN1 / "env.txt").splitlines()
+    gpu, memory, driver = (part.strip() for part in env[1].split(","))
+    cores = env[2].strip()
+    torch_version, ort_gpu = env[3].split()[:2]
+    return (
+        f"\n**CPU** = the CI machine's size: {cpu['machine']}, ONNX Runtime {ort} "
+        f"(`{(CPU / 'training.json').as_posix()}`). **H200** = one {gpu} ({memory}, driver {driver}), "
+        f"{cores} cores, torch {torch_version}, ONNX Runtime {ort_gpu} (the lent machine's image, "
+        f"`{(H200_RUN1 / 'env.txt').as_posix()}`).\n"
+    )
+
+
+def bench_seconds(root: Path) -> int:
+    """The wall time of `make bench` on the CPU."""
+    text = read_text(root, CPU / "total.txt")
+    return int(search(r"make bench equivalent: (\d+) s", text, str(CPU / "total.txt")).group(1))
+
+
+def bench_total(root: Path) -> str:
+    return f"\n`make bench` on the CPU took {count(bench_seconds(root))} s (`{(CPU / 'total.txt').as_posix()}`).\n"
+
+
+def head_ratio(head: dict) -> float:
+    return head["baseline_later_s"] / head["ours_later_s"]
+
+
+def full_row(root: Path, path: Path, backbone: str) -> dict:
+    for row in read_json(root, path)["full"]:
+        if row["backbone"] == backbone:
+            return row
+    raise SystemExit(f"{path}: no row for {backbone}")
+
+
+def inference_rows(root: Path, path: Path) -> list[dict]:
+    return read_json(root, path)["rows"]
+
+
+def inference_row(root: Path, path: Path, backbone: str, batch: int) -> dict:
+    for row in inference_rows(root, path):
+        if row["backbone"] == backbone and row["batch"] == batch:
+            return row
+    raise SystemExit(f"{path}: no row for {backbone} at batch {batch}")
+
+
+def goals(root: Path) -> str:
+    cpu_head = read_json(root, CPU / "training.json")["head_only"]
+    gpu_head = read_json(root, H200_RUN2 / "train50.json")["head_only"]
+    head = [head_ratio(cpu_head), head_ratio(gpu_head)]
+
+    ort = {
+        (backbone, batch): inference_row(root, CPU / "inference.json", backbone, batch)
+        for backbone in ("efficientnet_lite0", "resnet18")
+        for batch in (1, 32)
+    }
+    speedup = {key: row["ort cpu fp32"] / row["torch fp32"] for key, row in ort.items()}
+
+    resnet50 = full_row(root, H200_RUN2 / "train50.json", "resnet50")
+    default, compiled = resnet50["ours"]["epoch"], resnet50["ours+compile"]["epoch"]
+    baseline = resnet50["baseline"]["epoch"]
+
+    fp16 = inference_row(root, H200_RUN1 / "infer.json", "resnet18", 64)
+    ort_fp16 = fp16.get("ort cuda fp16")
+
+    total = bench_seconds(root)
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
+
+    rows = [
+        [
+            "head-only, later epochs >= 20x faster than the baseline",
+            f"CPU {times(head[0], 0)}, H200 {times(head[1], 0)}",
+            verdict(min(head) >= 20),
+        ],
+        [
+            "ONNX Runtime >= 1.5x PyTorch eager on CPU, batch 1 and 32",
+            f"Lite0 {times(speedup['efficientnet_lite0', 1])} / {times(speedup['efficientnet_lite0', 32])}, "
+            f"ResNet-18 {times(speedup['resnet18', 1])} / {times(speedup['resnet18', 32])}",
+            verdict(min(speedup.values()) >= 1.5),
+        ],
+        [
+            "ResNet-50, 224 px, full fine-tuning >= 2,500 img/s on one H100",
+            f"H200: {count(default)} (defaults), {count(compiled)} with `train.compile`",
+            verdict(default >= 2500) + " on an H200 (not run on an H100)",
+        ],
+        [
+            ">= 1.3x the baseline on the same GPU",
+            f"H200: {times(default / baseline)} (defaults), {times(compiled / baseline)} with `train.compile`",
+            verdict(default / baseline >= 1.3),
+        ],
+        [
+            "ResNet-18 fp16 ONNX >= 3,000 img/s model-side at batch 64",
+            f"PyTorch fp16: {count(fp16['torch fp16 channels_last'])} img/s; ONNX Runtime CUDA: "
+            + ("**not measured**" if ort_fp16 is None else f"{count(ort_fp16)} img/s"),
+            "owed (section 4)" if ort_fp16 is None else verdict(ort_fp16 >= 3000),
+        ],
+        ["`make bench` < 15 min on CPU", f"{count(total)} s", verdict(total < 15 * 60)],
+    ]
+    return "\n" + table(["goal (issue 5)", "measured", ""], rows) + "\n"
+
+
+def break_even(head: dict) -> tuple[int, float, float]:
+    """The first epoch after which ours has taken less time in all than the baseline, and both totals."""
+    epoch, ours, baseline = 1, head["ours_first_s"], head["baseline_first_s"]
+    if ours >= baseline and head["ours_later_s"] >= head["baseline_later_s"]:
+        raise SystemExit("head-only: the pipeline never catches up with the baseline; rewrite BENCHMARKS.md section 1")
+    while ours >= baseline:
+        epoch, ours, baseline = epoch + 1, ours + head["ours_later_s"], baseline + head["baseline_later_s"]
+    return epoch, ours, baseline
+
+
+def val_images(args: dict) -> int:
+    return max(10, args["images"] // 4)  # as benchmarks/training.py makes the validation folder
+
+
+def head_only(root: Path) -> str:
+    rows, notes = [], []
+    for label, path in (("CPU", CPU / "training.json"), ("H200", H200_RUN2 / "train50.json")):
+        result = read_json(root, path)
+        args, head = result["args"], result["head_only"]
+        rows.append(
+            [
+                f"{label}, {count(args['images'])} + {count(val_images(args))} images, {args['image_size']} px, "
+                f"batch {args['batch_size']}",
+                f"{fixed(head['baseline_first_s'], 2)} s",
+                f"{fixed(head['baseline_later_s'], 2)} s",
+                f"{fixed(head['ours_first_s'], 2)} s ({fixed(head['ours_decode_s'], 2)})",
+                f"{fixed(head['ours_later_s'], 3)} s",
+                f"{fixed(head['ours_uncached_later_s'], 2)} s",
+                f"**{times(head_ratio(head), 0)}**",
+            ]
+        )
+        if label == "H200":
+            epoch, ours_total, baseline_total = break_even(head)
+            run1 = read_json(root, H200_RUN1 / "train50.json")["head_only"]
+            notes = [
+                f"- H200, first epoch: ours {times(head['ours_first_s'] / head['baseline_first_s'], 1)} the "
+                f"baseline's time, {fixed(head['ours_decode_s'], 2)} s of it decoding "
+                f"{count(args['images'] + val_images(args))} JPEGs once ({fixed(run1['ours_decode_s'], 2)} s in "
+                f"run 1, before `load_split` decoded on a thread pool).",
+                f"- H200, time since the start: ours is ahead of the baseline from epoch {epoch} on "
+                f"({fixed(ours_total, 2)} s against {fixed(baseline_total, 2)} s).",
+            ]
+    header = [
+        "machine, size",
+        "baseline first",
+        "baseline later",
+        "ours first (of it decoding)",
+        "ours later",
+        "later, without the cache",
+        "later: baseline / ours",
+    ]
+    return "\n" + table(header, rows) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def throughput_rows(root: Path, sources: list[tuple[Path, str]]) -> list[list[str]]:
+    rows = []
+    for path, backbone in sources:
+        row = full_row(root, path, backbone)
+        baseline = row["baseline"]["epoch"]
+        for variant, figures in row.items():
+            if variant == "backbone":
+                continue
+            rows.append(
+                [
+                    BACKBONES.get(backbone, backbone),
+                    variant,
+                    count(figures["loader"]),
+                    count(figures["step"]),
+                    count(figures["epoch"]),
+                    times(figures["epoch"] / baseline),
+                ]
+            )
+    return rows
+
+
+THROUGHPUT_HEADER = ["backbone", "variant", "loader", "step", "epoch", "epoch vs baseline"]
+
+
+def sizes(root: Path, *paths: Path) -> str:
+    """The files and the run sizes in their `args`, once per distinct size."""
+    described: dict[str, list[str]] = {}
+    for path in paths:
+        args = read_json(root, path)["args"]
+        size = (
+            f"{count(args['images'])} images of {args['image_size']} px, batch {args['batch_size']}, "
+            f"{args['epochs']} epochs per run, baseline with {args['baseline_workers']} loader workers"
+        )
+        described.setdefault(size, []).append(f"`{path.as_posix()}`")
+    return "; ".join(f"{' and '.join(names)}: {size}" for size, names in described.items())
+
+
+def gpu_training(root: Path) -> str:
+    rows = throughput_rows(
+        root,
+        [
+            (H200_RUN2 / "train50.json", "resnet50"),
+            (H200_RUN1 / "train_small.json", "resnet18"),
+            (H200_RUN1 / "train_small.json", "efficientnet_lite0"),
+        ],
+    )
+    source = sizes(root, H200_RUN2 / "train50.json", H200_RUN1 / "train_small.json")
+    return "\n" + table(THROUGHPUT_HEADER, rows) + f"\n\nFrom {source}.\n"
+
+
+def run1_to_run2(root: Path) -> str:
+    run1 = full_row(root, H200_RUN1 / "train50.json", "resnet50")["ours"]
+    run2 = full_row(root, H200_RUN2 / "train50.json", "resnet50")
+    serial = 1 / (1 / run1["loader"] + 1 / run1["step"])
+    return (
+        f'\n- ResNet-50, "ours", epoch: {count(run1["epoch"])} img/s in run 1, {count(run2["ours"]["epoch"])} '
+        f"in run 2; loader alone: {count(run1['loader'])} -> {count(run2['ours']['loader'])} img/s.\n"
+        f"- Run 1's epoch ({count(run1['epoch'])}) was about the serial sum of its loader ({count(run1['loader'])}) "
+        f"and step ({count(run1['step'])}), which would give {count(serial)}, not their minimum.\n"
+        f"- Deterministic kernels in run 2: {count(run2['ours']['epoch'])} img/s on, "
+        f"{count(run2['ours+nondeterministic']['epoch'])} off (`train.deterministic: false`).\n"
+    )
+
+
+def profile_share(text: str, prefix: str, column: int, origin: str) -> str:
+    for line in text.splitlines():
+        cells = re.split(r"\s{2,}", line.strip())
+        if cells and cells[0].startswith(prefix):
+            return cells[column]
+    raise SystemExit(f"{origin}: no row starting {prefix!r}")
+
+
+def profile(root: Path) -> str:
+    path = H200_RUN2 / "profile.txt"
+    text = read_text(root, path)
+    setup = search(r"^# benchmarks\.profile_training on [^:]*: (.*)$", text, str(path)).group(1)
+    rates = search(r"^training pass images/s per epoch: (.*)$", text, str(path)).group(1)
+    cpu, cuda = 1, 7  # the columns Self CPU % and Self CUDA % of torch.profiler's table
+    return (
+        f"\n`{path.as_posix()}` ({setup}; images/s per epoch: {rates}): the main thread spends "
+        f"{profile_share(text, 'enumerate(DataLoader)', cpu, str(path))} of its CPU time waiting in "
+        f"`enumerate(DataLoader)` and {profile_share(text, 'cudaHostAlloc', cpu, str(path))} in `cudaHostAlloc`; "
+        f"on the GPU, BatchNorm backward ({profile_share(text, 'aten::native_batch_norm_backward', cuda, str(path))}) "
+        f"and dtype copies, `aten::copy_` ({profile_share(text, 'aten::copy_', cuda, str(path))}), lead.\n"
+    )
+
+
+def cpu_training(root: Path) -> str:
+    path = CPU / "training.json"
+    result = read_json(root, path)
+    rows = throughput_rows(root, [(path, row["backbone"]) for row in result["full"]])
+    ours = [row["ours"] for row in result["full"]]
+    loaders = [figures["loader"] for row in result["full"] for figures in (row["baseline"], row["ours"])]
+    steps = [figures["step"] for row in result["full"] for figures in (row["baseline"], row["ours"])]
+    gains = [o["epoch"] / row["baseline"]["epoch"] for o, row in zip(ours, result["full"], strict=True)]
+    return (
+        "\n"
+        + table(THROUGHPUT_HEADER, rows)
+        + f"\n\nFrom {sizes(root, path)}. Loaders {count(min(loaders))}-{count(max(loaders))} img/s, steps "
+        f"{count(min(steps))}-{count(max(steps))} img/s; ours against the baseline per epoch: "
+        f"{times(min(gains))}-{times(max(gains))}.\n"
+    )
+
+
+def cpu_inference(root: Path) -> str:
+    path = CPU / "inference.json"
+    rows = [
+        [
+            BACKBONES.get(row["backbone"], row["backbone"]),
+            str(row["batch"]),
+            count(row["torch fp32"]),
+            count(row["ort cpu fp32"]),
+            count(row["ort cpu fp16"]),
+            f"**{times(row['ort cpu fp32'] / row['torch fp32'])}**",
+        ]
+        for row in inference_rows(root, path)
+    ]
+    header = ["backbone", "batch", "PyTorch fp32", "ORT fp32", "ORT fp16 graph", "ORT / PyTorch"]
+    return "\n" + table(header, rows) + f"\n\nFrom `{path.as_posix()}`.\n"
+
+
+def gpu_inference(root: Path) -> str:
+    path = H200_RUN1 / "infer.json"
+    all_rows = inference_rows(root, path)
+    best = max(row["torch fp16 channels_last"] for row in all_rows)
+
+    def fp16(row: dict) -> str:
+        text = count(row["torch fp16 channels_last"])
+        return f"**{text}**" if row["torch fp16 channels_last"] == best else text
+
+    rows = [
+        [BACKBONES.get(row["backbone"], row["backbone"]), str(row["batch"]), count(row["torch fp32"]), fp16(row)]
+        for row in all_rows
+    ]
+    header = ["backbone", "batch", "PyTorch fp32", "PyTorch fp16, channels_last"]
+    return "\n" + table(header, rows) + f"\n\nFrom `{path.as_posix()}`.\n"
+
+
+def default_gpu(root: Path) -> str:
+    log_path = H200_RUN2 / "default_run.log"
+    wall = search(r"^train stage wall (\d+) s", read_text(root, log_path), str(log_path)).group(1)
+    runs = [
+        ("the committed default run, `metrics/`", "", "metrics/train.json", "metrics/evaluate.json"),
+        (
+            f"`{H200_RUN2.as_posix()}`, H200",
+            f"{wall} s",
+            (H200_RUN2 / "train.json").as_posix(),
+            (H200_RUN2 / "evaluate.json").as_posix(),
+        ),
+    ]
+    rows = []
+    for label, stage_wall, train_path, evaluate_path in runs:
+        train, evaluate = read_json(root, train_path), read_json(root, evaluate_path)
+        rows.append(
+            [
+                label,
+                stage_wall or "not recorded",
+                fixed(train["train_seconds"], 1),
+                f"{fixed(train['best_val_accuracy'], 4)} (epoch {train['best_epoch']})",
+                fixed(evaluate["accuracy"], 4),
+                fixed(evaluate["macro_f1"], 4),
+                fixed(evaluate["ece"], 4),
+            ]
+        )
+    header = ["run", "train stage wall", "train_seconds", "best val accuracy", "test accuracy", "macro-F1", "ECE"]
+    return "\n" + table(header, rows) + f"\n\nThe stage wall time is from `{log_path.as_posix()}`.\n"
+
+
+def load_test(root: Path) -> str:
+    path = CPU / "load_test.json"
+    result = read_json(root, path)
+    modes = result["modes"]
+    rows = [
+        [
+            name,
+            count(figures["requests"]),
+            str(figures["errors"]),
+            fixed(figures["throughput"], 1),
+            count(figures["p50_ms"]),
+            count(figures["p99_ms"]),
+            fixed(figures["batch"], 1),
+        ]
+        for name, figures in modes.items()
+    ]
+    on, off = modes["adaptive batching on"], modes["adaptive batching off"]
+    earlier = result.get("earlier_run")
+    lines = [
+        "",
+        f"**{result['date']}, {result['machine']}; {', '.join(result['providers'])}.** Model: {result['model']}. "
+        f"{result['clients']} concurrent clients, {result['seconds']} s per mode after {result['warmup_seconds']} s "
+        "of warm-up; the clients run on the same machine as the server.",
+        "",
+        table(
+            ["mode", f"requests in {result['seconds']} s", "errors", "req/s", "p50 ms", "p99 ms", "mean batch"], rows
+        ),
+        "",
+        f"On/off: throughput {times(on['throughput'] / off['throughput'])}, p99 latency "
+        f"{times(on['p99_ms'] / off['p99_ms'])}."
+        + (
+            f" An earlier run the same day: {fixed(earlier['throughput_on'], 1)} against "
+            f"{fixed(earlier['throughput_off'], 1)} req/s ({times(earlier['throughput_ratio'])}, p99 "
+            f"{times(earlier['p99_ratio'])}), {earlier['errors']} errors."
+            if earlier
+            else ""
+        )
+        + f" From `{path.as_posix()}`: {result['source']}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+GENERATORS: dict[str, Callable[[Path], str]] = {
+    "machines": machines,
+    "bench-total": bench_total,
+    "goals": goals,
+    "head-only": head_only,
+    "gpu-training": gpu_training,
+    "run1-to-run2": run1_to_run2,
+    "profile": profile,
+    "cpu-training": cpu_training,
+    "cpu-inference": cpu_inference,
+    "gpu-inference": gpu_inference,
+    "default-gpu": default_gpu,
+    "load-test": load_test,
+}
+
+
+def render_benchmarks(root: Path, text: str) -> str:
+    """`text` (BENCHMARKS.md) with every generated block rewritten from the files."""
+    found = MARKER.findall(text)
+    names = [name for name, _ in found]
+    unknown = sorted(set(names) - set(GENERATORS))
+    missing = sorted(set(GENERATORS) - set(names))
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if unknown or missing or repeated:
+        raise SystemExit(
+            f"{BENCHMARKS_MD}: generated blocks do not match docs/results.py: unknown {unknown}, "
+            f"missing {missing}, repeated {repeated}"
+        )
+
+    def block(match: re.Match) -> str:
+        body = GENERATORS[match[1]](root).strip("\n")
+        return f"<!-- generated:{match[1]} -->\n\n{body}\n\n<!-- /generated:{match[1]} -->"
+
+    return MARKER.sub(block, text)
+
+
+# ---------------------------------------------------------------- output
+
+
+def outputs(root: Path) -> dict[Path, str]:
+    """What the docs should hold, by path relative to `root`."""
+    return {
+        RESULTS_MD: render_results(root),
+        BENCHMARKS_MD: render_benchmarks(root, read_text(root, BENCHMARKS_MD)),
+    }
+
+
+def write_atomic(path: Path, text: str) -> bool:
+    """Replace `path` with `text` in one rename; False (and nothing written) when it already holds it."""
+    data = text.encode("utf-8")
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help="the project copy to read and write (default: this)")
+    args = parser.parse_args(argv)
+    for relative, text in outputs(args.root).items():
+        changed = write_atomic(args.root / relative, text)
+        print(f"{relative.as_posix()}: {'written' if changed else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
