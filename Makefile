@@ -49,8 +49,9 @@ compare: setup
 	python -m pipeline.compare
 
 # The model in SERVING_MODEL (default: the registry's champion, see params.yaml `serving`).
+# Keep-alive longer than clients' own (5 s in httpx, requests, aiohttp): no request is sent on a closing connection.
 serve: setup
-	bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port $(SERVE_PORT)
+	bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port $(SERVE_PORT) --timeout-keep-alive 75
 
 bento: setup
 	bentoml build -f serving/bentofile.yaml .

@@ -74,6 +74,7 @@ def run_one(params: Params, label: str, splits: dict[str, Split], classes: list[
 
 def compare(params: Params, manifest: Path = MANIFEST, out_dir: Path = REPORT_DIR) -> dict:
     """Run the comparison on the prepared split of `manifest`; write and return the report."""
+    tracking.check_reachable()  # before minutes of decoding and training
     budget = params.compare
     rows = read_manifest(manifest)
     classes = class_names(rows)

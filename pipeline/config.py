@@ -102,6 +102,8 @@ class ServingConfig(Strict):
     max_image_pixels: int = Field(ge=1)
     max_images_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1)
+    body_timeout_s: float = Field(gt=0)
+    image_formats: list[str] = Field(min_length=1)
     adaptive_batching: bool
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
@@ -166,7 +168,12 @@ def with_overrides(raw: dict, overrides: Mapping[str, object]) -> dict:
 def load_params(path: Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the stages from the project root")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values")
     return parse_params(raw, str(path))
@@ -176,7 +183,10 @@ def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = o
     """params.yaml's `serving` section with SERVING_<KEY> env overrides; `model` always filled in."""
     params = load_params(path)
     settings = params.serving.model_dump()
-    settings.update({key: environ[f"SERVING_{key.upper()}"] for key in settings if f"SERVING_{key.upper()}" in environ})
+    for key, value in settings.items():
+        if f"SERVING_{key.upper()}" in environ:
+            text = environ[f"SERVING_{key.upper()}"]
+            settings[key] = text.split(",") if isinstance(value, list) else text
     settings["model"] = settings["model"] or f"models:/{params.mlflow.registered_model}@champion"
     try:
         return ServingConfig.model_validate(settings)

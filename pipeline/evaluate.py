@@ -67,6 +67,7 @@ def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
 
 def main() -> None:
     params = load_params()
+    tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     test = load_split(read_manifest(), "test", card.image_size, params.data.max_image_pixels)
     probabilities = trained.predict_probabilities(model, test.images)

@@ -93,27 +93,29 @@ def export_checked(
 
 def main() -> None:
     params = load_params()
+    tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     test = load_split(read_manifest(), "test", card.image_size, params.data.max_image_pixels)
     settings = params.export
     tolerance = settings.fp16_parity_tolerance if settings.fp16 else settings.parity_tolerance
-    proto, session, probabilities, difference = export_checked(
-        model, card, test.images, ONNX_FILE, settings.opset, tolerance, settings.fp16
-    )
-    accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
-    metrics = {"parity_max_abs_diff": difference, "onnx_test_accuracy": accuracy}
-    with tracking.resume_run():
-        mlflow.log_metrics(metrics)
-        info = mlflow.onnx.log_model(
-            proto,
-            name="model",
-            registered_model_name=params.mlflow.registered_model,
-            pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime-gpu=={version('onnxruntime-gpu')}"],
-            signature=infer_signature(test.images[:2].numpy(), probabilities[:2]),
-            metadata=onnx_metadata(card, settings.fp16),
-            onnx_execution_providers=onnx_model.PROVIDERS,
-            save_as_external_data=False,
+    with atomic_path(ONNX_FILE) as onnx_file:  # in place only once it is registered too
+        proto, session, probabilities, difference = export_checked(
+            model, card, test.images, onnx_file, settings.opset, tolerance, settings.fp16
         )
+        accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
+        metrics = {"parity_max_abs_diff": difference, "onnx_test_accuracy": accuracy}
+        with tracking.resume_run():
+            mlflow.log_metrics(metrics)
+            info = mlflow.onnx.log_model(
+                proto,
+                name="model",
+                registered_model_name=params.mlflow.registered_model,
+                pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime-gpu=={version('onnxruntime-gpu')}"],
+                signature=infer_signature(test.images[:2].numpy(), probabilities[:2]),
+                metadata=onnx_metadata(card, settings.fp16),
+                onnx_execution_providers=onnx_model.PROVIDERS,
+                save_as_external_data=False,
+            )
     metrics["registered_version"] = int(info.registered_model_version)
     write_json(EXPORT_METRICS, metrics)
     print(

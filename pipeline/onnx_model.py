@@ -39,6 +39,14 @@ def check_fits(session: ort.InferenceSession, card: ModelCard, origin: str) -> N
         problems.append(
             f"output shape should be [batch, {len(card.classes)}] (the card's classes), is {outputs[0].shape}"
         )
+    if not problems:  # the declared shapes fit: run the graph on a batch of 2 as a request would
+        try:
+            answer = session.run([OUTPUT], {INPUT: np.zeros((2, 3, size, size), dtype=np.uint8)})[0]
+        except Exception as exc:  # noqa: BLE001  (ORT's own pybind errors)
+            problems.append(f"it fails on a batch of 2 images: {exc}")
+        else:
+            if answer.shape != (2, len(card.classes)) or not np.allclose(answer.sum(axis=1), 1, atol=1e-3):
+                problems.append(f"on a batch of 2 it answers {answer.shape}, not 2 rows of probabilities")
     if problems:
         raise ModelLoadError(f"{origin} does not fit its model card: " + "; ".join(problems))
 

@@ -8,6 +8,7 @@ the reason in data/prepared/report.json. Writes data/prepared/manifest.csv and m
 
 import hashlib
 import io
+import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -21,15 +22,28 @@ from pipeline.manifest import SPLITS, write_manifest
 from pipeline.paths import MANIFEST, PREPARE_METRICS, PREPARE_REPORT, PREPARED_DIR
 
 
+def printable(path: Path) -> str:
+    """The path as text, with bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(path: Path) -> bool:
+    return printable(path) == str(path)
+
+
+def hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def list_classes(source: Path) -> dict[str, list[Path]]:
-    """Class name -> its files (sorted, hidden ones ignored); errors name what is wrong."""
+    """Class name -> its files (sorted; hidden files and folders ignored); errors name what is wrong."""
     if not source.is_dir():
         raise ConfigError(f"data.source: folder {source} does not exist")
-    classes = {
-        d.name: sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
-        for d in sorted(source.iterdir())
-        if d.is_dir() and not d.name.startswith(".")
-    }
+    folders = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    for folder in folders:
+        if not is_utf8(folder):
+            raise ConfigError(f"data.source: the class folder name {printable(folder)} is not valid UTF-8; rename it")
+    classes = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and not hidden(f, d)) for d in folders}
     if len(classes) < 2:
         raise ConfigError(f"data.source: {source} needs at least 2 class sub-folders, found {len(classes)}")
     return classes
@@ -43,6 +57,9 @@ def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Ra
     for path in order:
         if cap is not None and len(good) == cap:
             break
+        if not is_utf8(path):  # the manifest and report are UTF-8 text
+            skipped.append({"path": printable(path), "reason": "the file name is not valid UTF-8"})
+            continue
         data = path.read_bytes()
         try:
             if not data:

@@ -59,6 +59,10 @@ def main() -> None:
     parser.add_argument("--force", action="store_true", help="promote even if its test accuracy is lower")
     args = parser.parse_args()
     name = load_params().mlflow.registered_model
+    try:
+        tracking.check_reachable()  # MLflow's client would retry a dead server before it says so
+    except tracking.TrackingServerUnreachable as exc:
+        sys.exit(f"not promoted: {exc}")
     client = MlflowClient(tracking_uri=tracking.tracking_uri())
     try:
         candidate, previous = promote(client, name, args.version, args.alias, args.force)

@@ -9,9 +9,11 @@ The train stage and compare log a training through the same functions (log_run_p
 log_epoch).
 """
 
+import base64
 import json
 import os
 import subprocess
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,17 +37,37 @@ class TrackingServerUnreachable(RuntimeError):
     """MLFLOW_TRACKING_URI names a server that does not answer."""
 
 
+def shown_uri(uri: str | None = None) -> str:
+    """The tracking URI as it may be printed: a password in it is replaced by ***."""
+    parts = urllib.parse.urlsplit(uri or tracking_uri())
+    if parts.password is None:
+        return parts.geturl()
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def redact(text: str) -> str:
+    """`text` (an error message, say) without the tracking URI's password."""
+    password = urllib.parse.urlsplit(tracking_uri()).password
+    return text.replace(f":{password}@", ":***@") if password else text
+
+
 def check_reachable(timeout_s: float = 5.0) -> None:
-    """Raise, naming the URI, unless the tracking store is local or its server's /health answers."""
-    uri = tracking_uri()
-    if not uri.startswith(("http://", "https://")):
+    """Raise, naming the URI (never its password), unless the store is local or its server's /health answers."""
+    parts = urllib.parse.urlsplit(tracking_uri())
+    if parts.scheme not in ("http", "https"):
         return
+    # urllib cannot open a URL with user:password@ in it: the credentials go in a header
+    health = parts._replace(netloc=parts.hostname + (f":{parts.port}" if parts.port else ""))
+    request = urllib.request.Request(f"{health.geturl().rstrip('/')}/health")
+    if parts.username is not None:
+        credentials = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s).close()
-    except OSError as exc:  # refused, timed out, unknown host, an HTTP error status (URLError is an OSError)
+        urllib.request.urlopen(request, timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:  # refused, timed out, unknown host, an HTTP error status, a bad URL
         raise TrackingServerUnreachable(
-            f"MLflow tracking server MLFLOW_TRACKING_URI={uri} is unreachable ({exc}); start it "
-            "(README: A shared tracking server) or unset MLFLOW_TRACKING_URI for the local sqlite store"
+            f"MLflow tracking server MLFLOW_TRACKING_URI={shown_uri()} is unreachable ({exc}); start it "
+            "or unset MLFLOW_TRACKING_URI for the local sqlite store"
         ) from None
 
 

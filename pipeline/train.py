@@ -11,8 +11,10 @@ models/checkpoint.pt (pipeline.checkpoint).
 import contextlib
 import csv
 import dataclasses
+import sys
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 from pipeline import checkpoint, distributed, tracking, trained
 from pipeline.atomic import atomic_path, write_json
@@ -31,6 +33,23 @@ def log_plan(plan: Plan, trainable: int, total: int) -> None:
 
 
 def main() -> None:
+    try:
+        run_stage()
+    except MlflowException as exc:  # after MLflow's own retries (pipeline/__init__.py bounds them)
+        try:
+            tracking.check_reachable()
+        except tracking.TrackingServerUnreachable:
+            pass
+        else:
+            raise  # the store answers: another error, with its own message
+        sys.exit(
+            f"training stopped: the MLflow tracking store {tracking.shown_uri()} did not answer "
+            f"({tracking.redact(str(exc))[:300]}); {CHECKPOINT_FILE} holds the last finished epoch: run the "
+            "stage again to resume once the store answers"
+        )
+
+
+def run_stage() -> None:
     params = load_params()
     tracking.check_reachable()  # fail fast, before minutes of loading and training
     distributed.start(pick_device(params.train.device))

@@ -14,13 +14,18 @@ SERVING_<KEY>; SERVING_MODEL is `models:/NAME@ALIAS`, `models:/NAME/VERSION` or 
 Class names and input size come from the model card in the model's metadata (pipeline.card).
 """
 
+import asyncio
 import base64
 import binascii
+import contextlib
+import ctypes
 import io
 import logging
+import os
 from http import HTTPStatus
 from pathlib import Path
 
+import aiohttp
 import anyio
 import bentoml
 import numpy as np
@@ -34,6 +39,18 @@ from pipeline.images import BadImage, load_rgb, resize_square
 from pipeline.onnx_model import ModelLoadError
 
 logger = logging.getLogger("bentoml.serving")
+
+
+def return_freed_images_to_the_system() -> None:
+    """glibc keeps a freed buffer of more than its (self-raising) mmap threshold in the freeing
+    thread's arena, so decodes on a pool of threads each left their images' memory behind: the
+    server's memory grew by a decoded image per thread. A fixed 1 MiB threshold maps every image
+    buffer on its own and unmaps it when freed."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 20)  # -3: M_MMAP_THRESHOLD
+
+
+return_freed_images_to_the_system()
 # The batching decorator below is evaluated at import, so the settings are read here, once.
 SETTINGS = load_serving_config()
 
@@ -67,7 +84,7 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
         )
     except MlflowException as exc:
         hint = " (set it with `python -m pipeline.promote`)" if alias else ""
-        raise ModelLoadError(f"SERVING_MODEL={spec} on {tracking.tracking_uri()}: {exc.message}{hint}") from None
+        raise ModelLoadError(f"SERVING_MODEL={spec} on {tracking.shown_uri()}: {exc.message}{hint}") from None
     files = sorted(Path(local).glob("*.onnx"))
     if not files:
         raise ModelLoadError(f"SERVING_MODEL={spec}: the registered model holds no .onnx file")
@@ -97,7 +114,9 @@ class OnnxModel:
     def check_model() -> None:
         """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
         the server there, instead of each worker failing and being respawned forever."""
-        onnx_model.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
+        _, card = onnx_model.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
+        if SETTINGS.top_k > len(card.classes):
+            raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
 
     def __init__(self) -> None:
         path, _ = resolve_model(SETTINGS.model)
@@ -137,29 +156,76 @@ class Base64Request(BaseModel):
     top_k: int | None = None
 
 
-class RequestSizeLimit:
-    """ASGI middleware: refuse a body over `max_bytes` (413) or of unknown length (411) before reading it."""
+class RequestLimits:
+    """ASGI middleware: the body limit holds on the bytes received, and slow bodies time out.
 
-    def __init__(self, app, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
+    Refused before the body is read: over `max_bytes` by Content-Length (413), chunked (411), or
+    Content-Length and chunked together (400: which one frames the body is how requests are smuggled).
+    While it is read: more bytes than declared or than `max_bytes` (413), or a client that sends
+    nothing for `body_timeout_s` (408). The app's own answer is then dropped for that one.
+    """
+
+    def __init__(self, app, max_bytes: int, body_timeout_s: float) -> None:
+        self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope["headers"])
-            length = headers.get(b"content-length")
-            refusal = None
-            if length is None and b"chunked" in headers.get(b"transfer-encoding", b""):
-                refusal = (HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header (chunked bodies are refused)")
-            elif length is not None and length.isdigit() and int(length) > self.max_bytes:
-                refusal = (
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        length, chunked = headers.get(b"content-length"), b"chunked" in headers.get(b"transfer-encoding", b"")
+        refusal = None
+        if length is not None and chunked:
+            refusal = (HTTPStatus.BAD_REQUEST, "send Content-Length or chunked Transfer-Encoding, not both")
+        elif chunked:
+            refusal = (HTTPStatus.LENGTH_REQUIRED, "send a Content-Length header (chunked bodies are refused)")
+        elif length is not None and length.isdigit() and int(length) > self.max_bytes:
+            refusal = (
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body of {int(length)} bytes is over the limit of {self.max_bytes}",
+            )
+        if refusal:
+            await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(scope, receive, send)
+            return
+        allowed = min(self.max_bytes, int(length)) if length is not None and length.isdigit() else self.max_bytes
+        received, stopped, answered, whole = 0, None, False, False
+
+        async def limited_receive():
+            nonlocal received, stopped, whole
+            if stopped is not None:
+                return {"type": "http.disconnect"}
+            if whole:  # after the body, receive only waits for a disconnect: no timeout there
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                stopped = (HTTPStatus.REQUEST_TIMEOUT, f"no data from the client for {self.body_timeout_s:g} s")
+                return {"type": "http.disconnect"}
+            received += len(message.get("body", b""))
+            if received > allowed:
+                stopped = (
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                    f"request body of {int(length)} bytes is over the limit of {self.max_bytes}",
+                    f"request body is over {allowed} bytes (its declared length or the limit)",
                 )
-            if refusal:
-                await JSONResponse({"detail": refusal[1]}, status_code=refusal[0])(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+                return {"type": "http.disconnect"}
+            whole = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message) -> None:
+            nonlocal answered
+            if stopped is None:
+                await send(message)
+            elif not answered:  # the app's answer to a body it did not get whole is replaced by ours
+                answered = True
+                await JSONResponse({"detail": stopped[1]}, status_code=stopped[0])(scope, receive, send)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if stopped is None:
+                raise
+        if stopped is not None and not answered:
+            await guarded_send({"type": "http.response.start"})
 
 
 def refuse(status: HTTPStatus, message: str) -> HTTPException:
@@ -183,9 +249,15 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
+        self._decoders: anyio.CapacityLimiter | None = None
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_model.open_session(path, ["CPUExecutionProvider"])
+
+    def decoders(self) -> anyio.CapacityLimiter:
+        if self._decoders is None:  # made in the event loop, on first use
+            self._decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
+        return self._decoders
 
     def decode(self, blobs: list[tuple[str, bytes]], image_size: int) -> np.ndarray:
         """(name, bytes) pairs to a uint8 NCHW batch, refusing the request on the first bad image."""
@@ -199,7 +271,7 @@ class ImageClassifier:
                     f"{name} is {len(blob)} bytes, over the limit of {self.settings.max_image_bytes}",
                 )
             try:
-                image = load_rgb(io.BytesIO(blob), self.settings.max_image_pixels)
+                image = load_rgb(io.BytesIO(blob), self.settings.max_image_pixels, tuple(self.settings.image_formats))
             except BadImage as exc:
                 raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None
             arrays.append(resize_square(image, image_size))
@@ -220,8 +292,12 @@ class ImageClassifier:
                 HTTPStatus.BAD_REQUEST,
                 f"top_k must be between 1 and {len(classes)} (the number of classes), got {top_k}",
             )
-        batch = await anyio.to_thread.run_sync(self.decode, blobs, self.card.image_size)
-        probabilities = await self.model.to_async.predict(batch)
+        # at most one decode per core at a time: each may hold an image of max_image_pixels in memory
+        batch = await anyio.to_thread.run_sync(self.decode, blobs, self.card.image_size, limiter=self.decoders())
+        try:
+            probabilities = await self.model.to_async.predict(batch)
+        except aiohttp.ClientConnectionError:  # the model service closed a kept-alive connection as we wrote
+            probabilities = await self.model.to_async.predict(batch)  # on it; predict is idempotent: once more
         if probabilities.shape[1] != len(classes):  # an alias moved between the two services' start-ups
             raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
@@ -249,6 +325,7 @@ class ImageClassifier:
         blobs = []
         for i, text in enumerate(request.images):
             encoded = text.split(",", 1)[1] if text.startswith("data:") else text  # data URLs too
+            encoded = "".join(encoded.split())  # lines of 76, as `base64` and MIME wrap them
             if len(encoded) * 3 // 4 > self.settings.max_image_bytes:
                 raise refuse(
                     HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -264,7 +341,7 @@ class ImageClassifier:
     async def metadata(self) -> dict:
         """The served model: where it came from, its model card, the active ONNX Runtime providers."""
         return {
-            "model": self.settings.model,
+            "model": self.source["name"] if self.source["version"] is None else self.settings.model,
             **self.source,
             **self.card.model_dump(mode="json"),
             "providers": await self.model.to_async.providers(),
@@ -273,4 +350,6 @@ class ImageClassifier:
         }
 
 
-ImageClassifier.add_asgi_middleware(RequestSizeLimit, max_bytes=SETTINGS.max_request_bytes)
+ImageClassifier.add_asgi_middleware(
+    RequestLimits, max_bytes=SETTINGS.max_request_bytes, body_timeout_s=SETTINGS.body_timeout_s
+)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,10 +26,10 @@ from tests.servers import free_port, running_service
 MODEL_NAME = "shared-classifier"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`mlflow server` until the module ends; yields its URL."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextmanager
+def mlflow_server(root: Path):
+    """`mlflow server` (sqlite, proxied artifacts) on a free loopback port until the block ends;
+    yields its URL and the process (a test may kill it)."""
     port = free_port()
     command = [
         str(Path(sys.executable).with_name("mlflow")),
@@ -55,11 +56,18 @@ def server(tmp_path_factory):
             assert process.poll() is None, (root / "server.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "mlflow server was not ready after 120 s"
             time.sleep(0.5)
-        yield {"url": url, "root": root}
+        yield url, process
     finally:
-        # the server and the workers it started; SIGTERM would wait about 12 s for idle client connections
-        os.killpg(process.pid, signal.SIGKILL)
+        if process.poll() is None:  # the server and its workers; SIGTERM waits about 12 s for idle clients
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_server(root) as (url, _):
+        yield {"url": url, "root": root}
 
 
 def _healthy(url: str) -> bool:
@@ -137,3 +145,75 @@ def test_train_stage_fails_at_once_when_the_server_is_down(tmp_path):
         result.stderr
     )
     assert not (project / "models").exists()  # it stopped before loading the data or starting a run
+
+
+@pytest.mark.slow
+def test_row5_a_server_lost_mid_training_stops_it_within_a_minute_with_a_checkpoint(tmp_path):
+    project = stage_project(tmp_path / "project", **{"finetune.strategy": "full", "train.epochs": 400})
+    (tmp_path / "server").mkdir()
+    with mlflow_server(tmp_path / "server") as (url, process):
+        training = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.train"],
+            cwd=project,
+            env=stage_env(MLFLOW_TRACKING_URI=url),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        checkpoint = project / "models/checkpoint.pt"
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():  # waits for progress; when the server dies does not matter below
+            assert training.poll() is None and time.monotonic() < deadline, training.communicate()
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = training.communicate(timeout=120)
+    assert time.monotonic() - killed < 60
+    assert training.returncode == 1
+    assert f"training stopped: the MLflow tracking store {url} did not answer" in stderr
+    assert "models/checkpoint.pt holds the last finished epoch" in stderr and checkpoint.exists()
+
+
+def test_row5_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
+    uri = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.promote"],
+        env=stage_env(MLFLOW_TRACKING_URI=uri),
+        capture_output=True,
+        text=True,
+    )
+    assert time.monotonic() - started < 30
+    assert result.returncode == 1 and f"not promoted: MLflow tracking server MLFLOW_TRACKING_URI={uri}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["evaluate", "export"])
+def test_row7_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
+    project = stage_project(tmp_path, **{"finetune.strategy": "head"})
+    trained = subprocess.run(
+        [sys.executable, "-m", "pipeline.train"], cwd=project, env=stage_env(), capture_output=True
+    )
+    assert trained.returncode == 0  # on the local sqlite store
+    result = stage(project, name, f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1 and "TrackingServerUnreachable" in result.stderr
+    assert not (project / "models/model.onnx").exists()
+    assert sorted(p.name for p in (project / "metrics").iterdir()) == [
+        "prepare.json",
+        "train.json",
+        "train_history.csv",
+    ]
+
+
+@pytest.mark.slow
+def test_row8_credentials_in_the_uri_work_and_are_never_printed(server, monkeypatch):
+    with_credentials = server["url"].replace("http://", "http://alice:s3cret@")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", with_credentials)
+    tracking.check_reachable()  # urllib alone cannot open such a URL
+    assert mlflow.MlflowClient(with_credentials).search_experiments()  # nor does MLflow mind it
+    dead = f"http://alice:s3cret@127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
+    with pytest.raises(tracking.TrackingServerUnreachable) as error:
+        tracking.check_reachable()
+    assert "alice:***@127.0.0.1" in str(error.value) and "s3cret" not in str(error.value)

@@ -1,0 +1,245 @@
+"""Hostile and careless input, in process: images built to exhaust memory, models that do not fit
+their card, odd file names and a broken params.yaml. (What reaches the service over HTTP is in
+test_serving.py; lost tracking servers in test_tracking_server.py.) Each row of issue 13's table
+that is tested here says so."""
+
+import asyncio
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import onnx_model
+from pipeline.backbones import Classifier, build
+from pipeline.config import ConfigError, load_params
+from pipeline.export import export_checked
+from pipeline.images import BadImage, load_rgb, resize_square
+from pipeline.prepare import prepare
+from tests.conftest import ROOT, data_config, model_card
+
+MiB = 2**20
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=9)
+    return buffer.getvalue()
+
+
+def peak_rss_of(code: str, *args: str) -> int:
+    """How far `code` raises the peak resident memory (bytes) of a fresh Python process, after its imports.
+    VmHWM, not ru_maxrss: the latter keeps the high-water mark of the process that forked it."""
+    script = (
+        "import re, sys\n"
+        "from pipeline.images import load_rgb, resize_square\n"
+        "def peak():\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
+        "before = peak()\n"
+        f"{code}\n"
+        "print(peak() - before)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, *args], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return int(result.stdout.split()[-1])
+
+
+def test_row1_a_long_thin_image_costs_a_square_of_the_model_size(tmp_path):
+    """467 bytes of PNG, 200000 x 2 pixels, under the pixel limit: resizing its short side to the model
+    size used to make a 9.6-million-pixel-wide image first (3.1 GB in the service)."""
+    path = tmp_path / "tall.png"
+    path.write_bytes(png(np.zeros((2, 200_000, 3), dtype=np.uint8)))
+    code = "resize_square(load_rgb(sys.argv[1], 40_000_000), 96)"
+    assert peak_rss_of(code, str(path)) < 64 * MiB
+
+
+def test_row1_the_square_crop_is_what_resize_then_crop_gives(tmp_path):
+    """Cropping in the source before resizing changes no pixel by more than rounding."""
+    rng = np.random.default_rng(0)
+    for height, width, size in [(28, 28, 96), (64, 48, 40), (300, 500, 96), (1000, 37, 96), (45, 45, 40)]:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        scaled = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
+        left, top = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+        whole = image.resize(scaled, Image.Resampling.BILINEAR).crop((left, top, left + size, top + size))
+        reference = np.asarray(whole).transpose(2, 0, 1).astype(int)
+        assert np.abs(resize_square(image, size).astype(int) - reference).max() <= 1
+
+
+def test_row3_a_16_bit_image_decodes_without_float64_copies(tmp_path):
+    """6324 x 6324 16-bit PNG (78 KB): 1.08 GB through float64; as 16-bit source plus 8-bit RGB now."""
+    path = tmp_path / "wide.png"
+    ramp = (np.arange(6324, dtype=np.uint32) * 10).astype(np.uint16)
+    Image.fromarray(np.tile(ramp, (6324, 1))).save(path)
+    pixels = 6324 * 6324
+    assert peak_rss_of("load_rgb(sys.argv[1], 40_000_000)", str(path)) < pixels * (2 + 1 + 3) + 64 * MiB
+
+
+def test_row3_16_bit_pixels_are_scaled_down_as_before():
+    values = np.array([[0, 257, 65535, 30000]], dtype=np.uint16)
+    rgb = np.asarray(load_rgb(io.BytesIO(png(values)), 100))
+    assert rgb[0, :, 0].tolist() == [0, 1, 255, int(30000 * 255 / 65535)]
+    small = np.array([[0, 100, 255]], dtype=np.uint16)  # a 16-bit file holding 8-bit values: kept
+    assert np.asarray(load_rgb(io.BytesIO(png(small)), 100))[0, :, 0].tolist() == [0, 100, 255]
+
+
+def test_row12_only_the_formats_a_user_sends_are_decoded():
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+    with pytest.raises(BadImage, match="EPS is not one of the accepted formats: PNG, JPEG"):
+        load_rgb(io.BytesIO(eps), 100, formats=("PNG", "JPEG"))
+    assert load_rgb(io.BytesIO(png(np.zeros((4, 4, 3), dtype=np.uint8))), 100, formats=("PNG",)).size == (4, 4)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny model exported by the pipeline: 3 classes, 32 px."""
+    root = tmp_path_factory.mktemp("broken-models")
+    torch.manual_seed(0)
+    backbone = build("resnet18", "none", 3)
+    card = model_card()
+    model = Classifier(backbone.model.body, backbone.model.head, card.mean, card.std).eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    export_checked(model, card, images, root / "model.onnx", opset=18, tolerance=1e-4)
+    return root / "model.onnx"
+
+
+def variant(source, target, edit) -> str:
+    proto = onnx.load(str(source))
+    edit(proto)
+    onnx.save(proto, str(target))
+    return target
+
+
+def set_card(proto, **changes):
+    for prop in proto.metadata_props:
+        if prop.key == "model_card":
+            prop.value = json.dumps(json.loads(prop.value) | changes)
+
+
+def rename_input(proto, name):
+    old = proto.graph.input[0].name
+    proto.graph.input[0].name = name
+    for node in proto.graph.node:
+        node.input[:] = [name if value == old else value for value in node.input]
+
+
+def fixed_batch(proto):
+    proto.graph.input[0].type.tensor_type.shape.dim[0].ClearField("dim_param")
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+
+
+BROKEN = {  # row 4: each variant "ready" and then 500 (or wrong labels) on every request, before
+    "input not named image": (lambda p: rename_input(p, "pixels"), "input should be one uint8 tensor `image`"),
+    "fixed 28 x 28 input": (lambda p: set_card(p, image_size=28), "input shape should be [batch, 3, 28, 28]"),
+    "5 outputs for 10 classes": (
+        lambda p: set_card(p, classes=[f"c{i}" for i in range(10)]),
+        "output shape should be [batch, 10]",
+    ),
+    "image_size 0": (lambda p: set_card(p, image_size=0), "image_size"),
+    "no classes": (lambda p: set_card(p, classes=[]), "classes"),
+    "mean not numbers": (lambda p: set_card(p, mean="abc"), "mean"),
+    "fixed batch of 1": (fixed_batch, "a batch of 2"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_row4_a_model_that_does_not_fit_its_card_is_refused_at_load(exported, tmp_path, case):
+    edit, message = BROKEN[case]
+    with pytest.raises(onnx_model.ModelLoadError) as error:
+        onnx_model.open_session(variant(exported, tmp_path / "broken.onnx", edit))
+    assert message in str(error.value)
+
+
+def test_row4_loading_runs_a_batch_through_the_graph(exported):
+    session, card = onnx_model.open_session(exported)
+    assert onnx_model.probabilities(session, np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape == (2, 3)
+
+
+def test_row9_undecodable_file_names_are_skipped_and_named(image_folder, tmp_path):
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    (image_folder / "red" / odd).write_bytes((image_folder / "red" / "0.png").read_bytes())
+    metrics = prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert metrics["skipped"] == 1
+    assert report["skipped"][0]["reason"] == "the file name is not valid UTF-8"
+    assert "caf\\xe9.png" in report["skipped"][0]["path"]
+
+
+def test_row10_hidden_folders_inside_a_class_are_ignored(image_folder, tmp_path):
+    cache = image_folder / "red" / ".cache"
+    cache.mkdir()
+    (cache / "thumb.png").write_bytes((image_folder / "red" / "0.png").read_bytes())
+    prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
+    assert ".cache" not in (tmp_path / "out" / "manifest.csv").read_text()
+
+
+def test_row11_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 42\ndata:\n  source: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{params}:4:1: .*"):
+        load_params(params)
+
+
+def test_decoder_fuzz_never_raises_anything_but_bad_image():
+    """A few thousand seeded mutations of valid files: every one decodes or is a BadImage, none crashes."""
+    rng = np.random.default_rng(13)
+    seeds = []
+    for image_format in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(buffer, format=image_format)
+        seeds.append(buffer.getvalue())
+    outcomes = {"decoded": 0, "refused": 0}
+    for trial in range(3000):
+        data = bytearray(seeds[trial % len(seeds)])
+        for _ in range(1 + trial % 8):
+            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        if trial % 5 == 0:
+            data = data[: rng.integers(1, len(data))]
+        try:
+            resize_square(load_rgb(io.BytesIO(bytes(data)), 10**6), 16)
+            outcomes["decoded"] += 1
+        except BadImage:
+            outcomes["refused"] += 1
+    assert outcomes["decoded"] > 100 and outcomes["refused"] > 100, outcomes
+
+
+def run_asgi(middleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]) -> list[dict]:
+    """One request through an ASGI middleware around an app that reads the whole body and answers 200."""
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read"})
+
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": headers}
+    asyncio.run(middleware(app)(scope, receive, send))
+    return sent
+
+
+def test_row2_the_body_limit_counts_the_bytes_received_not_the_declared_length():
+    from serving.service import RequestLimits
+
+    def limits(app):
+        return RequestLimits(app, max_bytes=1000, body_timeout_s=5)
+
+    over_declared = run_asgi(limits, [(b"content-length", b"100")], [b"x" * 60, b"x" * 60])
+    assert over_declared[0]["status"] == 413 and b"over 100 bytes" in over_declared[1]["body"]
+    over_limit = run_asgi(limits, [], [b"x" * 600, b"x" * 600])  # no length declared at all
+    assert over_limit[0]["status"] == 413 and b"over 1000 bytes" in over_limit[1]["body"]
+    within = run_asgi(limits, [(b"content-length", b"120")], [b"x" * 60, b"x" * 60])
+    assert within[0]["status"] == 200 and within[1]["body"] == b"read"
