@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = Path("docs/results.md")
 BENCHMARKS_MD = Path("BENCHMARKS.md")
 BENCH = Path("benchmarks/results")
-CPU = BENCH / "2026-11-26-cpu-issue11"  # the CPU figures of the current code (issue 11 re-ran them)
+CPU = BENCH / "2026-11-26-cpu-issue11"
+SOAK = BENCH / "2026-11-26-cpu-issue13" / "soak.json"  # the CPU figures of the current code (issue 11 re-ran them)
 H200_RUN1 = BENCH / "2026-11-26-h200-run1"
 H200_RUN2 = BENCH / "2026-11-26-h200-run2"
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
@@ -593,6 +594,38 @@ def load_test(root: Path) -> str:
     return "\n".join(lines)
 
 
+def soak(root: Path) -> str:
+    result = read_json(root, SOAK)
+    memory, run = result["memory_attack"], result["soak"]
+    attack = [[f"`{name}`", ", ".join(map(str, codes))] for name, codes in memory["statuses"].items()]
+    figures = [
+        ["good requests", count(run["good_requests"])],
+        ["bad requests", count(run["bad_requests"])],
+        ["5xx answers", str(run["server_errors_5xx"])],
+        ["wrong labels", str(run["wrong_labels"])],
+        ["errors of any kind (5xx, a good request refused, a bad one accepted)", str(run["errors"])],
+        ["p50 / p99 of good requests", f"{count(run['p50_ms'])} / {count(run['p99_ms'])} ms"],
+        ["server memory, start / end", f"{count(run['memory_start_mib'])} / {count(run['memory_end_mib'])} MiB"],
+    ]
+    return "\n".join(
+        [
+            "",
+            f"**{result['date']}, {result['machine']}.** Model: {result['model']}. From `{SOAK.as_posix()}`.",
+            "",
+            f"Memory attack: {count(memory['requests'])} requests, 8 at a time; server and workers "
+            f"{count(memory['idle_mib'])} MiB idle, peak {count(memory['peak_mib'])} MiB: "
+            f"**{count(memory['peak_above_idle_mib'])} MiB above idle** (goal: under 1 GB).",
+            "",
+            table(["attack file", "statuses"], attack),
+            "",
+            f"Soak: {run['clients']} clients for {run['seconds']} s, 30% of requests bad.",
+            "",
+            table(["", "figure"], figures),
+            "",
+        ]
+    )
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "machines": machines,
     "bench-total": bench_total,
@@ -606,6 +639,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "gpu-inference": gpu_inference,
     "default-gpu": default_gpu,
     "load-test": load_test,
+    "soak": soak,
 }
 
 
