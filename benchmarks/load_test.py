@@ -55,6 +55,17 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
+def run_record(module: str, argv: list[str] | None, model: str) -> dict:
+    """What every benchmark JSON starts with: where its figures come from (read by docs/results.py)."""
+    return {
+        "source": f"written by this run of `python -m {module}`",
+        "command": f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "model": model,
+    }
+
+
 def expected_labels(onnx_file: Path, blobs: list[bytes]) -> list[str]:
     """The top-1 class ONNX Runtime gives each file."""
     probabilities, card = classify_files(onnx_file, blobs)
@@ -179,12 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         for error in r["errors"][:5]:
             print(f"  {name} error: {error}")
     if args.out:
-        figures = {
-            "source": "written by this run of `python -m benchmarks.load_test`",
-            "command": "python -m benchmarks.load_test " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(),
-            "model": args.model,
+        figures = run_record("benchmarks.load_test", argv, args.model) | {
             "providers": next(iter(results.values()))["providers"],
             "clients": args.clients,
             "seconds": round(args.seconds),

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.load_test import expected_labels, machine, sample_images
+from benchmarks.load_test import expected_labels, run_record, sample_images
 from pipeline import paths
 from tests.servers import resident_bytes, serving_process
 
@@ -178,15 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = memory_attack(url, process, args.attack_rounds)
         print(f"soak: {args.clients} clients, 30% bad requests, {args.seconds:.0f} s ...", flush=True)
         figures = soak(url, process, args.clients, args.seconds, Path(args.model))
-    result = {
-        "source": "written by this run of `python -m benchmarks.soak`",
-        "command": "python -m benchmarks.soak " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "model": args.model,
-        "memory_attack": memory,
-        "soak": figures,
-    }
+    result = run_record("benchmarks.soak", argv, args.model) | {"memory_attack": memory, "soak": figures}
     print(json.dumps(result, indent=2))
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

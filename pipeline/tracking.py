@@ -37,18 +37,15 @@ class TrackingServerUnreachable(RuntimeError):
     """MLFLOW_TRACKING_URI names a server that does not answer."""
 
 
-def shown_uri(uri: str | None = None) -> str:
-    """The tracking URI as it may be printed: a password in it is replaced by ***."""
-    parts = urllib.parse.urlsplit(uri or tracking_uri())
-    if parts.password is None:
-        return parts.geturl()
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-
-
 def redact(text: str) -> str:
     """`text` (an error message, say) without the tracking URI's password."""
     password = urllib.parse.urlsplit(tracking_uri()).password
     return text.replace(f":{password}@", ":***@") if password else text
+
+
+def shown_uri() -> str:
+    """The tracking URI as it may be printed: user:***@."""
+    return redact(tracking_uri())
 
 
 def check_reachable(timeout_s: float = 5.0) -> None:

@@ -249,6 +249,7 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
+        self.formats = tuple(SETTINGS.image_formats)
         self._decoders: anyio.CapacityLimiter | None = None
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
@@ -271,7 +272,7 @@ class ImageClassifier:
                     f"{name} is {len(blob)} bytes, over the limit of {self.settings.max_image_bytes}",
                 )
             try:
-                image = load_rgb(io.BytesIO(blob), self.settings.max_image_pixels, tuple(self.settings.image_formats))
+                image = load_rgb(io.BytesIO(blob), self.settings.max_image_pixels, self.formats)
             except BadImage as exc:
                 raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None
             arrays.append(resize_square(image, image_size))
