@@ -19,10 +19,12 @@ import json
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 from PIL import Image
 
 from benchmarks.load_test import expected_labels, run_record, sample_images
@@ -130,11 +132,35 @@ async def soak_client(url, http, good, labels, bad, deadline, rng, tally) -> Non
             tally["errors"].append(f"good: wrong label for image {i}")
 
 
+def memory_by_process(process) -> dict[str, float]:
+    """Resident MiB of the server and of each worker, named by role, so growth can be pinned on one."""
+    root = psutil.Process(process.pid)
+    found = {}
+    for member in [root, *root.children(recursive=True)]:
+        with suppress(psutil.NoSuchProcess):
+            command = member.cmdline()
+            # BentoML starts each service's worker with `--service-name NAME` (empty for the HTTP front).
+            role = command[command.index("--service-name") + 1] if "--service-name" in command else ""
+            found[f"{role or 'front' if member.pid != root.pid else 'supervisor'} {member.pid}"] = (
+                member.memory_info().rss / MiB
+            )
+    return found
+
+
+async def sample_timeline(process, every: float, deadline: float, timeline: list[dict]) -> None:
+    started = time.monotonic()
+    while time.monotonic() < deadline:
+        by_process = await asyncio.to_thread(memory_by_process, process)
+        timeline.append({"t_s": round(time.monotonic() - started), "total_mib": sum(by_process.values())} | by_process)
+        await asyncio.sleep(every)
+
+
 def soak(url: str, process, clients: int, seconds: float, onnx_file: Path) -> dict:
     good = sample_images(64)
     labels = expected_labels(onnx_file, good)
     bad = bad_requests(good[0])
     tally = {"good": 0, "bad": 0, "5xx": 0, "errors": [], "latencies": []}
+    timeline: list[dict] = []
     start_mib = resident_bytes(process) / MiB
 
     async def run() -> None:
@@ -142,10 +168,11 @@ def soak(url: str, process, clients: int, seconds: float, onnx_file: Path) -> di
         async with httpx.AsyncClient(limits=limits, timeout=120) as http:
             deadline = time.monotonic() + seconds
             await asyncio.gather(
+                sample_timeline(process, min(30.0, seconds / 10), deadline, timeline),
                 *(
                     soak_client(url, http, good, labels, bad, deadline, np.random.default_rng(k), tally)
                     for k in range(clients)
-                )
+                ),
             )
 
     asyncio.run(run())
@@ -162,6 +189,7 @@ def soak(url: str, process, clients: int, seconds: float, onnx_file: Path) -> di
         "memory_start_mib": start_mib,
         "memory_end_mib": resident_bytes(process) / MiB,
         "first_errors": tally["errors"][:10],
+        "memory_timeline": timeline,
     }
 
 

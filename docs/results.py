@@ -25,7 +25,7 @@ RESULTS_MD = Path("docs/results.md")
 BENCHMARKS_MD = Path("BENCHMARKS.md")
 BENCH = Path("benchmarks/results")
 CPU = BENCH / "2026-11-26-cpu-issue11"
-SOAK = BENCH / "2026-11-26-cpu-issue13" / "soak.json"  # the CPU figures of the current code (issue 11 re-ran them)
+SOAK = BENCH / "2026-11-28-cpu-issue13" / "soak.json"  # 20 minutes, memory sampled every 30 s
 H200_RUN1 = BENCH / "2026-11-26-h200-run1"
 H200_RUN2 = BENCH / "2026-11-26-h200-run2"
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
@@ -607,6 +607,18 @@ def soak(root: Path) -> str:
         ["p50 / p99 of good requests", f"{count(run['p50_ms'])} / {count(run['p99_ms'])} ms"],
         ["server memory, start / end", f"{count(run['memory_start_mib'])} / {count(run['memory_end_mib'])} MiB"],
     ]
+    timeline = run["memory_timeline"]
+    warm = next(sample for sample in timeline if sample["t_s"] >= 240)  # after the first minutes' warm-up
+    figures.append(
+        [
+            f"server memory, at {warm['t_s']} s / end: growth after warm-up",
+            f"{count(warm['total_mib'])} / {count(timeline[-1]['total_mib'])} MiB: "
+            f"{count(timeline[-1]['total_mib'] - warm['total_mib'])} MiB",
+        ]
+    )
+    roles = [key for key in timeline[0] if key not in ("t_s", "total_mib")]
+    samples = [sample for sample in timeline if sample["t_s"] <= warm["t_s"]] + [timeline[-1]]
+    memory_rows = [[f"{s['t_s']}", *(count(s[role]) for role in roles), count(s["total_mib"])] for s in samples]
     return "\n".join(
         [
             "",
@@ -621,6 +633,10 @@ def soak(root: Path) -> str:
             f"Soak: {run['clients']} clients for {run['seconds']} s, 30% of requests bad.",
             "",
             table(["", "figure"], figures),
+            "",
+            "Resident memory (MiB) of the server's processes during the soak, from the samples taken every 30 s:",
+            "",
+            table(["seconds", *(role.rsplit(" ", 1)[0] for role in roles), "total"], memory_rows),
             "",
         ]
     )

@@ -54,8 +54,13 @@ def check_fits(session: ort.InferenceSession, card: ModelCard, origin: str) -> N
 def open_session(path: Path, providers: list[str] = PROVIDERS) -> tuple[ort.InferenceSession, ModelCard]:
     """The first of `providers` that really loads (session.get_providers() says which), and the card."""
     ort.set_default_logger_severity(4)  # a GPU provider failing to load on a CPU machine is expected
+    options = ort.SessionOptions()
+    # ONNX Runtime's memory patterns are planned, and kept, per input shape: every batch size the
+    # service's adaptive batching formed added memory (+93 MiB over sizes 1 to 64 for the default model,
+    # against +14 without them, and no measurable difference in speed).
+    options.enable_mem_pattern = False
     try:
-        session = ort.InferenceSession(str(path), providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=providers)
     except Exception as exc:  # noqa: BLE001  (ORT raises its own pybind classes: InvalidProtobuf, Fail, ...)
         raise ModelLoadError(f"{path} is not a loadable ONNX model: {exc}") from None
     try:
