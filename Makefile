@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/.venv/bin:$(PATH)
 PYTHON ?= python3.11
 VENV_STAMP := .venv/.installed-$(shell cat pyproject.toml requirements.lock | md5sum | cut -c1-12)
 
-.PHONY: setup run test test-fast lint ui compare serve bento load-test bench bench-gpu docs clean
+.PHONY: setup run test test-fast lint ui experiments screenshots compare serve bento load-test bench bench-gpu docs clean
 
 SERVE_PORT ?= 3000
 
@@ -40,8 +40,21 @@ lint: setup
 	ruff check .
 	ruff format --check .
 
+# Opens on GenAI traces unless told otherwise: the link below lands on the runs ("Model training").
 ui: setup
+	@echo "runs of the project: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+# The experiments of `dvc exp run` as one table: the columns that answer "which strategy?" and nothing else.
+experiments: setup
+	dvc exp show --no-pager --precision 4 --drop '.*' \
+		--keep '^(Experiment|Created|data\.source|model\.backbone|finetune\.strategy|accuracy|trainable_params|train_seconds)$$'
+
+# The README's pictures of the MLflow UI (docs/images/): four strategies trained in a temporary copy,
+# shown by headless Chromium (Debian's `chromium`) with no network.
+screenshots: setup
+	python -m pip install --quiet --constraint requirements.lock --editable '.[test,docs]'
+	python docs/screenshots.py
 
 # Every strategy x seed at the budget of params.yaml `compare`: reports/compare.md, MLflow parent run.
 compare: setup

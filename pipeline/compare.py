@@ -65,8 +65,9 @@ def run_one(params: Params, label: str, splits: dict[str, Split], classes: list[
         test = splits["test"]
         predicted = trained.predict_probabilities(result.model, test.images).argmax(1)
         accuracy = (predicted == test.labels).float().mean().item()
-        mlflow.log_metrics({"test_accuracy": accuracy, "best_val_accuracy": result.best["val_accuracy"]})
-        mlflow.log_metric("train_seconds", seconds)
+        tracking.log_metrics(
+            {"test/accuracy": accuracy, "val/best_accuracy": result.best["val_accuracy"], "train/seconds": seconds}
+        )
     trained_params = result.trainable_params
     print(f"{label:>20} seed {params.seed}: test accuracy {accuracy:.4f}, {trained_params:,} trained, {seconds:.0f} s")
     return Result(label, params.seed, accuracy, result.best["val_accuracy"], seconds, trained_params, run.info.run_id)
@@ -124,7 +125,7 @@ def compare(params: Params, manifest: Path = MANIFEST, out_dir: Path = REPORT_DI
         }
         for name, s in summaries.items():
             key = re.sub(r"[^\w\-. ]", "", name)  # MLflow's allowed characters
-            mlflow.log_metrics({f"{key}.test_accuracy_mean": s.mean, f"{key}.test_accuracy_std": s.std})
+            tracking.log_metrics({f"test/accuracy_mean.{key}": s.mean, f"test/accuracy_std.{key}": s.std})
         write_json(out_dir / "compare.json", report)
         plot(summaries, out_dir / "compare.png")
         with atomic_path(out_dir / "compare.md") as partial:

@@ -7,6 +7,7 @@ so no default lives in two places.
 """
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -89,7 +90,7 @@ class ExportConfig(Strict):
 
 class MlflowConfig(Strict):
     experiment: str = Field(min_length=1)
-    registered_model: str = Field(min_length=1)
+    registered_model: str | None = Field(min_length=1, pattern=r"^[\w.-]+$")
 
 
 class ServingConfig(Strict):
@@ -129,6 +130,12 @@ class Params(Strict):
     mlflow: MlflowConfig
     serving: ServingConfig
     compare: CompareConfig
+
+    def registered_model(self) -> str:
+        """mlflow.registered_model, or `<data folder>-classifier`: one registered model per dataset, so a
+        model of other classes never becomes a version of another's."""
+        folder = re.sub(r"[^\w.-]+", "-", Path(self.data.source).name).strip("-.") or "data"
+        return self.mlflow.registered_model or f"{folder}-classifier"
 
 
 class ConfigError(ValueError):
@@ -187,7 +194,7 @@ def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = o
         if f"SERVING_{key.upper()}" in environ:
             text = environ[f"SERVING_{key.upper()}"]
             settings[key] = text.split(",") if isinstance(value, list) else text
-    settings["model"] = settings["model"] or f"models:/{params.mlflow.registered_model}@champion"
+    settings["model"] = settings["model"] or f"models:/{params.registered_model()}@champion"
     try:
         return ServingConfig.model_validate(settings)
     except ValidationError as exc:  # params.yaml itself is valid by now: the env vars are wrong

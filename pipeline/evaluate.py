@@ -8,6 +8,7 @@ and logs them to the MLflow run of the model.
 """
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from sklearn.metrics import ConfusionMatrixDisplay, accuracy_score, f1_score, pr
 
 from pipeline import tracking, trained
 from pipeline.atomic import atomic_path, write_json
+from pipeline.card import ModelCard
 from pipeline.config import load_params
 from pipeline.manifest import load_split, read_manifest
 from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
@@ -65,11 +67,29 @@ def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
     plt.close(fig)
 
 
+def description(card: ModelCard, rows: list[dict], run_metrics: dict, test_accuracy: float) -> str:
+    """The run in one paragraph, for MLflow's run page: data, strategy, what was trained, time, result."""
+    sizes = Counter(row["split"] for row in rows)
+    trained_part = (
+        f"{run_metrics['model/trainable_params']:,.0f} of {run_metrics['model/total_params']:,.0f} parameters "
+        f"trained in {run_metrics['train/seconds']:.0f} s"
+        if "train/seconds" in run_metrics
+        else "trained"
+    )
+    return (
+        f"`{card.strategy}` fine-tuning of {card.backbone} ({card.weights} weights) on {card.data_source}: "
+        f"{len(card.classes)} classes ({', '.join(card.classes)}), {sizes['train']} train, {sizes['val']} "
+        f"validation and {sizes['test']} test images at {card.image_size} px (manifest "
+        f"{card.data_fingerprint[:12]}). {trained_part}; test accuracy {test_accuracy:.4f}."
+    )
+
+
 def main() -> None:
     params = load_params()
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
-    test = load_split(read_manifest(), "test", card.image_size, params.data.max_image_pixels)
+    rows = read_manifest()
+    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels)
     probabilities = trained.predict_probabilities(model, test.images)
     metrics = score(probabilities, test.labels, card.classes)
     predicted = probabilities.argmax(1)
@@ -81,13 +101,14 @@ def main() -> None:
         )
     plot_confusion(test.labels.numpy(), predicted.numpy(), card.classes, CONFUSION_PNG)
     write_json(EVALUATE_METRICS, metrics)
-    with tracking.resume_run():
-        mlflow.log_metrics({f"test_{k}": v for k, v in metrics.items() if k != "per_class"})
-        mlflow.log_metrics(
-            {f"test_{kind}_{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()}
+    with tracking.resume_run() as run:
+        tracking.log_metrics({f"test/{k}": v for k, v in metrics.items() if k != "per_class"})
+        tracking.log_metrics(
+            {f"per_class/{kind}.{c}": v for c, both in metrics["per_class"].items() for kind, v in both.items()}
         )
         mlflow.log_artifact(str(CONFUSION_PNG))
         mlflow.log_artifact(str(EVALUATE_METRICS))
+        tracking.describe_run(description(card, rows, run.data.metrics, metrics["accuracy"]))
     print(
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
         f"on {len(test.labels)} images"

@@ -7,25 +7,28 @@ probabilities: normalisation is inside it, and the card rides in its metadata (p
 ONNX Runtime and PyTorch are run on the test images; the stage fails, leaving no model behind, if
 their probabilities differ by more than export.parity_tolerance (export.fp16_parity_tolerance
 for a float16 graph). The model is then logged to the MLflow run and registered as a new version
-of mlflow.registered_model.
+of the registered model (mlflow.registered_model, by default named after the data folder), tagged
+with its data, test split and test accuracy (pipeline.registry); the first version becomes champion.
 """
 
-from importlib.metadata import version
+import os
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import onnx
 import torch
+from mlflow import MlflowClient
 from mlflow.models import infer_signature
 from onnxruntime.transformers.onnx_model import OnnxModel
 from torch import nn
 
-from pipeline import onnx_model, tracking, trained
+from pipeline import onnx_model, registry, tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.card import ONNX_METADATA_KEY, ModelCard
 from pipeline.config import load_params
-from pipeline.manifest import load_split, read_manifest
+from pipeline.manifest import load_split, read_manifest, split_fingerprint
 from pipeline.paths import EXPORT_METRICS, MODEL_FILE, ONNX_FILE
 
 
@@ -95,32 +98,53 @@ def main() -> None:
     params = load_params()
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
-    test = load_split(read_manifest(), "test", card.image_size, params.data.max_image_pixels)
+    rows = read_manifest()
+    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels)
     settings = params.export
     tolerance = settings.fp16_parity_tolerance if settings.fp16 else settings.parity_tolerance
     with atomic_path(ONNX_FILE) as onnx_file:  # in place only once it is registered too
         proto, session, probabilities, difference = export_checked(
             model, card, test.images, onnx_file, settings.opset, tolerance, settings.fp16
         )
-        accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
+        correct = probabilities.argmax(1) == test.labels.numpy()
+        accuracy = float(correct.mean())
         metrics = {"parity_max_abs_diff": difference, "onnx_test_accuracy": accuracy}
+        name = params.registered_model()
         with tracking.resume_run():
-            mlflow.log_metrics(metrics)
+            tracking.log_metrics({f"export/{key}": value for key, value in metrics.items()})
             info = mlflow.onnx.log_model(
                 proto,
                 name="model",
-                registered_model_name=params.mlflow.registered_model,
-                pip_requirements=[f"onnx=={version('onnx')}", f"onnxruntime-gpu=={version('onnxruntime-gpu')}"],
+                registered_model_name=name,
+                pip_requirements=[
+                    f"onnx=={package_version('onnx')}",
+                    f"onnxruntime-gpu=={package_version('onnxruntime-gpu')}",
+                ],
                 signature=infer_signature(test.images[:2].numpy(), probabilities[:2]),
                 metadata=onnx_metadata(card, settings.fp16),
                 onnx_execution_providers=onnx_model.PROVIDERS,
                 save_as_external_data=False,
             )
-    metrics["registered_version"] = int(info.registered_model_version)
+            version = str(info.registered_model_version)
+            tags = registry.version_tags(
+                card,
+                split_fingerprint(rows, "test"),
+                len(test.labels),
+                accuracy,
+                tracking.git_commit(),
+                os.environ.get("DVC_EXP_NAME", ""),
+            )
+            crowned = registry.record_version(
+                MlflowClient(tracking.tracking_uri()), name, version, tags | registry.correctness_tag(correct)
+            )
+    metrics["registered_version"] = int(version)
     write_json(EXPORT_METRICS, metrics)
+    alias = (
+        f", now @{registry.CHAMPION} (the model had none)" if crowned else " (`python -m pipeline.promote` to serve it)"
+    )
     print(
         f"exported {ONNX_FILE} ({', '.join(session.get_providers())}): parity {difference:.2e}, "
-        f"test accuracy {accuracy:.4f}; registered {params.mlflow.registered_model} v{metrics['registered_version']}"
+        f"test accuracy {accuracy:.4f}; registered {name} v{version}{alias}"
     )
 
 

@@ -46,6 +46,12 @@ def fingerprint(manifest: Path = MANIFEST) -> str:
     return hashlib.sha256(manifest.read_bytes()).hexdigest()
 
 
+def split_fingerprint(rows: list[dict], split: str) -> str:
+    """SHA-256 of one split's rows (file, label, content hash): two models scored on the same test images."""
+    chosen = sorted((row["path"], row["label"], row["sha256"]) for row in rows if row["split"] == split)
+    return hashlib.sha256("\n".join(",".join(row) for row in chosen).encode()).hexdigest()
+
+
 def class_names(rows: list[dict]) -> list[str]:
     return sorted({row["label"] for row in rows})
 

@@ -1,76 +1,119 @@
-"""Choose the model to serve: point a registry alias (`champion` by default) at a model version.
+"""Choose the model to serve: point the registry alias `champion` at the best comparable version.
 
-    python -m pipeline.promote                      # the newest version of mlflow.registered_model
-    python -m pipeline.promote --version 3
-    python -m pipeline.promote --version 3 --force  # even with a lower test accuracy than the champion
+    python -m pipeline.promote                  # the best version comparable with the champion
+    python -m pipeline.promote --version 3      # that version, if comparable and better
+    python -m pipeline.promote --version 3 --force
 
-A version whose test accuracy (logged by the evaluate stage) is below the current holder of the
-alias is refused unless --force. The service loads `models:/NAME@champion`.
+Versions are compared by the test accuracy export tagged them with, and only with versions of the
+same class list scored on the same test split as the champion (pipeline.registry). The best one
+replaces the champion only if the test split separates them: an exact McNemar test on the images
+only one of the two got right, at the 5% level. --force promotes anyway and says what it overrode.
+`make serve` loads `models:/NAME@champion` at start-up: restart it to serve the new champion.
 """
 
 import argparse
 import sys
 
 from mlflow import MlflowClient
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 
-from pipeline import tracking
+from pipeline import registry, tracking
 from pipeline.config import load_params
+from pipeline.registry import Candidate
+
+SIGNIFICANCE = 0.05
 
 
 class PromotionError(RuntimeError):
     """The version cannot take the alias; the message says why."""
 
 
-def test_accuracy(client: MlflowClient, version: ModelVersion) -> float | None:
-    return client.get_run(version.run_id).data.metrics.get("test_accuracy") if version.run_id else None
+def table(candidates: list[Candidate], reference: Candidate, champion: Candidate | None) -> str:
+    """The versions as a table: what they are, their test accuracy, and whether they can be compared."""
+    lines = [f"{'version':>7}  {'test acc':>8}  {'images':>6}  {'strategy':<10} {'backbone':<22} {'data':<28} status"]
+    for c in candidates:
+        differences = c.differences(reference)
+        status = "champion" if champion and c.version == champion.version else "comparable"
+        if differences:
+            status = "not comparable: " + "; ".join(differences)
+        accuracy = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
+        lines.append(
+            f"{c.version:>7}  {accuracy:>8}  {c.test_images:>6}  {c.tags.get('strategy', '?'):<10} "
+            f"{c.tags.get('backbone', '?'):<22} {c.tags.get('data_source', '?')[-28:]:<28} {status}"
+        )
+    return "\n".join(lines)
 
 
-def promote(client: MlflowClient, name: str, version: int | None = None, alias: str = "champion", force: bool = False):
-    """Set `alias` on `version` (default: the newest); return (the version, the previous holder or None)."""
-    versions = {int(v.version): v for v in client.search_model_versions(f"name='{name}'")}
-    if not versions:
-        raise PromotionError(f"registered model {name!r} has no versions: run `dvc repro` first")
-    chosen = version or max(versions)
-    if chosen not in versions:
-        raise PromotionError(f"{name} has no version {chosen}; it has {', '.join(map(str, sorted(versions)))}")
-    candidate = versions[chosen]
-    try:
-        current = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        current = None
-    if current is not None and int(current.version) != chosen and not force:
-        new, old = test_accuracy(client, candidate), test_accuracy(client, current)
-        if old is not None and (new is None or new < old):
-            shown = "no test accuracy" if new is None else f"test accuracy {new:.4f}"
-            raise PromotionError(
-                f"{name} v{chosen} has {shown}, below {alias} v{current.version} ({old:.4f}); "
-                "pass --force to promote it anyway"
-            )
-    client.set_registered_model_alias(name, alias, str(chosen))
-    return candidate, current
+def choose(candidates: list[Candidate], champion: Candidate | None, version: int | None, force: bool) -> Candidate:
+    """The version to promote; raises PromotionError, saying why, where it must not be (unless `force`)."""
+    by_version = {c.version: c for c in candidates}
+    reference = champion or candidates[-1]
+    if version is not None:
+        if version not in by_version:
+            raise PromotionError(f"there is no version {version}; there are {', '.join(map(str, by_version))}")
+        chosen = by_version[version]
+    else:
+        comparable = [c for c in candidates if not c.differences(reference) and c.accuracy is not None]
+        if not comparable:
+            raise PromotionError(f"no version is comparable with v{reference.version}")
+        # on a tie the champion stays: a version only replaces it by doing better
+        chosen = max(
+            comparable, key=lambda c: (c.accuracy, champion is not None and c.version == champion.version, c.version)
+        )
+    if force or champion is None or chosen.version == champion.version:
+        return chosen
+    if differences := chosen.differences(champion):
+        raise PromotionError(
+            f"v{chosen.version} cannot be compared with champion v{champion.version}: {'; '.join(differences)}. "
+            "Pass --force to promote it anyway"
+        )
+    if chosen.accuracy is None or chosen.accuracy <= champion.accuracy:
+        shown = "no test accuracy" if chosen.accuracy is None else f"test accuracy {chosen.accuracy:.4f}"
+        raise PromotionError(
+            f"v{chosen.version} ({shown}) is not better than champion v{champion.version} "
+            f"({champion.accuracy:.4f}). Pass --force to promote it anyway"
+        )
+    p_value = registry.separation_p_value(chosen, champion)
+    if p_value >= SIGNIFICANCE:
+        raise PromotionError(
+            f"the test split of {champion.test_images} images is too small to separate v{chosen.version} "
+            f"({chosen.accuracy:.4f}) from champion v{champion.version} ({champion.accuracy:.4f}): p = {p_value:.2f} "
+            f"(McNemar), {SIGNIFICANCE} needed. A larger data.test_fraction would tell; --force promotes it anyway"
+        )
+    return chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", type=int, help="model version to promote (default: the newest)")
-    parser.add_argument("--alias", default="champion", help="registry alias to set (default: champion)")
-    parser.add_argument("--force", action="store_true", help="promote even if its test accuracy is lower")
+    parser.add_argument("--version", type=int, help="model version to promote (default: the best comparable one)")
+    parser.add_argument("--alias", default=registry.CHAMPION, help="registry alias to set (default: champion)")
+    parser.add_argument("--force", action="store_true", help="promote even if not comparable or not better")
     args = parser.parse_args()
-    name = load_params().mlflow.registered_model
+    name = load_params().registered_model()
     try:
         tracking.check_reachable()  # MLflow's client would retry a dead server before it says so
     except tracking.TrackingServerUnreachable as exc:
         sys.exit(f"not promoted: {exc}")
     client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    candidates = registry.candidates(client, name)
+    if not candidates:
+        sys.exit(f"not promoted: registered model {name!r} has no versions: run `dvc repro` first")
+    holder = registry.champion(client, name, args.alias)
+    champion = next((c for c in candidates if holder and c.version == int(holder.version)), None)
+    print(f"{name}:\n{table(candidates, champion or candidates[-1], champion)}\n")
     try:
-        candidate, previous = promote(client, name, args.version, args.alias, args.force)
+        chosen = choose(candidates, champion, args.version, args.force)
     except PromotionError as exc:
         sys.exit(f"not promoted: {exc}")
-    before = f" (was v{previous.version})" if previous and previous.version != candidate.version else ""
+    if champion and chosen.version == champion.version:
+        print(f"v{chosen.version} is already @{args.alias}: nothing to do")
+        return
+    if args.force and champion and (overridden := chosen.differences(champion)):
+        print(f"--force: promoting v{chosen.version} although its " + "; its ".join(overridden))
+    client.set_registered_model_alias(name, args.alias, str(chosen.version))
+    was = f" (was v{champion.version})" if champion else ""
     print(
-        f"models:/{name}@{args.alias} -> v{candidate.version}{before}, test accuracy {test_accuracy(client, candidate)}"
+        f"models:/{name}@{args.alias} -> v{chosen.version}{was}, test accuracy {chosen.accuracy}; "
+        "restart `make serve` to serve it"
     )
 
 

@@ -6,7 +6,8 @@ The store defaults to a sqlite file at the project root, given as an absolute pa
 then points at the real root); MLFLOW_TRACKING_URI overrides it. A server that does not answer
 stops the stage at once with an error naming it, instead of MLflow's client retrying for minutes.
 The train stage and compare log a training through the same functions (log_run_params, log_plan,
-log_epoch).
+log_epoch). Metric names are grouped by a `group/` prefix (train/, val/, test/, per_class/, model/,
+export/) so the MLflow UI's chart sections stay readable; DVC's files keep their flat names.
 """
 
 import base64
@@ -83,14 +84,30 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
+# MLflow 3's UI opens an experiment on what its kind tag says; without it, a new experiment opens on
+# GenAI traces. "custom_model_development" ("Machine learning" in the UI) opens on the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def use_experiment(params: Params) -> None:
     """Point MLflow at the project's store and `mlflow.experiment`, creating it if needed."""
     local_store = "MLFLOW_TRACKING_URI" not in os.environ  # read first: set_tracking_uri exports it
     mlflow.set_tracking_uri(tracking_uri())
     if local_store and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
         # MLflow would put artifacts under the current directory, which may be DVC's temporary copy.
-        mlflow.create_experiment(params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri())
-    mlflow.set_experiment(params.mlflow.experiment)
+        mlflow.create_experiment(
+            params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri(), tags=EXPERIMENT_KIND
+        )
+    experiment = mlflow.set_experiment(params.mlflow.experiment)
+    if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # made elsewhere, or by an older version
+        mlflow.set_experiment_tags(EXPERIMENT_KIND)
+
+
+def run_name(params: Params) -> str:
+    """What ran, e.g. `partial · efficientnet_lite0`, then the DVC experiment's name, which
+    `dvc exp show` lists it under."""
+    experiment = os.environ.get("DVC_EXP_NAME")
+    return f"{params.finetune.strategy} · {params.model.backbone}" + (f" · {experiment}" if experiment else "")
 
 
 @contextmanager
@@ -104,14 +121,13 @@ def start_run(params: Params, run_id: str | None = None):
             yield run
         return
     experiment = os.environ.get("DVC_EXP_NAME")
-    name = experiment or f"{params.finetune.strategy}-{params.model.backbone}"
     tags = {
         "git_commit": git_commit(),
         "strategy": params.finetune.strategy,
         "backbone": params.model.backbone,
         **({"dvc_experiment": experiment} if experiment else {}),
     }
-    with mlflow.start_run(run_name=name, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name(params), tags=tags) as run:
         log_run_params(params)
         if PARAMS_FILE.is_file():
             mlflow.log_artifact(str(PARAMS_FILE))
@@ -124,18 +140,54 @@ def log_run_params(params: Params) -> None:
     mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
 
 
+def log_dataset(source: str, rows: list[dict], manifest_sha256: str) -> None:
+    """The prepared data as the run's MLflow dataset input (the runs table's Dataset column and filter):
+    the manifest's rows, named after the data folder, digested by the manifest's hash, with the classes
+    and split sizes as input tags."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    dataset = mlflow.data.from_pandas(
+        frame, source=source, name=Path(source).name, digest=manifest_sha256[:16], targets="label"
+    )
+    sizes = frame["split"].value_counts()
+    tags = {
+        "classes": ", ".join(sorted(frame["label"].unique())),
+        **{f"{split}_images": str(sizes.get(split, 0)) for split in ("train", "val", "test")},
+    }
+    mlflow.log_input(dataset, context="training", tags=tags)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    """mlflow.log_metrics with 4 significant digits, which the UI's tables and charts show whole (MLflow
+    would show 16); counts stay exact. DVC's files keep full precision."""
+    mlflow.log_metrics({k: v if float(v).is_integer() else float(f"{v:.4g}") for k, v in metrics.items()}, step=step)
+
+
 def log_plan(plan, trainable: int, total: int) -> None:
     """A `pipeline.strategies.Plan` and its parameter counts, on the active run."""
-    mlflow.log_metrics({"trainable_params": trainable, "total_params": total})
+    log_metrics({"model/trainable_params": trainable, "model/total_params": total})
     choice = plan.block_choice
     if choice is not None:  # `auto`: what its probe measured, and the blocks it chose
-        mlflow.log_metrics({f"auto.rgn.{label}": value for label, value in choice.relative_gradient_norms.items()})
-        mlflow.log_metric("auto.probe_accuracy", choice.probe_accuracy)
+        log_metrics({f"auto/rgn.{label}": value for label, value in choice.relative_gradient_norms.items()})
+        log_metrics({"auto/probe_accuracy": choice.probe_accuracy})
         mlflow.set_tag("auto.blocks", ", ".join(choice.blocks) or "none (head only)")
 
 
+def epoch_metric_name(key: str) -> str:
+    """A training-history column as an MLflow metric: train_loss -> train/loss, lr -> train/lr."""
+    group, _, name = key.partition("_")
+    return f"{group}/{name}" if group in ("train", "val") else f"train/{key}"
+
+
 def log_epoch(record: dict) -> None:
-    mlflow.log_metrics({k: v for k, v in record.items() if k not in ("epoch", "phase")}, step=record["epoch"])
+    metrics = {epoch_metric_name(k): v for k, v in record.items() if k not in ("epoch", "phase")}
+    log_metrics(metrics, step=record["epoch"])
+
+
+def describe_run(text: str) -> None:
+    """The active run's description: MLflow shows its note on the run page."""
+    mlflow.set_tag("mlflow.note.content", text)
 
 
 @contextmanager

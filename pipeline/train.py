@@ -62,6 +62,8 @@ def run_stage() -> None:
 
     with tracking.start_run(params, resume and resume.run_id) if main_rank else contextlib.nullcontext() as run:
         run_id = run.info.run_id if main_rank else None
+        if main_rank and not resume:
+            tracking.log_dataset(params.data.source, rows, fingerprint())
 
         def save_checkpoint(state: checkpoint.TrainingState) -> None:
             checkpoint.save(dataclasses.replace(state, run_id=run_id), run_fingerprint)
@@ -79,12 +81,13 @@ def run_stage() -> None:
                 "total_params": result.total_params,
                 "train_seconds": round(result.seconds, 1),
             }
-            mlflow.log_metrics({"best_val_accuracy": result.best["val_accuracy"], "train_seconds": result.seconds})
+            tracking.log_metrics({"val/best_accuracy": result.best["val_accuracy"], "train/seconds": result.seconds})
             write_json(TRAIN_METRICS, metrics)
             with atomic_path(TRAIN_HISTORY) as partial, open(partial, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(result.history[0]))
                 writer.writeheader()
                 writer.writerows(result.history)
+            mlflow.log_artifact(str(TRAIN_HISTORY))
     if main_rank:
         CHECKPOINT_FILE.unlink()  # the outputs are complete: nothing left to resume
     processes = f" on {distributed.size()} processes" if distributed.active() else ""

@@ -7,6 +7,7 @@ Under torchrun every rank calls it; pipeline.distributed shares out the batches.
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -222,6 +223,14 @@ def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, orde
     }
 
 
+def epoch_line(where: str, record: dict) -> str:
+    return (
+        f"{where} (epoch {record['epoch']}): train loss {record['train_loss']:.4f} "
+        f"accuracy {record['train_accuracy']:.4f}, val loss {record['val_loss']:.4f} "
+        f"accuracy {record['val_accuracy']:.4f}, {record['epoch_seconds']:.1f} s"
+    )
+
+
 def fit(
     params: Params,
     model: Classifier,
@@ -260,6 +269,9 @@ def fit(
             order = torch.randperm(len(train.labels), generator=generator)
             record = run_epoch(params, model, run, len(history) + 1, order, len(val.labels), device, loss_fn)
             history.append(record)
+            if show and not sys.stderr.isatty():  # no progress bar there: one plain line per epoch for the log
+                where = desc if phase.name != params.finetune.strategy else phase.name  # not "partial: partial"
+                print(epoch_line(f"{where} {phase_epoch}/{phase.epochs}", record), flush=True)
             if record["val_accuracy"] > best["val_accuracy"]:
                 best = {**record, "state_dict": copy.deepcopy(model.state_dict())}
             callbacks.on_epoch(record)

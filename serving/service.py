@@ -1,7 +1,7 @@
 """The BentoML service: classify images with the ONNX model the pipeline exported.
 
     make serve          # = bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port 3000
-    curl -F image=@cat.png http://127.0.0.1:3000/v1/classify
+    curl -F image=@data/examples/cat.png http://127.0.0.1:3000/v1/classify
 
 Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's
 images (so a bad image is refused with a 4xx on its own request, never failing a batch of others)
@@ -29,9 +29,14 @@ import aiohttp
 import anyio
 import bentoml
 import numpy as np
-from fastapi import FastAPI, Form, HTTPException, UploadFile
+from bentoml._internal import server as bentoml_server
+from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi.openapi.docs import get_swagger_ui_html
 from pydantic import BaseModel
-from starlette.responses import JSONResponse
+from starlette.applications import Starlette
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
+from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 
 from pipeline import onnx_model, tracking
 from pipeline.config import ServingConfig, load_serving_config
@@ -61,7 +66,7 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
         path = Path(spec)
         if not path.is_file():
             raise ModelLoadError(f"SERVING_MODEL={spec}: no such file (run `dvc repro` to export models/model.onnx)")
-        return path, {"name": path.name, "version": None, "alias": None}
+        return path, {"name": path.name, "version": None, "alias": None, "test_accuracy": None}
 
     import mlflow
     from mlflow import MlflowClient
@@ -88,7 +93,14 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
     files = sorted(Path(local).glob("*.onnx"))
     if not files:
         raise ModelLoadError(f"SERVING_MODEL={spec}: the registered model holds no .onnx file")
-    return files[0], {"name": name, "version": int(version.version), "alias": alias, "run_id": version.run_id}
+    accuracy = version.tags.get("test_accuracy")  # tagged by export (pipeline.registry)
+    return files[0], {
+        "name": name,
+        "version": int(version.version),
+        "alias": alias,
+        "run_id": version.run_id,
+        "test_accuracy": None if accuracy is None else float(accuracy),
+    }
 
 
 def provider_order(tensorrt: bool) -> list[str]:
@@ -232,11 +244,69 @@ def refuse(status: HTTPStatus, message: str) -> HTTPException:
     return HTTPException(status_code=status, detail=message)
 
 
-api = FastAPI(title="Image classifier", description="Classify images with the model the pipeline exported.")
+# The API docs: one Swagger UI page, /v1/docs (/ and /docs lead there), that works offline. Its files are
+# the copy BentoML ships (FastAPI's own page loads them from a CDN), and its schema marks uploads as files.
+DOCS = "/v1/docs"
+SWAGGER_UI = Path(bentoml_server.__file__).parent / "static_content"
+
+api = FastAPI(
+    title="transferlab image classifier",
+    version="1",
+    description="Classify images with the model the pipeline exported; `GET /v1/metadata` names it and its "
+    "classes. Send images as multipart files (`POST /v1/classify`: one field `image`; `/v1/classify_batch`: "
+    "repeated fields `images`) or as base64 in JSON (`/v1/classify_base64`); `top_k` sets how many classes "
+    "each answer lists, most probable first.",
+    docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: ours, below, from SWAGGER_UI
+    redoc_url=None,
+)
+api.mount("/swagger-ui", StaticFiles(directory=SWAGGER_UI), name="swagger-ui")
+
+
+@api.get("/docs", include_in_schema=False)
+async def docs(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "")  # /v1, where BentoML mounts the app
+    return get_swagger_ui_html(
+        openapi_url=f"{root}{api.openapi_url}",
+        title=f"{api.title}: API docs",
+        swagger_js_url=f"{root}/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/swagger-ui/swagger-ui.css",
+        swagger_favicon_url=f"{root}/swagger-ui/favicon-light-32x32.png",
+    )
+
+
+def mark_uploads_as_files(node) -> None:
+    """FastAPI describes an UploadFile by `contentMediaType` (OpenAPI 3.1), for which Swagger UI shows a
+    text box; `format: binary` makes "Try it out" a file picker."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and "contentMediaType" in node:
+            node["format"] = "binary"
+        for child in node.values():
+            mark_uploads_as_files(child)
+    elif isinstance(node, list):
+        for child in node:
+            mark_uploads_as_files(child)
+
+
+def openapi(generate=api.openapi) -> dict:
+    if api.openapi_schema is None:  # generated once, then cached by FastAPI
+        mark_uploads_as_files(generate())
+    return api.openapi_schema
+
+
+api.openapi = openapi
+
+
+async def to_the_docs(_: Request) -> RedirectResponse:
+    return RedirectResponse(DOCS)
+
+
+# Mounted at the root, it answers its own paths only, ahead of BentoML's generic page at /.
+docs_redirects = Starlette(routes=[Route("/", to_the_docs), Route("/docs", to_the_docs)])
 
 
 @bentoml.service(workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})
 @bentoml.asgi_app(api, path="/v1")
+@bentoml.asgi_app(docs_redirects, path="/")
 class ImageClassifier:
     """The HTTP API under /v1: classify (one image), classify_batch (multipart), classify_base64 (JSON), metadata.
 
@@ -254,6 +324,18 @@ class ImageClassifier:
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_model.open_session(path, ["CPUExecutionProvider"])
+        source = self.source
+        served = f"{source['name']} v{source['version']}" if source["version"] else str(path)
+        alias = f" @{source['alias']}" if source["alias"] else ""
+        logger.info(
+            "serving %s%s: %s on %s, %d classes, test accuracy %s",
+            served,
+            alias,
+            self.card.strategy,
+            self.card.data_source,
+            len(self.card.classes),
+            self.source["test_accuracy"],
+        )
 
     def decoders(self) -> anyio.CapacityLimiter:
         if self._decoders is None:  # made in the event loop, on first use
@@ -312,7 +394,7 @@ class ImageClassifier:
 
     @api.post("/classify")
     async def classify(self, image: UploadFile, top_k: int | None = Form(None)) -> Prediction:
-        """One image as the multipart field `image`: `curl -F image=@cat.png .../v1/classify`."""
+        """One image as the multipart field `image`: `curl -F image=@data/examples/cat.png .../v1/classify`."""
         return (await self.classify_blobs(await self.read_uploads([image]), top_k))[0]
 
     @api.post("/classify_batch")

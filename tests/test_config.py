@@ -64,8 +64,18 @@ def test_missing_params_file_says_where_to_run(tmp_path):
 
 def test_serving_defaults_to_the_champion_of_the_registered_model():
     settings = load_serving_config(ROOT / "params.yaml", environ={})
-    registered = load_params(ROOT / "params.yaml").mlflow.registered_model
-    assert settings.model == f"models:/{registered}@champion"
+    assert settings.model == "models:/animal-shape-classifier@champion"
+
+
+def test_the_registered_model_is_named_after_the_data_unless_params_name_it():
+    def name(source, registered=None):
+        return parse_params(default_params(**{"data.source": source, "mlflow.registered_model": registered}))
+
+    assert name("data/builtin/digits").registered_model() == "digits-classifier"
+    assert name("/home/me/My Photos/flowers 2024/").registered_model() == "flowers-2024-classifier"
+    assert name("data/builtin/digits", "mnist-like").registered_model() == "mnist-like"
+    with pytest.raises(ConfigError, match=r"mlflow.registered_model: String should match pattern"):
+        name("data/builtin/digits", "a name/with slash")
 
 
 def test_serving_env_vars_override_params_and_bad_ones_are_named(tmp_path):

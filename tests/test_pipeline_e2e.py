@@ -1,9 +1,12 @@
 """`dvc repro` and `dvc exp run` of the real dvc.yaml in a temporary git repository, with a real
 sqlite MLflow store: the run, its metrics, the registered model and the ONNX file are checked."""
 
+import csv
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +48,6 @@ def project(tmp_path_factory) -> Path:
             "finetune.head_epochs": 3,
             "train.batch_size": 16,
             "finetune.strategy": "partial",
-            "mlflow.registered_model": "e2e-classifier",
         }
     )
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -68,17 +70,51 @@ def test_one_mlflow_run_holds_every_stage(project):
     train = json.loads((project / "metrics/train.json").read_text())
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     run = client(project).get_run(run_id)
-    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
-    assert run.data.metrics["trainable_params"] == train["trainable_params"] < train["total_params"]
-    assert run.data.metrics["parity_max_abs_diff"] == pytest.approx(exported["parity_max_abs_diff"])
-    assert len(client(project).get_metric_history(run_id, "val_accuracy")) == 2  # partial: train.epochs
+    # 4 significant digits, which the MLflow UI shows whole; counts exact
+    assert run.data.metrics["test/accuracy"] == float(f"{evaluation['accuracy']:.4g}")
+    assert run.data.metrics["model/trainable_params"] == train["trainable_params"] < train["total_params"]
+    assert run.data.metrics["export/parity_max_abs_diff"] == float(f"{exported['parity_max_abs_diff']:.4g}")
+    assert len(client(project).get_metric_history(run_id, "val/accuracy")) == 2  # partial: train.epochs
+    groups = {name.split("/")[0] for name in run.data.metrics}
+    assert groups == {"train", "val", "test", "per_class", "model", "export"}
     assert run.data.params["finetune.strategy"] == "partial"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     assert run.data.tags["git_commit"] == head
     artifacts = {a.path for a in client(project).list_artifacts(run_id)}
-    assert {"confusion_matrix.png", "params.yaml", "evaluate.json"} <= artifacts
-    [version] = client(project).search_model_versions("name='e2e-classifier'")
+    assert {"confusion_matrix.png", "params.yaml", "evaluate.json", "train_history.csv"} <= artifacts
+    [logged] = run.outputs.model_outputs  # MLflow 3 links the ONNX model to the run's page as a logged model
+    assert client(project).get_logged_model(logged.model_id).source_run_id == run_id
+
+
+def test_the_run_says_what_ran_in_the_mlflow_ui(project):
+    run = client(project).get_run(json.loads((project / "models/run.json").read_text())["run_id"])
+    experiment = client(project).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    assert run.info.run_name == "partial · efficientnet_lite0"
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("`partial` fine-tuning of efficientnet_lite0 (DEFAULT weights) on data/builtin/digits")
+    accuracy = json.loads((project / "metrics/evaluate.json").read_text())["accuracy"]
+    assert f"test accuracy {accuracy:.4f}" in note and "10 classes (0, 1, 2" in note
+    [dataset_input] = run.inputs.dataset_inputs
+    manifest = hashlib.sha256((project / "data/prepared/manifest.csv").read_bytes()).hexdigest()
+    assert (dataset_input.dataset.name, dataset_input.dataset.digest) == ("digits", manifest[:16])
+    assert "data/builtin/digits" in dataset_input.dataset.source
+    tags = {tag.key: tag.value for tag in dataset_input.tags}
+    assert tags["classes"].startswith("0, 1, 2") and int(tags["test_images"]) > 0
+
+
+def test_the_version_is_tagged_described_and_champion_as_the_first(project):
+    exported = json.loads((project / "metrics/export.json").read_text())
+    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    [version] = client(project).search_model_versions("name='digits-classifier'")
     assert version.run_id == run_id and exported["registered_version"] == int(version.version) == 1
+    assert int(client(project).get_model_version_by_alias("digits-classifier", "champion").version) == 1
+    tags = version.tags
+    assert float(tags["test_accuracy"]) == pytest.approx(exported["onnx_test_accuracy"], abs=1e-6)
+    assert (tags["strategy"], tags["backbone"]) == ("partial", "efficientnet_lite0")
+    assert tags["data_source"] == "data/builtin/digits"
+    assert json.loads(tags["classes"]) == [str(d) for d in range(10)] and len(tags["git_commit"]) == 40
+    assert "on data/builtin/digits (10 classes)" in version.description
 
 
 def test_onnx_model_reproduces_the_evaluated_accuracy_and_carries_the_card(project, monkeypatch):
@@ -124,7 +160,17 @@ def test_experiment_in_a_temp_copy_logs_to_the_project_store(project):
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
     text = json.dumps(shown)
     assert "probe" in text and "trainable_params" in text
-    assert len(client(project).search_model_versions("name='e2e-classifier'")) == 2
+    versions = client(project).search_model_versions("name='digits-classifier'")
+    assert len(versions) == 2  # the first stays champion: only promote moves it
+    assert int(client(project).get_model_version_by_alias("digits-classifier", "champion").version) == 1
+
+
+def test_a_model_of_other_classes_lands_in_its_own_registered_model(project):
+    shapes = ["-S", "data.source=data/builtin/animal-shape", "-S", "data.max_per_class=6"]
+    sh(project, "dvc", "exp", "run", "--temp", "-n", "shapes", *shapes)
+    [version] = client(project).search_model_versions("name='animal-shape-classifier'")
+    assert version.tags["data_source"] == "data/builtin/animal-shape" and version.tags["dvc_experiment"] == "shapes"
+    assert len(client(project).search_model_versions("name='digits-classifier'")) == 2
 
 
 def find_experiment(shown, name: str) -> dict:
@@ -168,11 +214,30 @@ def test_queued_experiments_on_two_workers_do_not_clobber_each_other(project, tm
         assert data["params"]["params.yaml"]["data"]["finetune"]["strategy"] == strategy
         trained = data["metrics"]["metrics/train.json"]["data"]
         # each experiment's outputs hold its own run's numbers, not the other's
-        assert trained["trainable_params"] == run.data.metrics["trainable_params"]
-        assert trained["best_val_accuracy"] == pytest.approx(run.data.metrics["best_val_accuracy"])
-        assert len(client(project).get_metric_history(run.info.run_id, "val_accuracy")) == 2  # its own epochs only
+        assert trained["trainable_params"] == run.data.metrics["model/trainable_params"]
+        assert run.data.metrics["val/best_accuracy"] == float(f"{trained['best_val_accuracy']:.4g}")
+        assert len(client(project).get_metric_history(run.info.run_id, "val/accuracy")) == 2  # its own epochs only
     trained = {n: find_experiment(shown, n)["metrics"]["metrics/train.json"]["data"] for n in strategies}
     assert trained["q-head"]["trainable_params"] < trained["q-norm"]["trainable_params"]
+
+
+def test_make_experiments_shows_the_answer_and_nothing_else(project):
+    """The Makefile's `dvc exp show` filter, run on this project's experiments."""
+    keep = re.search(r"--keep '([^']+)'", (ROOT / "Makefile").read_text()).group(1).replace("$$", "$")
+    rows = list(csv.DictReader(io.StringIO(sh(project, "dvc", "exp", "show", "--csv", "--drop", ".*", "--keep", keep))))
+    assert list(rows[0]) == [
+        "Experiment",
+        "Created",
+        "trainable_params",
+        "train_seconds",
+        "accuracy",
+        "data.source",
+        "model.backbone",
+        "finetune.strategy",
+    ]
+    probe = next(row for row in rows if row["Experiment"] == "probe")
+    assert (probe["finetune.strategy"], probe["data.source"]) == ("head", "data/builtin/digits")
+    assert 0 < float(probe["accuracy"]) <= 1 and int(probe["trainable_params"]) > 0
 
 
 def test_a_fresh_clone_pulls_from_the_remote_and_has_nothing_to_reproduce(project, tmp_path):

@@ -1,50 +1,114 @@
+"""pipeline.promote on a real sqlite registry whose versions carry the tags export writes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.promote import PromotionError, promote
+from pipeline import registry
+from pipeline.promote import PromotionError, choose
+from tests.conftest import ROOT, stage_env
 
-NAME = "classifier"
+NAME = "animal-shape-classifier"
+CLASSES = json.dumps(["cat", "dog"])
+
+
+def correct_on(images: int, right: int) -> np.ndarray:
+    return np.arange(images) < right
+
+
+def add_version(client, tmp_path, right: int, images: int = 450, classes=CLASSES, test_split="split-a") -> None:
+    version = client.create_model_version(NAME, source=(tmp_path / "model").as_uri()).version
+    tags = {
+        "data_source": "data/builtin/animal-shape",
+        "test_split": test_split,
+        "classes": classes,
+        "test_images": str(images),
+        "test_accuracy": str(right / images),
+        "strategy": "partial",
+        "backbone": "efficientnet_lite0",
+        "git_commit": "0" * 40,
+        "dvc_experiment": "",
+    }
+    registry.record_version(client, NAME, version, tags | registry.correctness_tag(correct_on(images, right)))
 
 
 @pytest.fixture
 def client(tmp_path) -> MlflowClient:
-    """A real sqlite registry with versions 1..3 whose runs scored 0.90, 0.80 and 0.95."""
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.create_experiment("promote", artifact_location=(tmp_path / "mlruns").as_uri())
     client.create_registered_model(NAME)
-    for accuracy in (0.90, 0.80, 0.95):
-        run = client.create_run(experiment)
-        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
-        client.create_model_version(NAME, source=(tmp_path / "model").as_uri(), run_id=run.info.run_id)
     return client
 
 
-def champion(client) -> int:
-    return int(client.get_model_version_by_alias(NAME, "champion").version)
+def candidates_and_champion(client):
+    candidates = registry.candidates(client, NAME)
+    holder = registry.champion(client, NAME)
+    return candidates, next(c for c in candidates if c.version == int(holder.version))
 
 
-def test_newest_version_becomes_champion_by_default(client):
-    candidate, previous = promote(client, NAME)
-    assert (candidate.version, previous, champion(client)) == (3, None, 3)
+def test_versions_carry_tags_and_a_description_and_the_first_becomes_champion(client, tmp_path):
+    add_version(client, tmp_path, right=428)
+    add_version(client, tmp_path, right=300)
+    first, second = client.get_model_version(NAME, "1"), client.get_model_version(NAME, "2")
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1  # not moved by the second
+    assert first.tags["test_images"] == "450" and float(first.tags["test_accuracy"]) == pytest.approx(428 / 450)
+    assert "partial" in first.description and "0.9511 on 450 images" in first.description
+    assert second.description != first.description
 
 
-def test_a_worse_model_is_refused_unless_forced(client):
-    promote(client, NAME, version=1)
-    with pytest.raises(PromotionError, match=r"v2 has test accuracy 0.8000, below champion v1 \(0.9000\).*--force"):
-        promote(client, NAME, version=2)
-    assert champion(client) == 1
-    candidate, previous = promote(client, NAME, version=2, force=True)
-    assert champion(client) == 2 and previous.version == 1
+def test_the_best_comparable_version_wins_not_the_newest(client, tmp_path):
+    add_version(client, tmp_path, right=400)  # v1, champion
+    add_version(client, tmp_path, right=440)  # v2, best
+    add_version(client, tmp_path, right=410)  # v3, newest
+    add_version(client, tmp_path, right=450, classes=json.dumps(["circle", "square"]))  # v4: other classes
+    candidates, champion = candidates_and_champion(client)
+    assert choose(candidates, champion, version=None, force=False).version == 2
 
 
-def test_a_better_model_replaces_the_champion(client):
-    promote(client, NAME, version=1)
-    promote(client, NAME, version=3)
-    assert champion(client) == 3
+def test_a_version_of_other_classes_or_another_test_split_is_refused_naming_the_difference(client, tmp_path):
+    add_version(client, tmp_path, right=400)
+    add_version(client, tmp_path, right=12, images=12, classes=json.dumps(["circle", "square", "star"]))
+    add_version(client, tmp_path, right=449, test_split="split-b")
+    candidates, champion = candidates_and_champion(client)
+    with pytest.raises(PromotionError, match=r"v2 cannot be compared with champion v1: class list differs"):
+        choose(candidates, champion, version=2, force=False)
+    with pytest.raises(PromotionError, match=r"test split differs \(split-b vs split-a\)"):
+        choose(candidates, champion, version=3, force=False)
+    assert choose(candidates, champion, version=2, force=True).version == 2
 
 
-def test_unknown_version_and_empty_registry_are_explained(client, tmp_path):
-    with pytest.raises(PromotionError, match="has no version 7; it has 1, 2, 3"):
-        promote(client, NAME, version=7)
-    with pytest.raises(PromotionError, match="no versions: run `dvc repro` first"):
-        promote(client, "other")
+def test_on_a_tie_the_champion_stays(client, tmp_path):
+    add_version(client, tmp_path, right=400)
+    add_version(client, tmp_path, right=400)  # the same score, newer
+    candidates, champion = candidates_and_champion(client)
+    assert choose(candidates, champion, version=None, force=False).version == 1
+
+
+def test_a_worse_or_inseparable_version_is_refused(client, tmp_path):
+    add_version(client, tmp_path, right=400)
+    add_version(client, tmp_path, right=390)  # worse
+    add_version(client, tmp_path, right=403)  # 3 more images right: within chance
+    candidates, champion = candidates_and_champion(client)
+    with pytest.raises(PromotionError, match=r"v2 \(test accuracy 0.8667\) is not better than champion v1 \(0.8889\)"):
+        choose(candidates, champion, version=2, force=False)
+    with pytest.raises(PromotionError, match=r"test split of 450 images is too small to separate v3 .* p = 0\.25"):
+        choose(candidates, champion, version=None, force=False)
+
+
+def test_the_command_prints_the_candidates_and_moves_the_alias(client, tmp_path):
+    add_version(client, tmp_path, right=380)
+    add_version(client, tmp_path, right=430)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = stage_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.promote"], cwd=project, env=env, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "champion" in result.stdout and "0.9556" in result.stdout and "0.8444" in result.stdout
+    assert f"models:/{NAME}@champion -> v2 (was v1)" in result.stdout
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2

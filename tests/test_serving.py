@@ -10,6 +10,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -361,3 +362,42 @@ def test_the_load_test_runs_both_modes_and_counts_no_errors(registry, capsys):
         requests, errors = re.search(rf"adaptive batching {mode}\s+(\d+)\s+(\d+)", out).groups()
         assert int(requests) > 4 and int(errors) == 0
     assert "on/off: throughput x" in out
+
+
+CODE_BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def serving_examples() -> list[tuple[str, str, str]]:
+    """(page, language, code) of every example in README.md and docs/serving.md that calls the service."""
+    return [
+        (page, language, code)
+        for page in ("README.md", "docs/serving.md")
+        for language, code in CODE_BLOCK.findall((ROOT / page).read_text())
+        if "http://127.0.0.1:3000/v1/" in code
+    ]
+
+
+def test_the_serving_examples_of_the_readme_and_docs_run_as_written(server):
+    """Each curl line and Python block, unchanged but for the port, from the project root (where the
+    example images ship), gets an answer with labels (or, for /metadata, the classes)."""
+    base = server.removesuffix("/v1")
+    ran = []
+    for page, language, code in serving_examples():
+        code = code.replace("http://127.0.0.1:3000", base)
+        if language == "python":
+            commands = [[sys.executable, "-c", code]]
+        else:
+            commands = [["bash", "-c", line] for line in code.splitlines() if line.startswith("curl ")]
+        for command in commands:
+            result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+            assert result.returncode == 0, f"{page}: {command[-1]}\n{result.stderr}"
+            assert "label" in result.stdout or "classes" in result.stdout, f"{page}: {result.stdout[:300]}"
+            assert "detail" not in result.stdout, f"{page}: {command[-1]} was refused: {result.stdout[:300]}"
+            ran.append(page)
+    assert ran.count("README.md") >= 1 and ran.count("docs/serving.md") >= 4  # 3 curl lines and the Python block
+
+
+def test_metadata_says_which_registry_version_is_served(server):
+    info = httpx.get(f"{server}/metadata").json()
+    assert (info["name"], info["version"], info["alias"]) == ("tiny", 1, "champion")
+    assert info["data_source"] == CARD.data_source and info["test_accuracy"] is None  # registered untagged

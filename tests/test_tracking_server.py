@@ -108,12 +108,12 @@ def test_stages_log_to_the_server_and_the_service_serves_its_champion(server, tm
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     run = client.get_run(run_id)
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
-    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert run.data.metrics["test/accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-4)
     assert run.data.params["finetune.strategy"] == "head"
     assert {"confusion_matrix.png", "params.yaml", "evaluate.json"} <= {a.path for a in client.list_artifacts(run_id)}
     assert list((server["root"] / "artifacts").rglob("confusion_matrix.png"))  # stored by the server, proxied
     [version] = client.search_model_versions(f"name='{MODEL_NAME}'")
-    client.set_registered_model_alias(MODEL_NAME, "champion", version.version)
+    assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == version.version  # the first
 
     pixels = np.random.default_rng(3).integers(0, 256, (28, 28, 3), dtype=np.uint8)
     buffer = io.BytesIO()
@@ -131,6 +131,8 @@ def test_stages_log_to_the_server_and_the_service_serves_its_champion(server, tm
         info = httpx.get(f"{url}/v1/metadata").json()
     assert answer.status_code == 200, answer.text
     assert (info["name"], info["version"], info["alias"]) == (MODEL_NAME, int(version.version), "champion")
+    assert info["test_accuracy"] == pytest.approx(float(version.tags["test_accuracy"]))
+    assert info["data_source"] == version.tags["data_source"] == "images"
     served = {item["label"]: item["probability"] for item in answer.json()["predictions"]}
     np.testing.assert_allclose([served[c] for c in classes], expected[0], atol=1e-6)
 

@@ -4,6 +4,7 @@ signal sent from here), then resumed, against uninterrupted ones."""
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -120,7 +121,20 @@ def test_two_gloo_processes_train_the_weights_of_one(single, two_gloo, project):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("transfer-learning").experiment_id])
     assert {r.info.run_id for r in runs} == {single["run_id"], two_gloo["run_id"]}
-    assert [m.step for m in client.get_metric_history(two_gloo["run_id"], "val_accuracy")] == [1, 2, 3, 4]
+    assert [m.step for m in client.get_metric_history(two_gloo["run_id"], "val/accuracy")] == [1, 2, 3, 4]
+
+
+def test_without_a_terminal_each_epoch_prints_one_plain_line(single, two_gloo):
+    for result in (single, two_gloo):  # the main process alone: one line per epoch, not one per process
+        lines = [line for line in result["stdout"].splitlines() if " (epoch " in line]
+        assert [re.match(r"lp-ft: (\S+) \d/\d \(epoch (\d)\)", line).groups() for line in lines] == [
+            ("head", "1"),
+            ("fine-tune", "2"),
+            ("fine-tune", "3"),
+            ("fine-tune", "4"),
+        ]
+        numbers = r"train loss \d+\.\d{4} accuracy [01]\.\d{4}, val loss \d+\.\d{4} accuracy [01]\.\d{4}, \d+\.\d s$"
+        assert all(re.search(numbers, line) for line in lines), lines
 
 
 def test_two_killed_processes_resume_to_the_same_weights(project, two_gloo):
@@ -142,4 +156,4 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(project, si
     # the resumed training finishes the killed run's MLflow run instead of leaving it behind
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert resumed["run_id"] == killed_run and client.get_run(killed_run).info.status == "FINISHED"
-    assert sorted({m.step for m in client.get_metric_history(killed_run, "val_accuracy")}) == [1, 2, 3, 4]
+    assert sorted({m.step for m in client.get_metric_history(killed_run, "val/accuracy")}) == [1, 2, 3, 4]
