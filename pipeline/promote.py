@@ -27,6 +27,10 @@ class PromotionError(RuntimeError):
     """The version cannot take the alias; the message says why."""
 
 
+class Overridable(PromotionError):
+    """The version may take the alias with --force: it is not comparable, not better, or not separable."""
+
+
 def table(candidates: list[Candidate], reference: Candidate, champion: Candidate | None) -> str:
     """The versions as a table: what they are, their test accuracy, and whether they can be compared."""
     lines = [f"{'version':>7}  {'test acc':>8}  {'images':>6}  {'strategy':<10} {'backbone':<22} {'data':<28} status"]
@@ -62,22 +66,20 @@ def choose(candidates: list[Candidate], champion: Candidate | None, version: int
     if force or champion is None or chosen.version == champion.version:
         return chosen
     if differences := chosen.differences(champion):
-        raise PromotionError(
-            f"v{chosen.version} cannot be compared with champion v{champion.version}: {'; '.join(differences)}. "
-            "Pass --force to promote it anyway"
+        raise Overridable(
+            f"v{chosen.version} cannot be compared with champion v{champion.version}: {'; '.join(differences)}"
         )
     if chosen.accuracy is None or chosen.accuracy <= champion.accuracy:
         shown = "no test accuracy" if chosen.accuracy is None else f"test accuracy {chosen.accuracy:.4f}"
-        raise PromotionError(
-            f"v{chosen.version} ({shown}) is not better than champion v{champion.version} "
-            f"({champion.accuracy:.4f}). Pass --force to promote it anyway"
+        raise Overridable(
+            f"v{chosen.version} ({shown}) is not better than champion v{champion.version} ({champion.accuracy:.4f})"
         )
     p_value = registry.separation_p_value(chosen, champion)
     if p_value >= SIGNIFICANCE:
-        raise PromotionError(
+        raise Overridable(
             f"the test split of {champion.test_images} images is too small to separate v{chosen.version} "
             f"({chosen.accuracy:.4f}) from champion v{champion.version} ({champion.accuracy:.4f}): p = {p_value:.2f} "
-            f"(McNemar), {SIGNIFICANCE} needed. A larger data.test_fraction would tell; --force promotes it anyway"
+            f"(McNemar), {SIGNIFICANCE} needed; a larger data.test_fraction would tell"
         )
     return chosen
 
@@ -102,17 +104,22 @@ def main() -> None:
     print(f"{name}:\n{table(candidates, champion or candidates[-1], champion)}\n")
     try:
         chosen = choose(candidates, champion, args.version, args.force)
+    except Overridable as exc:
+        sys.exit(f"not promoted: {exc}. Pass --force to promote it anyway")
     except PromotionError as exc:
         sys.exit(f"not promoted: {exc}")
     if champion and chosen.version == champion.version:
         print(f"v{chosen.version} is already @{args.alias}: nothing to do")
         return
-    if args.force and champion and (overridden := chosen.differences(champion)):
-        print(f"--force: promoting v{chosen.version} although its " + "; its ".join(overridden))
+    if args.force:
+        try:
+            choose(candidates, champion, args.version, force=False)
+        except Overridable as exc:
+            print(f"--force overrides: {exc}")
     client.set_registered_model_alias(name, args.alias, str(chosen.version))
     was = f" (was v{champion.version})" if champion else ""
     print(
-        f"models:/{name}@{args.alias} -> v{chosen.version}{was}, test accuracy {chosen.accuracy}; "
+        f"models:/{name}@{args.alias} -> v{chosen.version}{was}, test accuracy {chosen.accuracy:.4f}; "
         "restart `make serve` to serve it"
     )
 

@@ -98,17 +98,29 @@ def test_a_worse_or_inseparable_version_is_refused(client, tmp_path):
         choose(candidates, champion, version=None, force=False)
 
 
-def test_the_command_prints_the_candidates_and_moves_the_alias(client, tmp_path):
+def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_overrode(client, tmp_path):
     add_version(client, tmp_path, right=380)
     add_version(client, tmp_path, right=430)
     project = tmp_path / "project"
     project.mkdir()
     (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env = stage_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline.promote"], cwd=project, env=env, capture_output=True, text=True, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert "champion" in result.stdout and "0.9556" in result.stdout and "0.8444" in result.stdout
-    assert f"models:/{NAME}@champion -> v2 (was v1)" in result.stdout
+
+    def promote(*arguments: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "pipeline.promote", *arguments]
+        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
+
+    best = promote()
+    assert best.returncode == 0, best.stderr
+    assert "champion" in best.stdout and "0.9556" in best.stdout and "0.8444" in best.stdout
+    assert f"models:/{NAME}@champion -> v2 (was v1), test accuracy 0.9556" in best.stdout
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 2
+    worse = promote("--version", "1")
+    assert worse.returncode == 1
+    assert "not promoted: v1 (test accuracy 0.8444) is not better than champion v2 (0.9556). Pass --force" in (
+        worse.stderr
+    )
+    forced = promote("--version", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert "--force overrides: v1 (test accuracy 0.8444) is not better than champion v2 (0.9556)" in forced.stdout
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
