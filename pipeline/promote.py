@@ -78,8 +78,8 @@ def choose(candidates: list[Candidate], champion: Candidate | None, version: int
     if p_value >= SIGNIFICANCE:
         raise Overridable(
             f"the test split of {champion.test_images} images is too small to separate v{chosen.version} "
-            f"({chosen.accuracy:.4f}) from champion v{champion.version} ({champion.accuracy:.4f}): p = {p_value:.2f} "
-            f"(McNemar), {SIGNIFICANCE} needed; a larger data.test_fraction would tell"
+            f"({chosen.accuracy:.4f}) from champion v{champion.version} ({champion.accuracy:.4f}): p = {p_value:.2f}, "
+            f"{SIGNIFICANCE} needed; a larger data.test_fraction would tell"
         )
     return chosen
 
