@@ -1,6 +1,7 @@
 """Is training the head enough? Every strategy on the prepared data, same budget, same seeds.
 
     make compare                  # = dvc repro prepare && python -m pipeline.compare
+    python -m pipeline.compare --apply   # finetune.strategy in params.yaml := the report's recommendation
 
 Each strategy of `compare.strategies` runs once per seed of `compare.seeds` at the budget of the
 `compare` section, plus a linear probe on random-init features per seed (what pretraining brings),
@@ -8,7 +9,10 @@ each as a child of one MLflow parent run. The report (pipeline.compare_report) g
 reports/compare.{md,png,json} and to the parent run.
 """
 
+import argparse
+import json
 import re
+import sys
 import time
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -20,8 +24,17 @@ import torch
 from pipeline import tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.backbones import build
-from pipeline.compare_report import RANDOM_INIT_PROBE, Result, markdown, plot, recommend, summarize
-from pipeline.config import Params, load_params, parse_params
+from pipeline.compare_report import (
+    RANDOM_INIT_PROBE,
+    Result,
+    Summary,
+    markdown,
+    plot,
+    recommend,
+    recommended,
+    summarize,
+)
+from pipeline.config import ConfigError, Params, load_params, parse_params, set_param
 from pipeline.diagnostics import batchnorm_shift
 from pipeline.manifest import Split, class_names, fingerprint, load_split, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR
@@ -134,10 +147,40 @@ def compare(params: Params, manifest: Path = MANIFEST, out_dir: Path = REPORT_DI
     return report
 
 
+def apply(report_file: Path) -> str:
+    """Set params.yaml's finetune.strategy to the one a comparison's report recommends; return it."""
+    if not report_file.is_file():
+        raise ConfigError(f"{report_file} not found: run `make compare` first")
+    report = json.loads(report_file.read_text())
+    summaries = {name: Summary(**summary) for name, summary in report["summaries"].items()}
+    strategy = recommended(summaries)[0].strategy
+    set_param("finetune.strategy", strategy)
+    return strategy
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--apply",
+        nargs="?",
+        const=REPORT_DIR / "compare.json",
+        type=Path,
+        metavar="REPORT",
+        help="instead of comparing, set finetune.strategy in params.yaml to what a report recommends "
+        "(default: reports/compare.json)",
+    )
+    args = parser.parse_args()
+    if args.apply:
+        try:
+            strategy = apply(args.apply)
+        except ConfigError as exc:
+            sys.exit(f"not applied: {exc}")
+        print(f"params.yaml: finetune.strategy: {strategy} (recommended by {args.apply}); `dvc repro` trains it")
+        return
     report = compare(load_params())
     print("\n".join(report["recommendation"]))
     print(f"report: {REPORT_DIR / 'compare.md'}")
+    print("`python -m pipeline.compare --apply` sets this recommendation in params.yaml")
 
 
 if __name__ == "__main__":

@@ -58,12 +58,18 @@ def apart(a: Summary, b: Summary) -> bool:
     return a.mean - b.mean > (a.std**2 + b.std**2) ** 0.5
 
 
-def recommend(summaries: dict[str, Summary]) -> list[str]:
-    """Plain-language findings, from the summaries alone."""
+def recommended(summaries: dict[str, Summary]) -> tuple[Summary, Summary]:
+    """The strategy to use: the fastest to train of those within the seeds' spread of the best; and the best."""
     tried = {name: s for name, s in summaries.items() if name != RANDOM_INIT_PROBE}
     best = max(tried.values(), key=lambda s: s.mean)
     tied = [s for s in tried.values() if not apart(best, s)]
-    cheapest = min(tied, key=lambda s: s.train_seconds)
+    return min(tied, key=lambda s: s.train_seconds), best
+
+
+def recommend(summaries: dict[str, Summary]) -> list[str]:
+    """Plain-language findings, from the summaries alone."""
+    tried = {name: s for name, s in summaries.items() if name != RANDOM_INIT_PROBE}
+    cheapest, best = recommended(summaries)
     saving = best.train_seconds / cheapest.train_seconds
     lines = [
         f"**Use `{cheapest.strategy}`**: {cheapest.mean:.3f} ± {cheapest.std:.3f} test accuracy, "

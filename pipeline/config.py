@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pipeline.atomic import atomic_path
+
 PARAMS_FILE = Path("params.yaml")
 
 
@@ -184,6 +186,24 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values")
     return parse_params(raw, str(path))
+
+
+def set_param(dotted: str, value: str, path: Path = PARAMS_FILE) -> None:
+    """Set `section.key` in params.yaml in place, keeping its comments and layout; refuse, naming the
+    key, a value that does not validate or a file where the key is not on a line of its own."""
+    section, key = dotted.split(".")
+    text = path.read_text()
+    # the section's line, any indented or blank lines, then the key's line: its value up to a comment
+    line = re.compile(rf"^{section}:[^\n]*\n(?:[ \t][^\n]*\n|\n)*?[ \t]+{key}:[ \t]*(?P<value>[^\s#]+[ \t]*)", re.M)
+    match = line.search(text)
+    if match is None:
+        raise ConfigError(f"{path}: no line `{key}: ...` under `{section}:` to set {dotted} on")
+    spaced = match["value"]  # the value and the spaces before a comment, kept in its column
+    padded = value.ljust(len(spaced) - 1) + " " if spaced != spaced.rstrip() else value
+    changed = text[: match.start("value")] + padded + text[match.end("value") :]
+    parse_params(yaml.safe_load(changed), f"{path} with {dotted}={value}")  # the whole file still validates
+    with atomic_path(path) as partial:
+        partial.write_text(changed)
 
 
 def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = os.environ) -> ServingConfig:

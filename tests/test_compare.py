@@ -2,14 +2,16 @@
 
 import json
 import statistics
+from dataclasses import asdict
 
 import mlflow
 import pytest
 
-from pipeline.compare import compare
+from pipeline.compare import apply, compare
 from pipeline.compare_report import RANDOM_INIT_PROBE, Summary, recommend
+from pipeline.config import ConfigError, load_params, set_param
 from pipeline.prepare import prepare
-from tests.conftest import data_config, tiny_params
+from tests.conftest import ROOT, data_config, tiny_params
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +120,33 @@ def test_recommendation_says_when_pretrained_features_are_no_better_than_random(
     assert lines[0].startswith("**Use `full`**") and lines[0].endswith("the best of all.")
     assert "Training the head is not enough here" in lines[1]
     assert "no better than random ones on this data (linear probe 0.700 vs 0.690)" in lines[2]
+
+
+def test_apply_sets_the_recommended_strategy_in_params_yaml_keeping_its_comments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    original = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    summaries = {  # lp-ft ties with full within the seeds' spread and trains faster: it is recommended
+        "head": Summary("head", 3, 0.80, 0.01, 12_810, 5.0),
+        "full": Summary("full", 3, 0.956, 0.002, 3_383_818, 100.0),
+        "lp-ft": Summary("lp-ft", 3, 0.955, 0.001, 3_383_818, 90.0),
+    }
+    report = tmp_path / "compare.json"
+    report.write_text(json.dumps({"summaries": {name: asdict(s) for name, s in summaries.items()}}))
+    assert apply(report) == "lp-ft"
+    changed = (tmp_path / "params.yaml").read_text()
+    assert load_params(tmp_path / "params.yaml").finetune.strategy == "lp-ft"
+    assert changed == original.replace("  strategy: partial    ", "  strategy: lp-ft      ")  # comment in place
+    assert not list(tmp_path.glob(".*.partial"))
+    with pytest.raises(ConfigError, match="nowhere.json not found: run `make compare` first"):
+        apply(tmp_path / "nowhere.json")
+
+
+def test_a_param_that_would_not_validate_is_refused_and_the_file_left_alone(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match="finetune.strategy: Input should be 'head', 'full'"):
+        set_param("finetune.strategy", "bogus", params)
+    with pytest.raises(ConfigError, match="no line `nothing: ...` under `finetune:`"):
+        set_param("finetune.nothing", "1", params)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()
