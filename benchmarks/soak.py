@@ -19,17 +19,15 @@ import json
 import sys
 import threading
 import time
-from contextlib import suppress
 from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 from PIL import Image
 
 from benchmarks.load_test import expected_labels, run_record, sample_images
 from pipeline import paths
-from tests.servers import resident_bytes, serving_process
+from tests.servers import resident_by_process, resident_bytes, serving_process
 
 MiB = 2**20
 
@@ -132,25 +130,10 @@ async def soak_client(url, http, good, labels, bad, deadline, rng, tally) -> Non
             tally["errors"].append(f"good: wrong label for image {i}")
 
 
-def memory_by_process(process) -> dict[str, float]:
-    """Resident MiB of the server and of each worker, named by role, so growth can be pinned on one."""
-    root = psutil.Process(process.pid)
-    found = {}
-    for member in [root, *root.children(recursive=True)]:
-        with suppress(psutil.NoSuchProcess):
-            command = member.cmdline()
-            # BentoML starts each service's worker with `--service-name NAME` (empty for the HTTP front).
-            role = command[command.index("--service-name") + 1] if "--service-name" in command else ""
-            found[f"{role or 'front' if member.pid != root.pid else 'supervisor'} {member.pid}"] = (
-                member.memory_info().rss / MiB
-            )
-    return found
-
-
 async def sample_timeline(process, every: float, deadline: float, timeline: list[dict]) -> None:
     started = time.monotonic()
     while time.monotonic() < deadline:
-        by_process = await asyncio.to_thread(memory_by_process, process)
+        by_process = {name: rss / MiB for name, rss in (await asyncio.to_thread(resident_by_process, process)).items()}
         timeline.append({"t_s": round(time.monotonic() - started), "total_mib": sum(by_process.values())} | by_process)
         await asyncio.sleep(every)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: the tests' server helpers
 
+from tests.conftest import stage_env  # noqa: E402  (telemetry off, this venv's tools first)
 from tests.servers import free_port  # noqa: E402
 
 IMAGES = ROOT / "docs" / "images"
@@ -36,23 +37,11 @@ MORE_STRATEGIES = ("head", "full", "lp-ft")  # besides params.yaml's own, traine
 COLUMNS = ("test/accuracy", "model/trainable_params", "train/seconds", "finetune.strategy")
 FOLDED_SECTIONS = ("export", "model", "per_class")  # in the chart view, above the learning curves
 COMPARED = ("model/trainable_params", "train/seconds", "test/accuracy")  # the parallel coordinates' axes
-TELEMETRY_OFF = {
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "BENTOML_DO_NOT_TRACK": "True",
-    "ORT_DISABLE_TELEMETRY": "1",
-    "DVC_NO_ANALYTICS": "1",
-}
-
-
-def environment() -> dict[str, str]:
-    env = os.environ | TELEMETRY_OFF | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("MLFLOW_TRACKING_URI", None)  # the copy's own store
-    return env
 
 
 def run(command: list[str], cwd: Path) -> None:
     print("$", " ".join(command), flush=True)
-    subprocess.run(command, cwd=cwd, env=environment(), check=True)
+    subprocess.run(command, cwd=cwd, env=stage_env(), check=True)
 
 
 def demo_store(folder: Path) -> Path:
@@ -83,7 +72,7 @@ def mlflow_server(store: Path):
     command = ["mlflow", "server", "--backend-store-uri", f"sqlite:///{store.resolve()}", "--host", "127.0.0.1"]
     server = subprocess.Popen(
         [*command, "--port", str(port), "--workers", "1"],
-        env=environment(),
+        env=stage_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from ruamel.yaml import YAML
 
 from pipeline.atomic import atomic_path
 
@@ -189,21 +190,16 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
 
 
 def set_param(dotted: str, value: str, path: Path = PARAMS_FILE) -> None:
-    """Set `section.key` in params.yaml in place, keeping its comments and layout; refuse, naming the
-    key, a value that does not validate or a file where the key is not on a line of its own."""
-    section, key = dotted.split(".")
-    text = path.read_text()
-    # the section's line, any indented or blank lines, then the key's line: its value up to a comment
-    line = re.compile(rf"^{section}:[^\n]*\n(?:[ \t][^\n]*\n|\n)*?[ \t]+{key}:[ \t]*(?P<value>[^\s#]+[ \t]*)", re.M)
-    match = line.search(text)
-    if match is None:
-        raise ConfigError(f"{path}: no line `{key}: ...` under `{section}:` to set {dotted} on")
-    spaced = match["value"]  # the value and the spaces before a comment, kept in its column
-    padded = value.ljust(len(spaced) - 1) + " " if spaced != spaced.rstrip() else value
-    changed = text[: match.start("value")] + padded + text[match.end("value") :]
-    parse_params(yaml.safe_load(changed), f"{path} with {dotted}={value}")  # the whole file still validates
-    with atomic_path(path) as partial:
-        partial.write_text(changed)
+    """Set `section.key` in params.yaml in place, comments and layout kept (ruamel.yaml's round trip, as
+    `dvc exp run -S` does); a value or key that does not validate is refused, naming the key."""
+    round_trip = YAML()
+    round_trip.representer.add_representer(  # `null` stays written out, not left blank
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null")
+    )
+    data = with_overrides(round_trip.load(path.read_text()), {dotted: value})
+    parse_params(data, f"{path} with {dotted}={value}")
+    with atomic_path(path) as partial, open(partial, "w") as f:
+        round_trip.dump(data, f)
 
 
 def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = os.environ) -> ServingConfig:

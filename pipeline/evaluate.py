@@ -8,7 +8,6 @@ and logs them to the MLflow run of the model.
 """
 
 import csv
-from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -23,7 +22,7 @@ from pipeline import tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.card import ModelCard
 from pipeline.config import load_params
-from pipeline.manifest import load_split, read_manifest
+from pipeline.manifest import load_split, read_manifest, split_sizes
 from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
 
 
@@ -69,7 +68,7 @@ def plot_confusion(labels, predicted, classes: list[str], path: Path) -> None:
 
 def description(card: ModelCard, rows: list[dict], run_metrics: dict, test_accuracy: float) -> str:
     """The run in one paragraph, for MLflow's run page: data, strategy, what was trained, time, result."""
-    sizes = Counter(row["split"] for row in rows)
+    sizes = split_sizes(rows)
     trained_part = (
         f"{run_metrics['model/trainable_params']:,.0f} of {run_metrics['model/total_params']:,.0f} parameters "
         f"trained in {run_metrics['train/seconds']:.0f} s"

@@ -11,7 +11,6 @@ of the registered model (mlflow.registered_model, by default named after the dat
 with its data, test split and test accuracy (pipeline.registry); the first version becomes champion.
 """
 
-import os
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -132,7 +131,7 @@ def main() -> None:
                 len(test.labels),
                 accuracy,
                 tracking.git_commit(),
-                os.environ.get("DVC_EXP_NAME", ""),
+                tracking.dvc_experiment(),
             )
             crowned = registry.record_version(
                 MlflowClient(tracking.tracking_uri()), name, version, tags | registry.correctness_tag(correct)

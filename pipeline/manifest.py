@@ -52,6 +52,11 @@ def split_fingerprint(rows: list[dict], split: str) -> str:
     return hashlib.sha256("\n".join(",".join(row) for row in chosen).encode()).hexdigest()
 
 
+def split_sizes(rows: list[dict]) -> dict[str, int]:
+    """Images per split, in SPLITS order."""
+    return {split: sum(row["split"] == split for row in rows) for split in SPLITS}
+
+
 def class_names(rows: list[dict]) -> list[str]:
     return sorted({row["label"] for row in rows})
 

@@ -24,15 +24,16 @@ SIGNIFICANCE = 0.05
 
 
 class PromotionError(RuntimeError):
-    """The version cannot take the alias; the message says why."""
+    """No version can be chosen; the message says why."""
 
 
-class Overridable(PromotionError):
-    """The version may take the alias with --force: it is not comparable, not better, or not separable."""
+def accuracy_text(candidate: Candidate) -> str:
+    return "no test accuracy" if candidate.accuracy is None else f"test accuracy {candidate.accuracy:.4f}"
 
 
-def table(candidates: list[Candidate], reference: Candidate, champion: Candidate | None) -> str:
+def table(candidates: list[Candidate], champion: Candidate | None) -> str:
     """The versions as a table: what they are, their test accuracy, and whether they can be compared."""
+    reference = champion or candidates[-1]
     lines = [f"{'version':>7}  {'test acc':>8}  {'images':>6}  {'strategy':<10} {'backbone':<22} {'data':<28} status"]
     for c in candidates:
         differences = c.differences(reference)
@@ -47,8 +48,11 @@ def table(candidates: list[Candidate], reference: Candidate, champion: Candidate
     return "\n".join(lines)
 
 
-def choose(candidates: list[Candidate], champion: Candidate | None, version: int | None, force: bool) -> Candidate:
-    """The version to promote; raises PromotionError, saying why, where it must not be (unless `force`)."""
+def choose(
+    candidates: list[Candidate], champion: Candidate | None, version: int | None
+) -> tuple[Candidate, str | None]:
+    """The version to promote (`version`, or the best comparable one), and why it should not replace the
+    champion: not comparable, not better, or not separable by the test split (None: nothing against it)."""
     by_version = {c.version: c for c in candidates}
     reference = champion or candidates[-1]
     if version is not None:
@@ -63,25 +67,26 @@ def choose(candidates: list[Candidate], champion: Candidate | None, version: int
         chosen = max(
             comparable, key=lambda c: (c.accuracy, champion is not None and c.version == champion.version, c.version)
         )
-    if force or champion is None or chosen.version == champion.version:
-        return chosen
+    if champion is None or chosen.version == champion.version:
+        return chosen, None
     if differences := chosen.differences(champion):
-        raise Overridable(
-            f"v{chosen.version} cannot be compared with champion v{champion.version}: {'; '.join(differences)}"
+        return (
+            chosen,
+            f"v{chosen.version} cannot be compared with champion v{champion.version}: {'; '.join(differences)}",
         )
     if chosen.accuracy is None or chosen.accuracy <= champion.accuracy:
-        shown = "no test accuracy" if chosen.accuracy is None else f"test accuracy {chosen.accuracy:.4f}"
-        raise Overridable(
-            f"v{chosen.version} ({shown}) is not better than champion v{champion.version} ({champion.accuracy:.4f})"
+        return chosen, (
+            f"v{chosen.version} ({accuracy_text(chosen)}) is not better than champion v{champion.version} "
+            f"({champion.accuracy:.4f})"
         )
     p_value = registry.separation_p_value(chosen, champion)
     if p_value >= SIGNIFICANCE:
-        raise Overridable(
+        return chosen, (
             f"the test split of {champion.test_images} images is too small to separate v{chosen.version} "
             f"({chosen.accuracy:.4f}) from champion v{champion.version} ({champion.accuracy:.4f}): p = {p_value:.2f}, "
             f"{SIGNIFICANCE} needed; a larger data.test_fraction would tell"
         )
-    return chosen
+    return chosen, None
 
 
 def main() -> None:
@@ -101,25 +106,22 @@ def main() -> None:
         sys.exit(f"not promoted: registered model {name!r} has no versions: run `dvc repro` first")
     holder = registry.champion(client, name, args.alias)
     champion = next((c for c in candidates if holder and c.version == int(holder.version)), None)
-    print(f"{name}:\n{table(candidates, champion or candidates[-1], champion)}\n")
+    print(f"{name}:\n{table(candidates, champion)}\n")
     try:
-        chosen = choose(candidates, champion, args.version, args.force)
-    except Overridable as exc:
-        sys.exit(f"not promoted: {exc}. Pass --force to promote it anyway")
+        chosen, objection = choose(candidates, champion, args.version)
     except PromotionError as exc:
         sys.exit(f"not promoted: {exc}")
+    if objection and not args.force:
+        sys.exit(f"not promoted: {objection}. Pass --force to promote it anyway")
     if champion and chosen.version == champion.version:
         print(f"v{chosen.version} is already @{args.alias}: nothing to do")
         return
-    if args.force:
-        try:
-            choose(candidates, champion, args.version, force=False)
-        except Overridable as exc:
-            print(f"--force overrides: {exc}")
+    if objection:
+        print(f"--force overrides: {objection}")
     client.set_registered_model_alias(name, args.alias, str(chosen.version))
     was = f" (was v{champion.version})" if champion else ""
     print(
-        f"models:/{name}@{args.alias} -> v{chosen.version}{was}, test accuracy {chosen.accuracy:.4f}; "
+        f"models:/{name}@{args.alias} -> v{chosen.version}{was}, {accuracy_text(chosen)}; "
         "restart `make serve` to serve it"
     )
 

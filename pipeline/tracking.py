@@ -103,10 +103,14 @@ def use_experiment(params: Params) -> None:
         mlflow.set_experiment_tags(EXPERIMENT_KIND)
 
 
+def dvc_experiment() -> str:
+    """The name of the `dvc exp run` this stage runs in (`dvc exp show` lists it so); empty under `dvc repro`."""
+    return os.environ.get("DVC_EXP_NAME", "")
+
+
 def run_name(params: Params) -> str:
-    """What ran, e.g. `partial · efficientnet_lite0`, then the DVC experiment's name, which
-    `dvc exp show` lists it under."""
-    experiment = os.environ.get("DVC_EXP_NAME")
+    """What ran, e.g. `partial · efficientnet_lite0`, then the DVC experiment's name."""
+    experiment = dvc_experiment()
     return f"{params.finetune.strategy} · {params.model.backbone}" + (f" · {experiment}" if experiment else "")
 
 
@@ -120,7 +124,7 @@ def start_run(params: Params, run_id: str | None = None):
             write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
             yield run
         return
-    experiment = os.environ.get("DVC_EXP_NAME")
+    experiment = dvc_experiment()
     tags = {
         "git_commit": git_commit(),
         "strategy": params.finetune.strategy,
@@ -146,14 +150,14 @@ def log_dataset(source: str, rows: list[dict], manifest_sha256: str) -> None:
     and split sizes as input tags."""
     import pandas as pd
 
-    frame = pd.DataFrame(rows)
+    from pipeline.manifest import class_names, split_sizes  # here: it imports torch, the service imports us
+
     dataset = mlflow.data.from_pandas(
-        frame, source=source, name=Path(source).name, digest=manifest_sha256[:16], targets="label"
+        pd.DataFrame(rows), source=source, name=Path(source).name, digest=manifest_sha256[:16], targets="label"
     )
-    sizes = frame["split"].value_counts()
     tags = {
-        "classes": ", ".join(sorted(frame["label"].unique())),
-        **{f"{split}_images": str(sizes.get(split, 0)) for split in ("train", "val", "test")},
+        "classes": ", ".join(class_names(rows)),
+        **{f"{split}_images": str(count) for split, count in split_sizes(rows).items()},
     }
     mlflow.log_input(dataset, context="training", tags=tags)
 

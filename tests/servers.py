@@ -41,14 +41,22 @@ def running_service(env: dict[str, str], startup_timeout: float = 120):
         yield url
 
 
-def resident_bytes(process: subprocess.Popen) -> int:
-    """Resident memory of a server and every process it started (BentoML's workers)."""
+def resident_by_process(process: subprocess.Popen) -> dict[str, int]:
+    """Resident bytes of a server and of every process it started, named by role and pid: `supervisor`,
+    then each BentoML worker by the `--service-name` it was started with."""
     root = psutil.Process(process.pid)
-    total = 0
+    found = {}
     for member in [root, *root.children(recursive=True)]:
         with suppress(psutil.NoSuchProcess):  # a worker that just exited
-            total += member.memory_info().rss
-    return total
+            command = member.cmdline()
+            role = command[command.index("--service-name") + 1] if "--service-name" in command else "worker"
+            found[f"{'supervisor' if member.pid == root.pid else role} {member.pid}"] = member.memory_info().rss
+    return found
+
+
+def resident_bytes(process: subprocess.Popen) -> int:
+    """Resident memory of a server and every process it started (BentoML's workers)."""
+    return sum(resident_by_process(process).values())
 
 
 @contextmanager

@@ -147,6 +147,6 @@ def test_a_param_that_would_not_validate_is_refused_and_the_file_left_alone(tmp_
     params.write_text((ROOT / "params.yaml").read_text())
     with pytest.raises(ConfigError, match="finetune.strategy: Input should be 'head', 'full'"):
         set_param("finetune.strategy", "bogus", params)
-    with pytest.raises(ConfigError, match="no line `nothing: ...` under `finetune:`"):
+    with pytest.raises(ConfigError, match="finetune.nothing: unknown key; allowed keys here: strategy"):
         set_param("finetune.nothing", "1", params)
     assert params.read_text() == (ROOT / "params.yaml").read_text()

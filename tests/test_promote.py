@@ -1,6 +1,7 @@
 """pipeline.promote on a real sqlite registry whose versions carry the tags export writes."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -61,41 +62,44 @@ def test_versions_carry_tags_and_a_description_and_the_first_becomes_champion(cl
 
 def test_the_best_comparable_version_wins_not_the_newest(client, tmp_path):
     add_version(client, tmp_path, right=400)  # v1, champion
-    add_version(client, tmp_path, right=440)  # v2, best
+    add_version(client, tmp_path, right=440)  # v2, best: 40 images more right, none fewer
     add_version(client, tmp_path, right=410)  # v3, newest
     add_version(client, tmp_path, right=450, classes=json.dumps(["circle", "square"]))  # v4: other classes
     candidates, champion = candidates_and_champion(client)
-    assert choose(candidates, champion, version=None, force=False).version == 2
+    chosen, objection = choose(candidates, champion, version=None)
+    assert (chosen.version, objection) == (2, None)
 
 
-def test_a_version_of_other_classes_or_another_test_split_is_refused_naming_the_difference(client, tmp_path):
+def test_a_version_of_other_classes_or_another_test_split_is_objected_to_naming_the_difference(client, tmp_path):
     add_version(client, tmp_path, right=400)
     add_version(client, tmp_path, right=12, images=12, classes=json.dumps(["circle", "square", "star"]))
     add_version(client, tmp_path, right=449, test_split="split-b")
     candidates, champion = candidates_and_champion(client)
-    with pytest.raises(PromotionError, match=r"v2 cannot be compared with champion v1: class list differs"):
-        choose(candidates, champion, version=2, force=False)
-    with pytest.raises(PromotionError, match=r"test split differs \(split-b vs split-a\)"):
-        choose(candidates, champion, version=3, force=False)
-    assert choose(candidates, champion, version=2, force=True).version == 2
+    chosen, objection = choose(candidates, champion, version=2)
+    assert chosen.version == 2 and objection.startswith("v2 cannot be compared with champion v1: class list differs")
+    assert "test split differs (split-b vs split-a)" in choose(candidates, champion, version=3)[1]
+    with pytest.raises(PromotionError, match="there is no version 7; there are 1, 2, 3"):
+        choose(candidates, champion, version=7)
 
 
 def test_on_a_tie_the_champion_stays(client, tmp_path):
     add_version(client, tmp_path, right=400)
     add_version(client, tmp_path, right=400)  # the same score, newer
     candidates, champion = candidates_and_champion(client)
-    assert choose(candidates, champion, version=None, force=False).version == 1
+    assert choose(candidates, champion, version=None) == (champion, None)
 
 
-def test_a_worse_or_inseparable_version_is_refused(client, tmp_path):
+def test_a_worse_or_inseparable_version_is_objected_to(client, tmp_path):
     add_version(client, tmp_path, right=400)
     add_version(client, tmp_path, right=390)  # worse
     add_version(client, tmp_path, right=403)  # 3 more images right: within chance
     candidates, champion = candidates_and_champion(client)
-    with pytest.raises(PromotionError, match=r"v2 \(test accuracy 0.8667\) is not better than champion v1 \(0.8889\)"):
-        choose(candidates, champion, version=2, force=False)
-    with pytest.raises(PromotionError, match=r"test split of 450 images is too small to separate v3 .* p = 0\.25"):
-        choose(candidates, champion, version=None, force=False)
+    assert choose(candidates, champion, version=2)[1] == (
+        "v2 (test accuracy 0.8667) is not better than champion v1 (0.8889)"
+    )
+    chosen, objection = choose(candidates, champion, version=None)
+    assert chosen.version == 3
+    assert re.match(r"the test split of 450 images is too small to separate v3 .* p = 0\.25", objection)
 
 
 def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_overrode(client, tmp_path):
