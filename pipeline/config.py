@@ -111,6 +111,7 @@ class ServingConfig(Strict):
     adaptive_batching: bool
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
+    workers: int = Field(ge=1)
 
 
 class CompareConfig(Strict):

@@ -30,6 +30,7 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml._internal import server as bentoml_server
+from bentoml.exceptions import ServiceUnavailable
 from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from pydantic import BaseModel
@@ -38,7 +39,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
-from pipeline import onnx_model, tracking
+from pipeline import onnx_model
 from pipeline.config import ServingConfig, load_serving_config
 from pipeline.images import BadImage, load_rgb, resize_square
 from pipeline.onnx_model import ModelLoadError
@@ -68,9 +69,12 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
             raise ModelLoadError(f"SERVING_MODEL={spec}: no such file (run `dvc repro` to export models/model.onnx)")
         return path, {"name": path.name, "version": None, "alias": None, "test_accuracy": None}
 
+    # Only a registry model needs MLflow: a server of an .onnx file starts without importing it.
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
 
     try:
         tracking.check_reachable()  # MLflow's client would retry a dead server for minutes
@@ -304,7 +308,7 @@ async def to_the_docs(_: Request) -> RedirectResponse:
 docs_redirects = Starlette(routes=[Route("/", to_the_docs), Route("/docs", to_the_docs)])
 
 
-@bentoml.service(workers=1, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})
+@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})
 @bentoml.asgi_app(api, path="/v1")
 @bentoml.asgi_app(docs_redirects, path="/")
 class ImageClassifier:
@@ -377,10 +381,7 @@ class ImageClassifier:
             )
         # at most one decode per core at a time: each may hold an image of max_image_pixels in memory
         batch = await anyio.to_thread.run_sync(self.decode, blobs, self.card.image_size, limiter=self.decoders())
-        try:
-            probabilities = await self.model.to_async.predict(batch)
-        except aiohttp.ClientConnectionError:  # the model service closed a kept-alive connection as we wrote
-            probabilities = await self.model.to_async.predict(batch)  # on it; predict is idempotent: once more
+        probabilities = await self.predict(batch)
         if probabilities.shape[1] != len(classes):  # an alias moved between the two services' start-ups
             raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
@@ -388,6 +389,19 @@ class ImageClassifier:
             Prediction(predictions=[Label(label=classes[i], probability=float(row[i])) for i in best])
             for row, best in zip(probabilities, order, strict=True)
         ]
+
+    async def predict(self, batch: np.ndarray) -> np.ndarray:
+        try:
+            try:
+                return await self.model.to_async.predict(batch)
+            except aiohttp.ClientConnectionError:  # the model service closed a kept-alive connection as we
+                return await self.model.to_async.predict(batch)  # wrote on it; predict is idempotent: once more
+        except ServiceUnavailable:  # adaptive batching shed it: the queue is longer than max_latency_ms
+            raise refuse(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                f"the model is busy: this request would wait over serving.max_latency_ms "
+                f"({self.settings.max_latency_ms} ms); retry later",
+            ) from None
 
     async def read_uploads(self, uploads: list[UploadFile]) -> list[tuple[str, bytes]]:
         return [(f"image {i} ({upload.filename})", await upload.read()) for i, upload in enumerate(uploads)]

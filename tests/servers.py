@@ -28,9 +28,9 @@ KEEP_ALIVE_S = "75"
 
 
 def serve_command(port: int) -> list[str]:
-    """What `make serve` runs, on `port`."""
-    bentoml = str(Path(sys.executable).with_name("bentoml"))
-    serve = [bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
+    """What `make serve` runs, on `port`, by this interpreter (also where bentoml has no script on PATH)."""
+    bentoml = [sys.executable, "-m", "bentoml"]
+    serve = [*bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
     return [*serve, "--timeout-keep-alive", KEEP_ALIVE_S]
 
 

@@ -5,7 +5,7 @@ import torch
 
 from pipeline import onnx_model
 from pipeline.backbones import build
-from pipeline.export import ParityError, export_checked
+from pipeline.onnx_graph import ParityError, export_checked
 from tests.conftest import model_card
 
 CARD = model_card()

@@ -19,8 +19,8 @@ from PIL import Image
 from pipeline import onnx_model
 from pipeline.backbones import Classifier, build
 from pipeline.config import ConfigError, load_params
-from pipeline.export import export_checked
 from pipeline.images import BadImage, load_rgb, resize_square
+from pipeline.onnx_graph import export_checked
 from pipeline.prepare import prepare
 from tests.conftest import ROOT, data_config, model_card
 

@@ -4,6 +4,7 @@ The served model is exported by the pipeline's own export code and registered in
 MLflow registry, so the service resolves `models:/NAME@champion` the way a user's does.
 """
 
+import asyncio
 import base64
 import io
 import os
@@ -12,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
@@ -27,7 +29,7 @@ from PIL import Image
 from benchmarks import load_test
 from pipeline.backbones import Classifier, build
 from pipeline.card import ModelCard
-from pipeline.export import export_checked, onnx_metadata
+from pipeline.onnx_graph import export_checked, onnx_metadata
 from pipeline.onnx_model import classify_files
 from tests.conftest import ROOT, model_card
 from tests.servers import free_port, running_service, serve_command
@@ -160,6 +162,24 @@ def test_hundreds_of_concurrent_requests_all_succeed(server):
     with ThreadPoolExecutor(max_workers=16) as pool:
         statuses = list(pool.map(classify, range(240)))
     assert statuses == [200] * 240
+
+
+def test_an_overloaded_model_answers_503s_that_say_why_never_500s(registry):
+    """Adaptive batching sheds a request that would queue over max_latency_ms (a GPU server of the
+    default settings did, at 100 ms); the client is told with a 503, not an internal error."""
+    blob = sample_images()["rgb.png"]
+
+    async def burst(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            requests = [http.post(f"{url}/v1/classify", files={"image": ("a.png", blob)}) for _ in range(100)]
+            return await asyncio.gather(*requests)
+
+    with running_service({"SERVING_MODEL": str(registry["onnx"]), "SERVING_MAX_LATENCY_MS": "1"}) as url:
+        responses = asyncio.run(burst(url))
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503} and statuses[503] > 0, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert "serving.max_latency_ms (1 ms)" in refused.json()["detail"]
 
 
 def test_metadata_names_the_model_its_classes_and_active_providers(server):
@@ -364,6 +384,22 @@ def test_the_load_test_runs_both_modes_and_counts_no_errors(registry, capsys):
         requests, errors = re.search(rf"adaptive batching {mode}\s+(\d+)\s+(\d+)", out).groups()
         assert int(requests) > 4 and int(errors) == 0
     assert "on/off: throughput x" in out
+
+
+def test_the_load_test_spreads_clients_over_processes_and_sends_several_images_a_request(registry, capsys):
+    arguments = ["--model", str(registry["onnx"]), "--clients", "4", "--client-processes", "2", "--seconds", "2"]
+    arguments += ["--warmup", "1", "--modes", "on", "--images-per-request", "3", "--workers", "2"]
+    assert load_test.main(arguments) == 0
+    out = capsys.readouterr().out
+    assert "4 concurrent clients in 2 process(es), 3 image(s) per request, 2 front worker(s)" in out
+    requests, errors, per_s, images_per_s = re.search(
+        r"adaptive batching on\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)", out
+    ).groups()
+    assert int(requests) > 4 and int(errors) == 0
+    assert float(images_per_s) == pytest.approx(3 * float(per_s), rel=0.01)
+    assert re.search(
+        r"where the time goes: decode \+ resize [\d.]+ ms an image .* the model alone [\d,]+ images/s", out
+    )
 
 
 CODE_BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.MULTILINE | re.DOTALL)
