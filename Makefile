@@ -83,8 +83,8 @@ bench-gpu: setup
 	python -m benchmarks.training --device cuda --image-size 224 --images 4096 --batch-size 256 \
 		--baseline-workers 8 --backbones resnet50,resnet18,efficientnet_lite0 \
 		--variants ours,ours+compile,ours+nondeterministic
-	python -m benchmarks.inference --device cuda --batches 1,32,64
-	python -m benchmarks.load_test
+	python -m benchmarks.inference --device cuda --backbones resnet50,resnet18,efficientnet_lite0 --batches 1,32,64,256
+	python -m benchmarks.load_test --clients 128 --client-processes 6 --workers 8
 
 # docs/results.md and the figures of BENCHMARKS.md, from the committed metrics, reports and benchmark results.
 docs: setup

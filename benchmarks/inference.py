@@ -3,7 +3,7 @@
     python -m benchmarks.inference                              # CPU, the sizes of `make bench`
     python -m benchmarks.inference --device cuda --batches 1,32,64 --repeat-seconds 3   # `make bench-gpu`
 
-Each backbone is exported by the pipeline's own `export_onnx` (float32, and float16 as with
+Each backbone is exported by the pipeline's own `pipeline.onnx_graph.export_onnx` (float32, and float16 as with
 `export.fp16`), then timed on the same random batch: PyTorch eager (float32; on CUDA also float16
 and channels_last), ONNX Runtime CPU, and on a GPU machine ONNX Runtime's CUDA provider (input
 bound on the device) and TensorRT when they load. Softmax is part of both sides. Images/s is
@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,9 +26,10 @@ import torch
 from benchmarks.common import machine, sync
 from pipeline.backbones import build
 from pipeline.card import ModelCard
-from pipeline.export import WithSoftmax, export_onnx
+from pipeline.onnx_graph import WithSoftmax, export_onnx
 
 CLASSES = 10
+NOT_LOADED: dict[str, str] = {}  # provider: why it does not run here, as ONNX Runtime said
 
 
 def median_seconds(call, device: torch.device, repeat_seconds: float) -> float:
@@ -44,18 +46,22 @@ def median_seconds(call, device: torch.device, repeat_seconds: float) -> float:
     return statistics.median(times)
 
 
-def ort_call(path: Path, provider: str, batch: np.ndarray):
-    """A zero-argument call running the session on `batch`, or None if `provider` does not load."""
-    ort.set_default_logger_severity(4)
+def ort_session(path: Path, provider: str) -> tuple[ort.InferenceSession | None, str]:
+    """(the session, "") when `provider` really runs it, else (None, why not), ONNX Runtime's own words."""
     options = {"trt_fp16_enable": True} if provider == "TensorrtExecutionProvider" else {}
+    fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
     try:
-        fallback = [] if provider == "CPUExecutionProvider" else ["CPUExecutionProvider"]
         session = ort.InferenceSession(str(path), providers=[(provider, options), *fallback])
-    except Exception:  # noqa: BLE001  (ORT raises its own pybind classes) a provider that cannot start here
-        return None
+    except Exception as exc:  # noqa: BLE001  (ORT raises its own pybind classes) a provider that cannot start here
+        return None, str(exc).splitlines()[0]
     if session.get_providers()[0] != provider:
-        return None
-    if provider == "CPUExecutionProvider":
+        return None, f"did not load (the session fell back to {session.get_providers()[0]}; its log above says why)"
+    return session, ""
+
+
+def ort_call(session: ort.InferenceSession, batch: np.ndarray):
+    """A zero-argument call running the session on `batch`."""
+    if session.get_providers()[0] == "CPUExecutionProvider":
         return lambda: session.run(None, {"image": batch})
     binding = session.io_binding()  # model-side: the input already on the device, the output stays there
     binding.bind_ortvalue_input("image", ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
@@ -81,9 +87,16 @@ def measure(name: str, image_size: int, batches: list[int], device: torch.device
     paths = {"fp32": tmp / f"{name}.onnx", "fp16": tmp / f"{name}.fp16.onnx"}
     for precision, path in paths.items():
         export_onnx(backbone.model, card, path, 18, fp16=precision == "fp16")
-    providers = (
-        ["CPUExecutionProvider"] if device.type == "cpu" else ["CUDAExecutionProvider", "TensorrtExecutionProvider"]
-    )
+    providers = {"CPUExecutionProvider": "ort cpu"}
+    if device.type == "cuda":
+        providers = {"CUDAExecutionProvider": "ort cuda", "TensorrtExecutionProvider": "ort tensorrt"}
+    sessions = {}  # one per provider and graph, opened once: CUDA's and TensorRT's start-up is seconds
+    for provider, short in providers.items():
+        for precision, path in paths.items():
+            sessions[f"{short} {precision}"], why_not = ort_session(path, provider)
+            if why_not and provider not in NOT_LOADED:
+                NOT_LOADED[provider] = why_not
+                print(f"  {provider}: {why_not}", flush=True)
     rows = []
     for batch_size in batches:
         batch = np.random.default_rng(batch_size).integers(0, 256, (batch_size, 3, image_size, image_size), np.uint8)
@@ -98,17 +111,15 @@ def measure(name: str, image_size: int, batches: list[int], device: torch.device
                 row[label] = batch_size / median_seconds(
                     lambda net=net, inputs=inputs: net(inputs), device, repeat_seconds
                 )
-        for provider in providers:
-            short = {
-                "CPUExecutionProvider": "ort cpu",
-                "CUDAExecutionProvider": "ort cuda",
-                "TensorrtExecutionProvider": "ort tensorrt",
-            }[provider]
-            for precision, path in paths.items():
-                call = ort_call(path, provider, batch)
-                row[f"{short} {precision}"] = (
-                    batch_size / median_seconds(call, device, repeat_seconds) if call else None
-                )
+        for label, session in sessions.items():
+            row[label] = (
+                batch_size / median_seconds(ort_call(session, batch), device, repeat_seconds) if session else None
+            )
+        print(
+            f"  {name} batch {batch_size}: "
+            + ", ".join(f"{k} {v:,.0f}" for k, v in row.items() if isinstance(v, float)),
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -128,12 +139,22 @@ def main() -> None:
         f"({', '.join(ort.get_available_providers())}), {args.image_size} px",
         flush=True,
     )
+    ort.set_default_logger_severity(3)  # errors: why a GPU provider does not load is printed once
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.backbones.split(","):
             rows += measure(
                 name, args.image_size, [int(b) for b in args.batches.split(",")], device, args.repeat_seconds, Path(tmp)
             )
+            if args.out:  # after each backbone: a run cut short keeps what it measured
+                figures = {
+                    "command": "python -m benchmarks.inference " + " ".join(sys.argv[1:]),
+                    "machine": machine(device),
+                    "onnxruntime": ort.__version__,
+                    "not_loaded": NOT_LOADED,
+                    "rows": rows,
+                }
+                args.out.write_text(json.dumps(figures, indent=2) + "\n")
     columns = [key for key in rows[0] if key not in ("backbone", "batch")]
     print("\nimages/s (model-side; '-' where the provider does not load here)")
     print("| backbone | batch | " + " | ".join(columns) + " | ONNX Runtime fp32 / torch fp32 |")
@@ -143,10 +164,6 @@ def main() -> None:
         cells = [f"{row[c]:,.0f}" if row[c] else "-" for c in columns]
         ratio = f"x{row[ort_fp32] / row['torch fp32']:.2f}" if row[ort_fp32] else "-"
         print(f"| {row['backbone']} | {row['batch']} | " + " | ".join(cells) + f" | {ratio} |")
-    if args.out:
-        args.out.write_text(
-            json.dumps({"machine": machine(device), "onnxruntime": ort.__version__, "rows": rows}, indent=2)
-        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Issue 16's GPU figures in one call of a lent H100/H200: model-side inference, then the served model.
+#
+#   bash benchmarks/gpu_session.sh OUT_DIR          # on the GPU machine, from the repository root
+#
+# That machine's image has PyTorch with CUDA 13's libraries (cuBLAS, cuDNN 9) but neither
+# onnxruntime-gpu nor BentoML (nor nvImageCodec). Their wheels travel in .whl/ (onnxruntime-gpu's 256 MB in parts,
+# joined here from /tmp/wheel-parts) and go into /tmp/site; ONNX Runtime's CUDA provider finds
+# cuBLAS and cuDNN in the nvidia packages PyTorch brought, through LD_LIBRARY_PATH. The served
+# model is models/model.onnx, its clients send the test split (data/prepared, and the test files
+# unpacked from .gpu/test-split.tar) and check every answer against ONNX Runtime on the CPU.
+# SKIP_INSTALL=1 and LOAD_SECONDS rehearse it on a CPU machine with the project's .venv.
+set -u
+out=${1:?usage: gpu_session.sh OUT_DIR}
+load_seconds=${LOAD_SECONDS:-15}
+exec > >(tee "$out/session.log") 2>&1  # one log: what comes back from the machine is at most 8 files
+export MLFLOW_DISABLE_TELEMETRY=true BENTOML_DO_NOT_TRACK=True ORT_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1
+export PYTHONUNBUFFERED=1
+
+if [ -z "${SKIP_INSTALL:-}" ]; then
+    if [ ! -f /tmp/site/onnxruntime/__init__.py ]; then
+        cat /tmp/wheel-parts/ort.part* >/tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            /tmp/onnxruntime_gpu-1.31.1-cp312-cp312-manylinux_2_28_x86_64.whl $(ls .whl/serve/*.whl .whl/gpu/*.whl 2>/dev/null) || exit 1
+    fi
+    export PYTHONPATH=/tmp/site:$PWD
+    nvidia_libs=$(python3 -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(f) for d in nvidia.__path__ for f in glob.glob(d + "/**/lib*.so*", recursive=True)})))')
+    export LD_LIBRARY_PATH=$nvidia_libs:${LD_LIBRARY_PATH:-}
+fi
+[ -f .gpu/test-split.tar ] && tar -xf .gpu/test-split.tar
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null
+    echo "cpu cores: $(nproc)"
+    python3 -c 'import torch, onnxruntime as o, bentoml
+print("torch", torch.__version__, "| onnxruntime", o.__version__, o.get_available_providers(), "| bentoml", bentoml.__version__)'
+} >"$out/env.txt" 2>&1
+cat "$out/env.txt"
+
+[ -z "${SERVED_ONLY:-}" ] && timeout 220 python3 -m benchmarks.inference --device "${DEVICE:-cuda}" --backbones resnet50,resnet18,efficientnet_lite0 \
+    --batches "${BATCHES:-1,32,64,256}" --repeat-seconds 0.5 --out "$out/inference.json"
+[ -z "${SKIP_INSTALL:-}${SERVED_ONLY:-}" ] && timeout 60 python3 -m benchmarks.gpu_decode --out "$out/decode.json"
+
+# The served model: one front worker (the default), then 8; one image a request, then 16 (classify_batch);
+# then camera-sized JPEGs, whose decoding is the front's heaviest work.
+load() {
+    local name=$1
+    shift
+    timeout 75 python3 -m benchmarks.load_test --model models/model.onnx --images 450 --modes on \
+        --seconds "$load_seconds" --warmup 3 --out "$out/$name.json" "$@"
+}
+load served_w1 --clients 64 --client-processes 4 --workers 1
+load served_w8 --clients 128 --client-processes 6 --workers 8
+load served_w8_batch16 --clients 64 --client-processes 6 --workers 8 --images-per-request 16
+load served_w8_photos --clients 128 --client-processes 6 --workers 8 --photos 640 --images 64
