@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import mlflow
-import torch
 
 from pipeline import tracking, trained
 from pipeline.atomic import atomic_path, write_json
@@ -36,7 +35,7 @@ from pipeline.compare_report import (
 )
 from pipeline.config import ConfigError, Params, load_params, parse_params, set_param
 from pipeline.diagnostics import batchnorm_shift
-from pipeline.manifest import Split, class_names, fingerprint, load_split, read_manifest
+from pipeline.manifest import Split, cap_per_class, class_names, fingerprint, load_split, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR
 from pipeline.training import Callbacks, train_model
 
@@ -51,19 +50,6 @@ def run_params(params: Params, strategy: str, seed: int, weights: str | None = N
     if weights is not None:
         raw["model"]["weights"] = weights
     return parse_params(raw, "compare")
-
-
-def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
-    """A seeded subset of at most `per_class` images of each class (the same for every run)."""
-    if per_class is None:
-        return split
-    generator = torch.Generator().manual_seed(seed)
-    keep = []
-    for label in split.labels.unique():
-        members = (split.labels == label).nonzero().flatten()
-        keep += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
-    keep.sort()
-    return Split([split.paths[i] for i in keep], split.images[keep], split.labels[keep])
 
 
 def run_one(params: Params, label: str, splits: dict[str, Split], classes: list[str], data: str, commit: str) -> Result:

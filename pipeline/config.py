@@ -124,6 +124,14 @@ class CompareConfig(Strict):
     random_init_probe: bool
 
 
+class VerdictConfig(Strict):
+    folds: int = Field(ge=2, le=20)
+    knn_neighbors: int = Field(ge=1)
+    worth_it: float = Field(ge=0, le=100)
+    shift_threshold: float = Field(gt=0)
+    gallery: int = Field(ge=1, le=100)
+
+
 class Params(Strict):
     seed: int = Field(ge=0)
     data: DataConfig
@@ -134,6 +142,7 @@ class Params(Strict):
     mlflow: MlflowConfig
     serving: ServingConfig
     compare: CompareConfig
+    verdict: VerdictConfig
 
     def registered_model(self) -> str:
         """mlflow.registered_model, or `<data folder>-classifier`: one registered model per dataset, so a
@@ -190,7 +199,7 @@ def load_params(path: Path = PARAMS_FILE) -> Params:
     return parse_params(raw, str(path))
 
 
-def set_param(dotted: str, value: str, path: Path = PARAMS_FILE) -> None:
+def set_param(dotted: str, value: str | int, path: Path = PARAMS_FILE) -> None:
     """Set `section.key` in params.yaml in place, comments and layout kept (ruamel.yaml's round trip, as
     `dvc exp run -S` does); a value or key that does not validate is refused, naming the key."""
     round_trip = YAML()

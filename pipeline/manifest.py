@@ -75,3 +75,16 @@ def load_split(rows: list[dict], split: str, size: int, max_pixels: int) -> Spli
             pass
     labels = torch.tensor([classes[row["label"]] for row in chosen], dtype=torch.int64)
     return Split([row["path"] for row in chosen], images, labels)
+
+
+def cap_per_class(split: Split, per_class: int | None, seed: int) -> Split:
+    """A seeded subset of at most `per_class` images of each class (the same for every run)."""
+    if per_class is None:
+        return split
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in split.labels.unique():
+        members = (split.labels == label).nonzero().flatten()
+        keep += members[torch.randperm(len(members), generator=generator)[:per_class]].tolist()
+    keep.sort()
+    return Split([split.paths[i] for i in keep], split.images[keep], split.labels[keep])

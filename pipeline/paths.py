@@ -23,3 +23,8 @@ CONFUSION_PNG = METRICS_DIR / "confusion_matrix.png"
 EXPORT_METRICS = METRICS_DIR / "export.json"
 
 REPORT_DIR = Path("reports")
+VERDICT_DIR = REPORT_DIR / "verdict"  # the verdict stage's report, and the cases its rule is fitted on
+VERDICT_JSON = VERDICT_DIR / "verdict.json"
+VERDICT_MD = VERDICT_DIR / "verdict.md"
+VERDICT_GALLERY = VERDICT_DIR / "label_issues.png"
+VERDICT_CALIBRATION = VERDICT_DIR / "calibration.csv"

@@ -141,7 +141,7 @@ def start_run(params: Params, run_id: str | None = None):
 
 def log_run_params(params: Params) -> None:
     """What decides a training's result, as flat `section.key` params (MLflow compares runs by them)."""
-    mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare"})))
+    mlflow.log_params(flatten(params.model_dump(mode="json", exclude={"serving", "compare", "verdict"})))
 
 
 def log_dataset(source: str, rows: list[dict], manifest_sha256: str) -> None:

@@ -27,6 +27,13 @@ def test_unknown_key_is_named_with_the_allowed_keys():
     assert "strategy, head_epochs" in str(error.value)
 
 
+def test_unknown_verdict_key_is_named_with_the_allowed_keys():
+    raw = default_params()
+    raw["verdict"]["fold"] = 5
+    with pytest.raises(ConfigError, match=r"verdict\.fold: unknown key; allowed keys here: folds, knn_neighbors"):
+        parse_params(raw)
+
+
 def test_misspelled_strategy_lists_the_allowed_values():
     with pytest.raises(ConfigError) as error:
         parse_params(default_params(**{"finetune.strategy": "fulll"}))
@@ -45,6 +52,10 @@ def test_misspelled_strategy_lists_the_allowed_values():
         ("data.val_fraction", 1.5),
         ("train.batch_size", 0),
         ("finetune.batchnorm", "sometimes"),
+        ("verdict.folds", 1),
+        ("verdict.worth_it", -1.0),
+        ("verdict.shift_threshold", 0),
+        ("verdict.gallery", 0),
     ],
 )
 def test_out_of_range_values_name_their_key(key, value):

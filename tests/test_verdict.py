@@ -1,0 +1,240 @@
+"""The verdict: its scores (LogME, label issues) on cases with a known answer, its rule, and the stage end to end."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+
+from pipeline.config import load_params
+from pipeline.prepare import prepare
+from pipeline.strategies import STRATEGIES
+from pipeline.transferability import class_evidence, logme
+from pipeline.verdict import apply, assess
+from pipeline.verdict_report import summary_lines
+from pipeline.verdict_rule import Case, calibrate, decide, read_cases
+from tests.conftest import ROOT, data_config, stage_env, stage_project, tiny_params, write_class_images
+
+CALIBRATION = ROOT / "reports/verdict/calibration.csv"
+
+
+def dense_evidence(features: np.ndarray, target: np.ndarray, alpha: float, beta: float) -> float:
+    """log p(target | features, alpha, beta) / n straight from the definition, without the SVD."""
+    n, d = features.shape
+    precision = alpha * np.eye(d) + beta * features.T @ features
+    mean = beta * np.linalg.solve(precision, features.T @ target)
+    residual = np.sum((features @ mean - target) ** 2)
+    log_det = np.linalg.slogdet(precision)[1]
+    evidence = (
+        n / 2 * np.log(beta)
+        + d / 2 * np.log(alpha)
+        - n / 2 * np.log(2 * np.pi)
+        - beta / 2 * residual
+        - alpha / 2 * mean @ mean
+        - log_det / 2
+    )
+    return evidence / n
+
+
+def svd_evidence(features: np.ndarray, target: np.ndarray) -> tuple[float, float, float]:
+    left, singular, _ = np.linalg.svd(features, full_matrices=False)
+    projected = left.T @ target
+    return class_evidence(singular**2, projected, target @ target - projected @ projected, *features.shape)
+
+
+@pytest.mark.parametrize(("n", "d"), [(40, 5), (8, 12)])  # more images than features, and fewer (rank < d)
+def test_logme_is_the_evidence_of_the_definition_at_its_maximum(n, d):
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(n, d))
+    target = features @ rng.normal(size=d) + 0.3 * rng.normal(size=n)
+    per_image, alpha, beta = svd_evidence(features, target)
+    assert per_image == pytest.approx(dense_evidence(features, target, alpha, beta), rel=1e-9)
+    # the fixed point maximises the evidence: any other alpha or beta explains the labels worse
+    for other_alpha, other_beta in ((alpha * 1.3, beta), (alpha / 1.3, beta), (alpha, beta * 1.3), (alpha, beta / 1.3)):
+        assert dense_evidence(features, target, other_alpha, other_beta) < per_image
+
+
+def test_logme_stays_finite_when_the_labels_lie_in_the_features_span():
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(8, 12))
+    labels = np.array([0, 1] * 4)
+    assert np.isfinite(logme(features, labels))
+
+
+def test_logme_is_higher_for_separable_features_than_for_shuffled_labels():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 50)
+    features = rng.normal(size=(200, 16)) + 3 * np.eye(16)[labels]  # each class lifts its own feature
+    shuffled = rng.permutation(labels)
+    separable, scrambled = logme(features, labels), logme(features, shuffled)
+    print(f"LogME: separable {separable:.3f}, shuffled labels {scrambled:.3f}")
+    assert separable > scrambled + 0.1
+
+
+def test_the_label_noise_step_finds_planted_label_errors(tmp_path, monkeypatch):
+    """5% of a training split's labels flipped in the manifest; the verdict's scoring path (real images, the
+    pretrained backbone, the cross-validated probe, cleanlab) must name most of them and little else."""
+    monkeypatch.chdir(tmp_path)
+    write_class_images(tmp_path / "images", per_class=100, size=24)
+    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
+    manifest = tmp_path / "prepared/manifest.csv"
+    with open(manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    train = [row for row in rows if row["split"] == "train"]
+    rng = np.random.default_rng(0)
+    flipped = set()
+    classes = sorted({row["label"] for row in rows})
+    for index in rng.choice(len(train), size=round(0.05 * len(train)), replace=False):
+        row = train[index]
+        row["label"] = rng.choice([name for name in classes if name != row["label"]])
+        flipped.add(row["path"])
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, rows[0].keys())
+        writer.writeheader()
+        writer.writerows(rows)
+
+    assessment = assess(tiny_params(), manifest, image_size=32)
+    found = {assessment.split.paths[index] for index in assessment.issues}
+    precision = len(found & flipped) / max(len(found), 1)
+    recall = len(found & flipped) / len(flipped)
+    print(f"planted {len(flipped)} wrong labels; flagged {len(found)}: precision {precision:.2f}, recall {recall:.2f}")
+    assert recall >= 0.6 and precision >= 0.8  # measured: 7 of 10 found, none wrongly
+
+
+def case(report: str, probe: float, gain: float, epochs: int = 6, shifts: str = "stem=0.3 mid=0.3 top=0.5") -> Case:
+    return Case(
+        report,
+        "data",
+        "efficientnet_lite0",
+        64,
+        100,
+        epochs,
+        1000,
+        probe,
+        probe,
+        0.0,
+        probe,
+        0.0,
+        shifts,
+        probe,
+        "full",
+        probe + gain / 100,
+        gain,
+        "full",
+        "full lp-ft",
+    )
+
+
+def test_the_rule_is_fitted_on_the_budget_nearest_the_run_and_scored_on_cases_left_out():
+    cases = [case("a", 0.90, 5.0), case("b", 0.95, 2.0), case("c", 0.90, 1.0, epochs=3), case("d", 0.95, 0.2, 3)]
+    calibration = calibrate(cases, epochs=6, worth_it=1.0, shift_threshold=0.2)
+    # least squares through the origin of gain on error (10 and 5 points) for the 6-epoch cases
+    assert calibration.recovery == pytest.approx((10 * 5.0 + 5 * 2.0) / (10**2 + 5**2))
+    assert calibration.fitted_on == ["a", "b"]
+    held_out = {row["report"]: row["held_out_gain"] for row in calibration.cases}
+    assert held_out == pytest.approx({"a": 10 * 2.0 / 5, "b": 5 * 5.0 / 10, "c": 10 * 0.2 / 5, "d": 5 * 1.0 / 10})
+    errors = [4.0 - 5.0, 2.5 - 2.0, 0.4 - 1.0, 0.5 - 0.2]
+    assert calibration.gain_sd == pytest.approx(np.sqrt(np.mean(np.square(errors))))
+    assert calibration.agreement == 2  # d's verdict, the head, is not within its spread (full, lp-ft); nor c's
+    assert calibration.head_enough_agreement == 3  # c: measured 1.0 is worth it, the verdict (0.4) says head
+
+
+def test_the_rule_chooses_the_blocks_whose_inputs_are_shifted():
+    settings = {"recovery": 0.5, "gain_sd": 1.0, "worth_it": 1.0, "shift_threshold": 0.2}
+    shifted_top = {"stem": 0.05, "mid": 0.1, "late": 0.3, "top": 0.6}
+    head = decide(0.99, 0.0, shifted_top, **settings)
+    assert (head.decision, head.strategy, head.expected_gain) == ("the head is enough", "head", pytest.approx(0.5))
+    assert head.certainty == "unsure" and head.confidence == pytest.approx(0.6915, abs=1e-4)
+    top = decide(0.90, 0.0, shifted_top, **settings)
+    assert (top.decision, top.strategy, top.unfreeze_blocks, top.blocks) == (
+        "fine-tune the last 2 blocks",
+        "partial",
+        2,
+        ["late", "top"],
+    )
+    everything = decide(0.90, 0.0, dict.fromkeys(shifted_top, 0.3), **settings)
+    assert (everything.decision, everything.strategy, everything.unfreeze_blocks) == (
+        "fine-tune everything",
+        "full",
+        None,
+    )
+    labels_only = decide(0.90, 0.0, dict.fromkeys(shifted_top, 0.0), **settings)
+    assert (labels_only.decision, labels_only.blocks) == ("fine-tune the last 1 block", ["top"])
+    noisy = decide(0.90, 0.09, shifted_top, **settings)  # the probe's errors are wrong labels: nothing to win
+    assert noisy.strategy == "head" and noisy.expected_gain == pytest.approx(0.5)
+    assert {verdict.strategy for verdict in (head, top, everything)} <= set(STRATEGIES)
+
+
+def test_the_committed_calibration_reads_and_every_case_names_its_comparison():
+    cases = read_cases(CALIBRATION)
+    assert len(cases) >= 4
+    for row in cases:
+        report = json.loads((ROOT / row.report).read_text())
+        assert report["setup"]["data_source"] == row.data_source and report["setup"]["epochs"] == row.epochs
+        assert row.measured_best_strategy in row.measured_within_spread.split()
+
+
+@pytest.mark.slow
+def test_the_verdict_stage_writes_its_report_and_logs_an_mlflow_run(tmp_path):
+    project = stage_project(tmp_path, **{"model.backbone": "efficientnet_lite0", "model.weights": "DEFAULT"})
+    (project / "reports/verdict").mkdir(parents=True)
+    shutil.copy(CALIBRATION, project / "reports/verdict/calibration.csv")
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline.verdict"], cwd=project, env=stage_env(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    print(result.stdout)
+    report = json.loads((project / "reports/verdict/verdict.json").read_text())
+    assert result.stdout.startswith("\n".join(summary_lines(report)))
+    assert report["verdict"]["strategy"] in STRATEGIES
+    assert 0 <= report["scores"]["probe_accuracy"] <= 1 and report["setup"]["images"] == 24  # train + val, not test
+    assert (project / "reports/verdict/label_issues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Calibration" in (project / "reports/verdict/verdict.md").read_text()
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    run = client.get_run(report["setup"]["run_id"])
+    assert run.data.tags["kind"] == "verdict" and run.data.tags["verdict.decision"] == report["verdict"]["decision"]
+    assert run.data.metrics["verdict/probe_accuracy"] == pytest.approx(report["scores"]["probe_accuracy"], abs=1e-4)
+    assert run.data.tags["mlflow.note.content"].startswith("Verdict: ")
+    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "verdict")}
+    assert logged == {
+        f"verdict/{name}" for name in ("verdict.json", "verdict.md", "label_issues.png", "calibration.csv")
+    }
+
+
+def test_apply_sets_the_verdicts_strategy_in_params_yaml_keeping_its_comments(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    original = (ROOT / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(original)
+    report = tmp_path / "verdict.json"
+    verdict = {
+        "decision": "fine-tune the last 3 blocks",
+        "strategy": "partial",
+        "unfreeze_blocks": 3,
+        "blocks": ["a", "b", "c"],
+        "expected_gain": 2.0,
+        "confidence": 0.8,
+        "certainty": "fairly sure",
+    }
+    report.write_text(json.dumps({"verdict": verdict}))
+    assert apply(report).strategy == "partial"
+    params = load_params(tmp_path / "params.yaml")
+    assert (params.finetune.strategy, params.finetune.unfreeze_blocks) == ("partial", 3)
+    assert (tmp_path / "params.yaml").read_text() == original.replace("unfreeze_blocks: 2 ", "unfreeze_blocks: 3 ")
+    report.write_text(json.dumps({"verdict": verdict | {"strategy": "head", "unfreeze_blocks": None}}))
+    apply(report)
+    assert "  strategy: head       " in (tmp_path / "params.yaml").read_text()
+
+
+def test_readme_shows_the_committed_verdict():
+    """The README's example output is what the committed report prints, not hand-copied figures."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Is the head enough? Ask first", 1)[1]
+    shown = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1).strip().splitlines()
+    report = json.loads((ROOT / "reports/verdict/verdict.json").read_text())
+    assert shown == summary_lines(report)
