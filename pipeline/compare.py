@@ -14,6 +14,7 @@ goes to reports/compare.{md,png,json} (or --out) and to the parent run.
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -241,7 +242,14 @@ def halving(params: Params, splits: dict[str, Split], test: TestSplits, classes,
                 probes = rung_trials(params, run_labels(params, []), rung, index, train, val, classes, data, commit)
                 results = [scored(t, test) for runs in (trials | probes).values() for t in runs]
                 stop = stop_reason(decided, rung, index, len(budgets))
-                return results, {"seeding": asdict(seeding), "rungs": rungs, "stop": stop, "final": asdict(rung)}
+                full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
+                return results, {
+                    "seeding": asdict(seeding),
+                    "budget": full_budget,
+                    "rungs": rungs,
+                    "stop": stop,
+                    "final": asdict(rung),
+                }
         contenders = kept
 
 
@@ -272,7 +280,7 @@ def compare(
 ) -> dict:
     """Run the comparison on the prepared split of `manifest`; write and return the report."""
     tracking.check_reachable()  # before minutes of decoding and training
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), list(os.getloadavg())
     budget = params.compare
     rows = read_manifest(manifest)
     classes = class_names(rows)
@@ -329,6 +337,12 @@ def compare(
         }
         report["setup"]["train_seconds"] = train_seconds(report)
         report["setup"]["seconds"] = time.perf_counter() - started
+        # other work on the machine slows every run: the times are only comparable at a similar load
+        report["setup"]["load_average"] = {
+            "cores": os.cpu_count(),
+            "before": load_before,
+            "after": list(os.getloadavg()),
+        }
         for name, s in summaries.items():
             key = re.sub(r"[^\w\-. ]", "", name)  # MLflow's allowed characters
             tracking.log_metrics({f"test/accuracy_mean.{key}": s.mean, f"test/accuracy_std.{key}": s.std})

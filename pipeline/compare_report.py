@@ -266,6 +266,13 @@ def shift_lines(report: dict) -> list[str]:
     ]
 
 
+def load_text(setup: dict) -> str:
+    """The machine's load average over 1 / 5 / 15 minutes as the comparison started and ended."""
+    load = setup["load_average"]
+    before, after = (" / ".join(f"{value:.1f}" for value in load[when]) for when in ("before", "after"))
+    return f"on {load['cores']} cores whose load average was {before} at the start and {after} at the end"
+
+
 def halving_lines(report: dict) -> list[str]:
     halving = report.get("halving")
     if not halving:
@@ -276,7 +283,7 @@ def halving_lines(report: dict) -> list[str]:
         f"- {halving['stop']}",
         f"- Seeded by the verdict: {halving['seeding']['note']}.",
         f"- Training time of every rung's runs: {report['setup']['train_seconds']:.0f} s; the comparison took "
-        f"{report['setup']['seconds']:.0f} s, decoding and scoring included.",
+        f"{report['setup']['seconds']:.0f} s, decoding and scoring included, {load_text(report['setup'])}.",
         "",
         "| rung | epochs | train images | validation accuracy (mean over seeds) | leader - head, points "
         "[interval] | decision | train s | kept |",
