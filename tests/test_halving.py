@@ -83,7 +83,6 @@ def test_the_verdict_orders_the_strategies_and_drops_what_it_rules_out_when_sure
 @pytest.mark.parametrize(
     ("key", "value", "named"),
     [
-        ("compare.method", "random", r"compare\.method"),
         ("compare.worth_it", -1.0, r"compare\.worth_it"),
         ("compare.halving.confidence", 1.0, r"compare\.halving\.confidence"),
         ("compare.halving.first_epochs", 0, r"compare\.halving\.first_epochs"),
@@ -94,7 +93,16 @@ def test_the_verdict_orders_the_strategies_and_drops_what_it_rules_out_when_sure
 )
 def test_invalid_halving_settings_name_their_key(key, value, named):
     with pytest.raises(ConfigError, match=named):
-        parse_params(default_params(**{key: value}))
+        parse_params(default_params(**{"compare.method": "halving", key: value}))
+
+
+def test_the_grid_ignores_the_halving_budget():
+    parse_params(default_params(**{"compare.epochs": 1, "compare.train_per_class": 10}))  # first rung: 2 / 50
+
+
+def test_an_unknown_method_lists_the_methods():
+    with pytest.raises(ConfigError, match=r"compare\.method: Input should be 'grid' or 'halving'"):
+        parse_params(default_params(**{"compare.method": "random"}))
 
 
 def test_halving_needs_the_head_as_its_reference():
