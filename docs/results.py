@@ -153,6 +153,7 @@ def compare_section(root: Path, path: Path) -> str:
         per_seed = " / ".join(
             fixed(by_seed[seed]["train_seconds"], 1) if seed in by_seed else "-" for seed in setup["seeds"]
         )
+        gains = report.get("gain_per_minute")  # reports made since the gain per minute exists
         rows.append(
             [
                 f"`{summary['strategy']}`",
@@ -162,6 +163,7 @@ def compare_section(root: Path, path: Path) -> str:
                 fixed(summary["train_seconds"], 1),
                 per_seed,
             ]
+            + ([f"{gains[key]:+.2f}" if key in gains else "-"] if gains else [])
         )
     name = Path(setup["data_source"]).name
     markdown = path.with_suffix(".md")
@@ -185,7 +187,8 @@ def compare_section(root: Path, path: Path) -> str:
                 "trained parameters",
                 "train s (mean)",
                 f"train s, seed {' / '.join(str(seed) for seed in setup['seeds'])}",
-            ],
+            ]
+            + (["points over the head per training minute"] if report.get("gain_per_minute") else []),
             rows,
         ),
         "",

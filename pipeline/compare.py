@@ -49,6 +49,7 @@ from pipeline.halving import (
     PairedTest,
     paired_test,
     ranked,
+    recommendation,
     rung_budgets,
     seed_from_verdict,
     survivors,
@@ -243,7 +244,10 @@ def halving(params: Params, splits: dict[str, Split], test: TestSplits, classes,
                 results = [scored(t, test) for runs in (trials | probes).values() for t in runs]
                 stop = stop_reason(decided, rung, index, len(budgets))
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
+                strategy, lines = recommendation(summarize(results), decided)
                 return results, {
+                    "recommended": strategy,
+                    "recommendation": lines,
                     "seeding": asdict(seeding),
                     "budget": full_budget,
                     "rungs": rungs,
@@ -306,6 +310,7 @@ def compare(
             train = cap_per_class(splits["train"], per_class, params.seed)
         pretrained = build(params.model.backbone, params.model.weights, len(classes))
         summaries = summarize(results)
+        lines = halving_part.pop("recommendation") if halving_part else recommend(summaries)
         report = {
             "setup": {
                 "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -327,7 +332,7 @@ def compare(
                 "worth_it": budget.worth_it,
                 "seconds": time.perf_counter() - started,  # replaced below, once the report is whole
             },
-            "recommendation": recommend(summaries),
+            "recommendation": lines,
             "summaries": {name: asdict(s) for name, s in summaries.items()},
             "gain_per_minute": gain_per_minute(summaries),
             "shifted_test": shift_summary(results, params.seed),
@@ -371,7 +376,7 @@ def apply(report_file: Path) -> str:
         raise ConfigError(f"{report_file} not found: run `make compare` first")
     report = json.loads(report_file.read_text())
     summaries = {name: Summary(**summary) for name, summary in report["summaries"].items()}
-    strategy = recommended(summaries)[0].strategy
+    strategy = report["halving"]["recommended"] if "halving" in report else recommended(summaries)[0].strategy
     set_param("finetune.strategy", strategy)
     return strategy
 

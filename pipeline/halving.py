@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.compare_report import Summary, recommend, recommended
 from pipeline.config import CompareConfig
 
 WORTH_IT = "worth it"
@@ -135,3 +136,30 @@ def seed_from_verdict(
         else f"ruled out, started last: {', '.join(ruled_out) or 'none'}"
     )
     return Seeding(favoured + rest + ([] if sure else ruled_out), ruled_out if sure else [], note)
+
+
+def recommendation(summaries: dict[str, Summary], decided: PairedTest) -> tuple[str, list[str]]:
+    """The strategy halving recommends and the report's lines. A decided paired test answers: it pairs every
+    validation image across the seeds, where the grid's rule (means apart by more than the seeds' spread)
+    has three numbers a side; undecided, the grid's rule on the stopping rung's test accuracies answers."""
+    lines = recommend(summaries)
+    if decided.decision == UNDECIDED:
+        note = " (The paired test on the validation split could not decide: this is the grid's rule on test.)"
+        return recommended(summaries)[0].strategy, [lines[0] + note, *lines[1:]]
+    strategy = decided.leader if decided.decision == WORTH_IT else "head"
+    chosen, head = summaries[strategy], summaries["head"]
+    paired = (
+        f"{decided.gain:+.1f} points ({decided.low:+.1f} to {decided.high:+.1f} at {100 * decided.confidence:.0f}%) "
+        f"on the validation split, paired over {decided.seeds} seeds x {decided.images} images"
+    )
+    test = f"Test accuracy: {chosen.mean:.3f} ± {chosen.std:.3f}" + (
+        f" against the head's {head.mean:.3f} ± {head.std:.3f}." if strategy != "head" else "."
+    )
+    first = (
+        f"**Use `{strategy}`**: it beats the head by more than compare.worth_it ({decided.worth_it:g} points): "
+        f"{paired}. "
+        if decided.decision == WORTH_IT
+        else f"**Use `head`**: the leading fine-tuning, `{decided.leader}`, does not beat it by compare.worth_it "
+        f"({decided.worth_it:g} points) at the full budget: {paired}. "
+    )
+    return strategy, [first + test, *lines[1:]]

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipeline.compare import apply, compare
+from pipeline.compare_report import Summary
 from pipeline.config import ConfigError, parse_params
 from pipeline.halving import (
     NOT_WORTH_IT,
@@ -15,6 +16,7 @@ from pipeline.halving import (
     WORTH_IT,
     Budget,
     paired_test,
+    recommendation,
     rung_budgets,
     seed_from_verdict,
     survivors,
@@ -56,6 +58,24 @@ def test_the_paired_test_decides_either_way_and_says_when_it_cannot():
     noisy = head.clone()
     noisy[:, 0], noisy[:, 99] = False, True
     assert paired_test("full", noisy, head, worth_it=1.0, confidence=0.9).decision == UNDECIDED
+
+
+def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_not():
+    summaries = {
+        "head": Summary("head", 3, 0.948, 0.006, 12_810, 3.0),
+        "lp-ft": Summary("lp-ft", 3, 0.955, 0.006, 3_383_818, 40.0),
+    }
+    head = correctness([[1] * 90 + [0] * 10] * 3)
+    better = correctness([[1] * 100] * 3)
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", better, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "lp-ft" and lines[0].startswith("**Use `lp-ft`**: it beats the head by more than")
+    assert "Test accuracy: 0.955 ± 0.006 against the head's 0.948 ± 0.006." in lines[0]
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", head, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "head" and "does not beat it by compare.worth_it (1 points) at the full budget" in lines[0]
+    noisy = head.clone()
+    noisy[:, 0], noisy[:, 99] = False, True
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", noisy, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "head" and lines[0].endswith("this is the grid's rule on test.)")  # the grid's rule: tied
 
 
 def verdict_report(strategy: str, confidence: float, source: str = "data/builtin/animal-shape") -> dict:
@@ -178,4 +198,6 @@ def test_halving_stops_at_the_first_rung_once_fine_tuning_clearly_beats_the_head
     markdown = (tmp_path / "reports/compare.md").read_text()
     assert "## Successive halving" in markdown and "## Out of distribution" in markdown
     assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
-    assert apply(tmp_path / "reports/compare.json") in {"head", "norm", "full", "lp-ft"}  # --apply reads it
+    # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
+    assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == "full"
+    assert report["recommendation"][0].startswith("**Use `full`**: it beats the head by more than compare.worth_it")
