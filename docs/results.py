@@ -40,6 +40,11 @@ REPORT_NOTES = {
     "have not converged.",
     "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
     "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
+    "reports/halving/compare.json": "Made with `compare.method: halving` after the verdict on the same data "
+    "(`reports/verdict/verdict.json`): `python -m pipeline.compare --out reports/halving`.",
+    "reports/halving/digits/compare.json": "Made with `compare.method: halving` and `data.source: "
+    "data/builtin/digits`, after `python -m pipeline.prepare` and `python -m pipeline.verdict` on that data: "
+    "`python -m pipeline.compare --out reports/halving/digits`.",
 }
 
 
