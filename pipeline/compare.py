@@ -118,7 +118,7 @@ def scored(trial: Trial, test: TestSplits) -> Result:
     shifted = shift.accuracies(predicted(trial.trained.model, test.shifted), test.clean.labels, test.corruptions)
     with mlflow.start_run(run_id=trial.run_id, nested=True):
         tracking.log_metrics(
-            {"test/accuracy": accuracy, **{f"shifted/{re.sub(' ', '_', k)}": v for k, v in shifted.items()}}
+            {"test/accuracy": accuracy, **{f"shifted/{k.replace(' ', '_')}": v for k, v in shifted.items()}}
         )
     print(
         f"{trial.label:>20} seed {trial.seed}: test accuracy {accuracy:.4f} (shifted {shifted['all']:.4f}), "
