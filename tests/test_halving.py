@@ -201,3 +201,13 @@ def test_halving_stops_at_the_first_rung_once_fine_tuning_clearly_beats_the_head
     # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
     assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == "full"
     assert report["recommendation"][0].startswith("**Use `full`**: it beats the head by more than compare.worth_it")
+
+
+def test_verdict_calibration_leaves_halving_reports_out(tmp_path):
+    """A halving report's summaries are of the rung it stopped at, not of the budget the rule is fitted for."""
+    from pipeline.verdict import calibrate_from_reports
+
+    report = tmp_path / "reports/halving/compare.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"setup": {"method": "halving"}}))
+    assert calibrate_from_reports(tiny_params(), tmp_path / "reports", tmp_path / "calibration.csv") == []
