@@ -40,6 +40,11 @@ REPORT_NOTES = {
     "have not converged.",
     "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
     "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
+    "reports/grid/compare.json": "The grid again, on the day and machine of the halving reports and with the "
+    "shifted test copy: `python -m pipeline.compare --out reports/grid`.",
+    "reports/grid/digits/compare.json": "The grid again, on the day and machine of the halving reports and with "
+    "the shifted test copy, with `data.source: data/builtin/digits`: "
+    "`python -m pipeline.compare --out reports/grid/digits`.",
     "reports/halving/compare.json": "Made with `compare.method: halving` after the verdict on the same data "
     "(`reports/verdict/verdict.json`): `python -m pipeline.compare --out reports/halving`.",
     "reports/halving/digits/compare.json": "Made with `compare.method: halving` and `data.source: "
@@ -228,9 +233,10 @@ def shift_section(report: dict) -> list[str]:
     ]
 
 
-def grid_counterpart(root: Path, report: dict) -> tuple[Path, dict] | None:
-    """The committed grid comparison of the same data at the budget a halving report's rungs led up to."""
+def grid_counterparts(root: Path, report: dict) -> list[tuple[Path, dict]]:
+    """The committed grid comparisons of the same data at the budget a halving report's rungs led up to."""
     setup, budget = report["setup"], report["halving"]["budget"]
+    matching = []
     for path in compare_reports(root):
         grid = read_json(root, path)
         other = grid["setup"]
@@ -244,8 +250,8 @@ def grid_counterpart(root: Path, report: dict) -> tuple[Path, dict] | None:
                 ("train_per_class", budget["train_per_class"]),
             )
         ):
-            return path, grid
-    return None
+            matching.append((path, grid))
+    return matching
 
 
 def halving_section(root: Path, path: Path, report: dict) -> list[str]:
@@ -288,18 +294,20 @@ def halving_section(root: Path, path: Path, report: dict) -> list[str]:
         f"load average (1 / 5 / 15 minutes) was {' / '.join(fixed(v, 1) for v in load['before'])} at the start and "
         f"{' / '.join(fixed(v, 1) for v in load['after'])} at the end.",
     ]
-    counterpart = grid_counterpart(root, report)
-    if counterpart:
-        grid_path, grid = counterpart
+    for grid_path, grid in grid_counterparts(root, report):
         grid_seconds = sum(run["train_seconds"] for run in grid["runs"])
-        lines[-1] += (
-            f" The grid at the same budget (`{grid_path.as_posix()}`) trained for {fixed(grid_seconds, 0)} s: "
-            f"halving took {fixed(100 * report['setup']['train_seconds'] / grid_seconds, 0)}% of it. In training "
+        load = grid["setup"].get("load_average")  # recorded since halving exists
+        lines += [
+            "",
+            f"Against the grid at the same budget in `{grid_path.as_posix()}` ({grid['setup']['date']}"
+            + (f", load average {' / '.join(fixed(v, 1) for v in load['before'])} at its start" if load else "")
+            + f"): it trained for {fixed(grid_seconds, 0)} s, so halving took "
+            f"{fixed(100 * report['setup']['train_seconds'] / grid_seconds, 0)}% of its training time. In training "
             f"images x epochs of the tuned strategies, which the machine's load does not change: "
             f"{count(tuned_image_epochs(report))} against {count(tuned_image_epochs(grid))}, "
-            f"{fixed(100 * tuned_image_epochs(report) / tuned_image_epochs(grid), 0)}%. The grid "
-            f"recommended `{recommended_strategy(grid)}`, halving `{recommended_strategy(report)}`."
-        )
+            f"{fixed(100 * tuned_image_epochs(report) / tuned_image_epochs(grid), 0)}%. The grid recommended "
+            f"`{recommended_strategy(grid)}`, halving `{recommended_strategy(report)}`.",
+        ]
     return lines
 
 
