@@ -36,8 +36,9 @@ def sh(project: Path, *command: str) -> str:
 def project(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "reports/verdict/calibration.csv"):
         if (ROOT / name).exists():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, project / name)
     params = default_params(
         **{
