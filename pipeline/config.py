@@ -112,6 +112,7 @@ class ServingConfig(Strict):
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
     workers: int = Field(ge=1)
+    model_workers: int = Field(ge=1)
 
 
 class CompareConfig(Strict):
