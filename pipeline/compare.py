@@ -34,8 +34,9 @@ from pipeline.compare_report import (
     summarize,
 )
 from pipeline.config import ConfigError, Params, load_params, parse_params, set_param
+from pipeline.decoded import Split, cap_per_class, load_rows, load_split
 from pipeline.diagnostics import batchnorm_shift
-from pipeline.manifest import Split, cap_per_class, class_names, fingerprint, load_split, read_manifest
+from pipeline.manifest import class_names, fingerprint, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR
 from pipeline.training import Callbacks, train_model
 
@@ -79,8 +80,10 @@ def compare(params: Params, manifest: Path = MANIFEST, out_dir: Path = REPORT_DI
     rows = read_manifest(manifest)
     classes = class_names(rows)
     size, max_pixels = budget.image_size, params.data.max_image_pixels
-    splits = {split: load_split(rows, split, size, max_pixels) for split in ("train", "val", "test")}
-    splits["train"] = cap_per_class(splits["train"], budget.train_per_class, params.seed)
+    decoded = params.data.decoded
+    splits = {split: load_split(rows, split, size, max_pixels, decoded) for split in ("val", "test")}
+    train_rows = cap_per_class([row for row in rows if row["split"] == "train"], budget.train_per_class, params.seed)
+    splits["train"] = load_rows(train_rows, classes, size, max_pixels, decoded, "train")
     runs = [(strategy, params.model.weights) for strategy in budget.strategies]
     if budget.random_init_probe and params.model.weights.lower() != "none":
         runs.append((RANDOM_INIT_PROBE, "none"))

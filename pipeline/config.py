@@ -31,6 +31,7 @@ class DataConfig(Strict):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     max_image_pixels: int = Field(ge=1)
+    decoded: Literal["memory", "disk", "auto"]
 
     @model_validator(mode="after")
     def _leave_training_data(self):
