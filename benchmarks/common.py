@@ -9,7 +9,7 @@ import yaml
 from PIL import Image
 
 from pipeline.config import Params, parse_params, with_overrides
-from pipeline.manifest import Split, load_split
+from pipeline.decoded import Split, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def write_photo_folder(folder: Path, images: int, classes: int, size: int, seed:
 def folder_split(folder: Path, image_size: int) -> Split:
     """Every image of a class folder as one in-memory uint8 split, decoded as the pipeline does."""
     rows = [{"path": str(p), "label": p.parent.name, "split": "train"} for p in sorted(folder.glob("*/*.jpg"))]
-    return load_split(rows, "train", image_size, 40_000_000)
+    return load_split(rows, "train", image_size, 40_000_000, "memory")
 
 
 def bench_params(**overrides) -> Params:

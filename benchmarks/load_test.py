@@ -204,6 +204,7 @@ def run_mode(adaptive: bool, args, blobs, labels) -> dict:
         "SERVING_MODEL": args.model,
         "SERVING_ADAPTIVE_BATCHING": str(adaptive).lower(),
         "SERVING_WORKERS": str(args.workers),
+        "SERVING_MODEL_WORKERS": str(args.model_workers),
     }
     with running_service(env) as url:
         load(url, blobs, labels, args, args.warmup)  # warm-up, not counted
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-processes", type=int, default=1, help="processes the clients are spread over")
     parser.add_argument("--images-per-request", type=int, default=1, help="over 1: /v1/classify_batch")
     parser.add_argument("--workers", type=int, default=1, help="SERVING_WORKERS: the server's HTTP front processes")
+    parser.add_argument("--model-workers", type=int, default=1, help="SERVING_MODEL_WORKERS: its model processes")
     parser.add_argument("--modes", default="on,off", help="adaptive batching on, off or both")
     parser.add_argument("--seconds", type=float, default=60.0, help="measured seconds per mode")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of load before measuring")
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{args.model} on {', '.join(served_providers)}, {args.clients} concurrent clients in "
         f"{args.client_processes} process(es), {args.images_per_request} image(s) per request, "
-        f"{args.workers} front worker(s), {args.seconds:.0f} s per mode"
+        f"{args.workers} front worker(s), {args.model_workers} model worker(s), {args.seconds:.0f} s per mode"
     )
     print(
         f"{'mode':<24}{'requests':>10}{'errors':>8}{'req/s':>9}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
@@ -317,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             "images_per_request": args.images_per_request,
             "images": f"synthetic JPEG photos of {args.photos} px" if args.photos else "test split",
             "workers": args.workers,
+            "model_workers": args.model_workers,
             "seconds": round(args.seconds),
             "warmup_seconds": round(args.warmup),
             "gpu_cpu_top1_agreement": None if agreement is None else [agreement, len(blobs)],

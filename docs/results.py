@@ -29,6 +29,7 @@ SOAK = BENCH / "2026-11-28-cpu-issue13" / "soak.json"  # 20 minutes, memory samp
 H200_RUN1 = BENCH / "2026-11-26-h200-run1"
 H200_RUN2 = BENCH / "2026-11-26-h200-run2"
 H200_ISSUE16 = BENCH / "2026-11-28-h200-issue16"  # onnxruntime-gpu and the served model on the H200
+DATA_SCALE = BENCH / "2026-11-28-cpu-issue15" / "data_scale.json"  # in memory against the decoded cache on disk
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
@@ -885,6 +886,58 @@ def soak(root: Path) -> str:
     )
 
 
+def data_scale(root: Path) -> str:
+    """benchmarks/data_scale.py: the in-memory path against the decoded cache, by folder size."""
+    result = read_json(root, DATA_SCALE)
+    rows = []
+    for entry in result["results"]:
+        memory, disk = entry["memory"], entry["disk"]
+        rows.append(
+            [
+                count(entry["images"]),
+                f"{fixed(memory['decode_s_per_image'] * 1e3, 3)} / {fixed(disk['decode_s_per_image'] * 1e3, 3)}",
+                fixed(disk["reopen_s"] * 1e3, 1),
+                f"{count(memory['loader_images_per_s'])} / {count(disk['loader_images_per_s'])} "
+                f"({count(disk['loader_cold_images_per_s'])} cold)",
+                f"{fixed(memory['train_images_per_s'], 1)} / {fixed(disk['train_images_per_s'], 1)}",
+                f"{count(memory['peak_private_mib'])} / {count(disk['peak_private_mib'])}",
+                f"{count(memory['peak_rss_mib'])} / {count(disk['peak_rss_mib'])}",
+            ]
+        )
+    first, last = result["results"][0], result["results"][-1]
+    build_growth = last["disk"]["decode_s_per_image"] / first["disk"]["decode_s_per_image"]
+    private_growth = last["disk"]["peak_private_mib"] / first["disk"]["peak_private_mib"]
+    loader = [e["disk"]["loader_images_per_s"] / e["memory"]["loader_images_per_s"] for e in result["results"]]
+    args = result["args"]
+    return "\n".join(
+        [
+            "",
+            f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
+            f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
+            f"From `{DATA_SCALE.as_posix()}`; each figure is memory / disk (cache).",
+            "",
+            table(
+                [
+                    "images",
+                    "decode, ms per image (disk: building the cache)",
+                    "later runs: open the cache, ms",
+                    "loader pass, images/s",
+                    "training, images/s",
+                    "peak private RSS, MiB",
+                    "peak RSS, MiB",
+                ],
+                rows,
+            ),
+            "",
+            f"From {count(first['images'])} to {count(last['images'])} images: cache build time per image "
+            f"{times(build_growth)} (goal: within 20%), peak private memory of the cached path "
+            f"{times(private_growth)}; the cached loader runs at {times(min(loader))} to {times(max(loader))} "
+            "the in-memory one's speed, warm (goal: within 10%).",
+            "",
+        ]
+    )
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "machines": machines,
     "bench-total": bench_total,
@@ -901,6 +954,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "default-gpu": default_gpu,
     "load-test": load_test,
     "soak": soak,
+    "data-scale": data_scale,
 }
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from pipeline.compare_report import (
     summarize,
 )
 from pipeline.config import ConfigError, Params, load_params, parse_params, set_param
+from pipeline.decoded import Split, cap_per_class, load_rows, load_split
 from pipeline.diagnostics import batchnorm_shift
 from pipeline.halving import (
     UNDECIDED,
@@ -54,7 +56,7 @@ from pipeline.halving import (
     seed_from_verdict,
     survivors,
 )
-from pipeline.manifest import Split, cap_per_class, class_names, fingerprint, load_split, read_manifest
+from pipeline.manifest import class_names, fingerprint, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR, VERDICT_JSON
 from pipeline.training import Callbacks, Trained, train_model
 
@@ -185,8 +187,18 @@ def rung_trials(
     }
 
 
-def halving(params: Params, splits: dict[str, Split], test: TestSplits, classes, data, commit, verdict_file: Path):
-    """Successive halving (pipeline.halving); the stopping rung's scored runs, and the report's `halving` part."""
+def halving(
+    params: Params,
+    load_train: Callable[[int | None], Split],
+    splits: dict[str, Split],
+    test: TestSplits,
+    classes,
+    data,
+    commit,
+    verdict_file: Path,
+):
+    """Successive halving (pipeline.halving): the stopping rung's scored runs, the report's `halving` part and
+    the stopping rung's training images. `load_train(per_class)` decodes a rung's training images."""
     budget = params.compare
     seeding = seed_from_verdict(
         budget.strategies, read_verdict(verdict_file), params.data.source, budget.halving.verdict_drop
@@ -195,7 +207,7 @@ def halving(params: Params, splits: dict[str, Split], test: TestSplits, classes,
     contenders, rungs, budgets = seeding.order, [], rung_budgets(budget)
     val, weights = splits["val"], params.model.weights
     for index, rung in enumerate(budgets):
-        train = cap_per_class(splits["train"], rung.train_per_class, params.seed)
+        train = load_train(rung.train_per_class)
         name = f"rung {index}: {rung.epochs} epochs, {len(train.labels)} images"
         with mlflow.start_run(run_name=name, nested=True, tags={"kind": "halving rung", "rung": str(index)}) as run:
             mlflow.log_params({"rung": index, "epochs": rung.epochs, "train_per_class": rung.train_per_class})
@@ -245,15 +257,19 @@ def halving(params: Params, splits: dict[str, Split], test: TestSplits, classes,
                 stop = stop_reason(decided, rung, index, len(budgets))
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
                 strategy, lines = recommendation(summarize(results), decided)
-                return results, {
-                    "recommended": strategy,
-                    "recommendation": lines,
-                    "seeding": asdict(seeding),
-                    "budget": full_budget,
-                    "rungs": rungs,
-                    "stop": stop,
-                    "final": asdict(rung),
-                }
+                return (
+                    results,
+                    {
+                        "recommended": strategy,
+                        "recommendation": lines,
+                        "seeding": asdict(seeding),
+                        "budget": full_budget,
+                        "rungs": rungs,
+                        "stop": stop,
+                        "final": asdict(rung),
+                    },
+                    train,
+                )
         contenders = kept
 
 
@@ -289,7 +305,14 @@ def compare(
     rows = read_manifest(manifest)
     classes = class_names(rows)
     size, max_pixels = budget.image_size, params.data.max_image_pixels
-    splits = {split: load_split(rows, split, size, max_pixels) for split in ("train", "val", "test")}
+    decoded = params.data.decoded
+    splits = {split: load_split(rows, split, size, max_pixels, decoded) for split in ("val", "test")}
+    train_rows = [row for row in rows if row["split"] == "train"]
+
+    def load_train(per_class: int | None) -> Split:
+        """The seeded `per_class` training images of each class, chosen before decoding so only they are decoded."""
+        return load_rows(cap_per_class(train_rows, per_class, params.seed), classes, size, max_pixels, decoded, "train")
+
     test = TestSplits(splits["test"], *shift.shifted_copy(splits["test"].images, params.seed))
     tracking.use_experiment(params)
     commit, data = tracking.git_commit(), fingerprint(manifest)
@@ -301,13 +324,14 @@ def compare(
             tracking.flatten({"compare": budget.model_dump(mode="json"), "data": {"source": params.data.source}})
         )
         if budget.method == "grid":
-            train = cap_per_class(splits["train"], budget.train_per_class, params.seed)
+            train = load_train(budget.train_per_class)
             results = grid(params, splits | {"train": train}, test, classes, data, commit)
             halving_part, epochs, per_class = {}, budget.epochs, budget.train_per_class
         else:
-            results, halving_part = halving(params, splits, test, classes, data, commit, verdict_file)
+            results, halving_part, train = halving(
+                params, load_train, splits, test, classes, data, commit, verdict_file
+            )
             epochs, per_class = halving_part["final"]["epochs"], halving_part["final"]["train_per_class"]
-            train = cap_per_class(splits["train"], per_class, params.seed)
         pretrained = build(params.model.backbone, params.model.weights, len(classes))
         summaries = summarize(results)
         lines = halving_part.pop("recommendation") if halving_part else recommend(summaries)

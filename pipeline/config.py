@@ -31,6 +31,7 @@ class DataConfig(Strict):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     max_image_pixels: int = Field(ge=1)
+    decoded: Literal["memory", "disk", "auto"]
 
     @model_validator(mode="after")
     def _leave_training_data(self):
@@ -112,6 +113,7 @@ class ServingConfig(Strict):
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
     workers: int = Field(ge=1)
+    model_workers: int = Field(ge=1)
 
 
 class HalvingConfig(Strict):

@@ -22,7 +22,8 @@ from pipeline import tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.card import ModelCard
 from pipeline.config import load_params
-from pipeline.manifest import load_split, read_manifest, split_sizes
+from pipeline.decoded import load_split
+from pipeline.manifest import read_manifest, split_sizes
 from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
 
 
@@ -88,7 +89,7 @@ def main() -> None:
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     rows = read_manifest()
-    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels)
+    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded)
     probabilities = trained.predict_probabilities(model, test.images)
     metrics = score(probabilities, test.labels, card.classes)
     predicted = probabilities.argmax(1)

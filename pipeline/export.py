@@ -20,7 +20,8 @@ from mlflow.models import infer_signature
 from pipeline import onnx_model, registry, tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import load_params
-from pipeline.manifest import load_split, read_manifest, split_fingerprint
+from pipeline.decoded import load_split
+from pipeline.manifest import read_manifest, split_fingerprint
 from pipeline.onnx_graph import export_checked, onnx_metadata
 from pipeline.paths import EXPORT_METRICS, MODEL_FILE, ONNX_FILE
 
@@ -30,7 +31,7 @@ def main() -> None:
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     rows = read_manifest()
-    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels)
+    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded)
     settings = params.export
     tolerance = settings.fp16_parity_tolerance if settings.fp16 else settings.parity_tolerance
     with atomic_path(ONNX_FILE) as onnx_file:  # in place only once it is registered too

@@ -1,11 +1,13 @@
 """Where the stages read and write, relative to the project root: the one list of the files through
 which the stages meet (dvc.yaml declares the same paths as deps and outs)."""
 
+import os
 from pathlib import Path
 
 PREPARED_DIR = Path("data/prepared")
 MANIFEST = PREPARED_DIR / "manifest.csv"
 PREPARE_REPORT = PREPARED_DIR / "report.json"
+DECODED_DIR = Path("data/decoded")  # the decoded cache (pipeline.decoded), under project_root(); not in git nor DVC
 
 MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.pt"  # best weights and the model card (pipeline.trained)
@@ -28,3 +30,8 @@ VERDICT_JSON = VERDICT_DIR / "verdict.json"
 VERDICT_MD = VERDICT_DIR / "verdict.md"
 VERDICT_GALLERY = VERDICT_DIR / "label_issues.png"
 VERDICT_CALIBRATION = VERDICT_DIR / "calibration.csv"
+
+
+def project_root() -> Path:
+    """The project, also from DVC's temporary experiment copies (DVC sets DVC_ROOT to the original)."""
+    return Path(os.environ.get("DVC_ROOT", ".")).resolve()

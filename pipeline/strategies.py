@@ -14,7 +14,7 @@ from torch import nn
 from pipeline.backbones import Backbone
 from pipeline.block_choice import BlockChoice, block_label, choose_blocks
 from pipeline.config import ConfigError, Params
-from pipeline.manifest import Split
+from pipeline.decoded import Split
 
 
 @dataclass(frozen=True)

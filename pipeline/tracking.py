@@ -23,11 +23,7 @@ import mlflow
 
 from pipeline.atomic import write_json
 from pipeline.config import PARAMS_FILE, Params
-from pipeline.paths import RUN_FILE
-
-
-def project_root() -> Path:
-    return Path(os.environ.get("DVC_ROOT", ".")).resolve()
+from pipeline.paths import RUN_FILE, project_root
 
 
 def tracking_uri() -> str:

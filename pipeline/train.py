@@ -19,7 +19,8 @@ from mlflow.exceptions import MlflowException
 from pipeline import checkpoint, distributed, tracking, trained
 from pipeline.atomic import atomic_path, write_json
 from pipeline.config import load_params
-from pipeline.manifest import class_names, fingerprint, load_split, read_manifest
+from pipeline.decoded import load_split
+from pipeline.manifest import class_names, fingerprint, read_manifest
 from pipeline.paths import CHECKPOINT_FILE, MODEL_FILE, TRAIN_HISTORY, TRAIN_METRICS
 from pipeline.strategies import Plan
 from pipeline.training import Callbacks, pick_device, train_model
@@ -55,7 +56,7 @@ def run_stage() -> None:
     distributed.start(pick_device(params.train.device))
     rows = read_manifest()
     size, max_pixels = params.train.image_size, params.data.max_image_pixels
-    train, val = (load_split(rows, split, size, max_pixels) for split in ("train", "val"))
+    train, val = (load_split(rows, split, size, max_pixels, params.data.decoded) for split in ("train", "val"))
     resume = checkpoint.load(params)
     run_fingerprint = checkpoint.fingerprint(params)
     main_rank = distributed.is_main()  # the only one that logs and writes files

@@ -22,8 +22,8 @@ from pipeline.backbones import Backbone, Classifier, build
 from pipeline.card import ModelCard
 from pipeline.checkpoint import TrainingState, restore_rng
 from pipeline.config import Params
+from pipeline.decoded import Split
 from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
-from pipeline.manifest import Split
 from pipeline.strategies import STRATEGIES, Phase, Plan, apply_phase, count_parameters, set_train_mode
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]  # (network input, labels) on the device

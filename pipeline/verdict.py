@@ -36,8 +36,9 @@ from pipeline.backbones import Backbone, build
 from pipeline.block_choice import block_label
 from pipeline.compare_report import RANDOM_INIT_PROBE, Summary, apart, recommended
 from pipeline.config import PARAMS_FILE, ConfigError, Params, load_params, set_param
+from pipeline.decoded import Split, cap_per_class, load_rows
 from pipeline.diagnostics import recording_batchnorm_shift
-from pipeline.manifest import Split, cap_per_class, class_names, load_split, read_manifest, split_sizes
+from pipeline.manifest import class_names, read_manifest, split_sizes
 from pipeline.paths import (
     MANIFEST,
     REPORT_DIR,
@@ -94,11 +95,12 @@ def backbone_pass(backbone: Backbone, images: torch.Tensor, device: torch.device
 def scored_images(params: Params, manifest: Path, image_size: int, train_per_class: int | None) -> tuple[Split, list]:
     """Train (at most `train_per_class` per class, seeded as compare draws them) and val, as one split."""
     rows = read_manifest(manifest)
-    max_pixels = params.data.max_image_pixels
-    train = cap_per_class(load_split(rows, "train", image_size, max_pixels), train_per_class, params.seed)
-    val = load_split(rows, "val", image_size, max_pixels)
-    both = Split(train.paths + val.paths, torch.cat([train.images, val.images]), torch.cat([train.labels, val.labels]))
-    return both, class_names(rows)
+    train = cap_per_class([row for row in rows if row["split"] == "train"], train_per_class, params.seed)
+    val = [row for row in rows if row["split"] == "val"]
+    classes = class_names(rows)
+    # decoded as one selection (one cache folder on disk), not concatenated: that would copy it all into memory
+    both = load_rows(train + val, classes, image_size, params.data.max_image_pixels, params.data.decoded, "train+val")
+    return both, classes
 
 
 @dataclass

@@ -119,7 +119,7 @@ TEN_YEARS_S = 10 * 365 * 24 * 3600.0
 
 
 @bentoml.service(
-    workers=1,
+    workers=SETTINGS.model_workers,
     traffic={"timeout": 120},
     runner_connection={"max_requests": 2**62, "max_age": TEN_YEARS_S},
 )

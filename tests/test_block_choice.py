@@ -4,7 +4,7 @@ import torch
 
 from pipeline.backbones import build
 from pipeline.block_choice import choose_blocks
-from pipeline.manifest import Split
+from pipeline.decoded import Split
 from pipeline.strategies import STRATEGIES, count_parameters
 from tests.conftest import tiny_params
 

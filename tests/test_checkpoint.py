@@ -6,7 +6,8 @@ import torch
 
 from pipeline import checkpoint
 from pipeline.checkpoint import TrainingState
-from pipeline.manifest import load_split, read_manifest
+from pipeline.decoded import load_split
+from pipeline.manifest import read_manifest
 from pipeline.prepare import prepare
 from pipeline.training import Callbacks, train_model
 from tests.conftest import data_config, tiny_params
@@ -33,7 +34,7 @@ def test_a_training_resumed_mid_phase_ends_like_the_uninterrupted_one(image_fold
     """Augmentation on: the checkpoint must carry torch's RNG state as well as the batch order."""
     prepare(data_config(image_folder), seed=0, out_dir=tmp_path / "prepared")
     rows = read_manifest(tmp_path / "prepared" / "manifest.csv")
-    train, val = (load_split(rows, split, 32, 10**7) for split in ("train", "val"))
+    train, val = (load_split(rows, split, 32, 10**7, "memory") for split in ("train", "val"))
     params = tiny_params(
         **{
             "model.backbone": "resnet18",

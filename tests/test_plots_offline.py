@@ -69,6 +69,8 @@ def plots_page(tmp_path_factory) -> tuple[Path, Page]:
     )
     (metrics / "test_predictions.csv").write_text("path,actual,predicted\na.png,cat,cat\nb.png,dog,cat\n")
     Image.new("RGB", (8, 8), "white").save(metrics / "confusion_matrix.png")
+    (project / "reports" / "verdict").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "white").save(project / "reports" / "verdict" / "label_issues.png")
     shown = subprocess.run(
         ["dvc", "plots", "show"], cwd=project, env=stage_env(), capture_output=True, text=True, timeout=120
     )
@@ -93,7 +95,8 @@ def test_page_inlines_vega_vega_lite_and_vega_embed(plots_page):
 
 def test_every_plot_is_drawn_once(plots_page):
     """dvc.yaml's top-level plots, each with its data, the confusion one with DVC's confusion template, and
-    the confusion-matrix image once (a plot declared both in a stage and at the top level is drawn twice)."""
+    each image once: the confusion matrix and the verdict's label-issue gallery (a plot declared both in a
+    stage and at the top level is drawn twice)."""
     path, page = plots_page
     specs = [json.loads(match) for script in page.scripts for match in SPEC_CALL.findall(script)]
     titles = [spec["title"]["text"] for spec in specs]
@@ -103,5 +106,7 @@ def test_every_plot_is_drawn_once(plots_page):
     confusion = specs[titles.index("Test confusion matrix")]["spec"]
     assert (confusion["encoding"]["x"]["field"], confusion["encoding"]["y"]["field"]) == ("actual", "predicted")
     assert confusion["layer"][0]["mark"] == "rect"
-    [image] = page.images
-    assert image.endswith("confusion_matrix.png") and (path.parent / image).is_file()
+    images = sorted(page.images)
+    assert len(images) == 2
+    assert images[0].endswith("confusion_matrix.png") and images[1].endswith("label_issues.png")
+    assert all((path.parent / image).is_file() for image in images)

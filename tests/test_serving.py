@@ -32,7 +32,7 @@ from pipeline.card import ModelCard
 from pipeline.onnx_graph import export_checked, onnx_metadata
 from pipeline.onnx_model import classify_files
 from tests.conftest import ROOT, model_card
-from tests.servers import free_port, running_service, serve_command
+from tests.servers import free_port, resident_by_process, running_service, serve_command, serving_process
 
 pytestmark = pytest.mark.slow
 CLASSES = ["cat", "dog", "owl", "yak"]
@@ -386,12 +386,41 @@ def test_the_load_test_runs_both_modes_and_counts_no_errors(registry, capsys):
     assert "on/off: throughput x" in out
 
 
+def test_the_front_and_the_model_run_as_many_processes_as_set(registry):
+    rng = np.random.default_rng(11)
+    blobs = [png(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)) for _ in range(16)]
+    expected = expected_probabilities(registry, blobs)
+    env = {"SERVING_MODEL": str(registry["onnx"]), "SERVING_WORKERS": "2", "SERVING_MODEL_WORKERS": "3"}
+    with serving_process(env) as (url, process):
+        roles = Counter(name.split()[0] for name in resident_by_process(process))
+
+        def classify(blob):
+            return httpx.post(f"{url}/v1/classify", files={"image": ("x.png", blob)}, data={"top_k": "4"}, timeout=60)
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(pool.map(classify, blobs))
+    assert (roles["ImageClassifier"], roles["OnnxModel"]) == (2, 3), roles
+    assert [r.status_code for r in responses] == [200] * len(blobs)
+    np.testing.assert_allclose(np.stack([as_array(r.json()) for r in responses]), expected, atol=1e-5)
+
+
 def test_the_load_test_spreads_clients_over_processes_and_sends_several_images_a_request(registry, capsys):
     arguments = ["--model", str(registry["onnx"]), "--clients", "4", "--client-processes", "2", "--seconds", "2"]
-    arguments += ["--warmup", "1", "--modes", "on", "--images-per-request", "3", "--workers", "2"]
+    arguments += [
+        "--warmup",
+        "1",
+        "--modes",
+        "on",
+        "--images-per-request",
+        "3",
+        "--workers",
+        "2",
+        "--model-workers",
+        "2",
+    ]
     assert load_test.main(arguments) == 0
     out = capsys.readouterr().out
-    assert "4 concurrent clients in 2 process(es), 3 image(s) per request, 2 front worker(s)" in out
+    assert "4 concurrent clients in 2 process(es), 3 image(s) per request, 2 front worker(s), 2 model worker(s)" in out
     requests, errors, per_s, images_per_s = re.search(
         r"adaptive batching on\s+(\d+)\s+(\d+)\s+(\S+)\s+(\S+)", out
     ).groups()

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from pipeline.backbones import build
-from pipeline.manifest import load_split, read_manifest
+from pipeline.decoded import load_split
+from pipeline.manifest import read_manifest
 from pipeline.prepare import prepare
 from pipeline.training import Callbacks, Trained, train_model
 from tests.conftest import data_config, tiny_params
@@ -13,7 +14,7 @@ NO_AUGMENT = {"train.augment": {"hflip": False, "crop_scale_min": 1.0}}
 def splits(folder, tmp_path, size=32, **data):
     prepare(data_config(folder, **data), seed=0, out_dir=tmp_path / "prepared")
     rows = read_manifest(tmp_path / "prepared" / "manifest.csv")
-    return [load_split(rows, split, size, 10**7) for split in ("train", "val")]
+    return [load_split(rows, split, size, 10**7, "memory") for split in ("train", "val")]
 
 
 def run(params, train, val, **model) -> tuple[Trained, list[dict]]:

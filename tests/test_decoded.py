@@ -1,0 +1,170 @@
+"""The decoded cache on disk (pipeline.decoded, data.decoded: disk) against the in-memory path: the same
+pixels and batches, rebuilt whenever what it was decoded from changes, never left half-written, shared
+by torchrun ranks."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pipeline import decoded
+from pipeline.config import ConfigError, parse_params
+from pipeline.decoded import chosen_mode, load_split
+from pipeline.images import BadImage
+from pipeline.loader import AugmentedImages, ImageBatches
+from pipeline.manifest import read_manifest
+from pipeline.paths import DECODED_DIR
+from pipeline.prepare import prepare
+from pipeline.training import make_augment
+from tests.conftest import ROOT, data_config, default_params, stage_env, stage_project, tiny_params, write_class_images
+from tests.test_train_processes import RUN, SINGLE, TWO_GLOO, max_difference, train
+
+MAX_PIXELS = 10**7
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A prepared folder of synthetic images, as the working directory (the cache lives in data/decoded)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    write_class_images(tmp_path / "images", per_class=8)
+    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
+    return tmp_path
+
+
+def manifest(project: Path) -> list[dict]:
+    return read_manifest(project / "prepared" / "manifest.csv")
+
+
+def cache_folders(project: Path) -> list[Path]:
+    """Complete cache folders (not the hidden lock files and partial builds)."""
+    root = project / DECODED_DIR
+    return sorted(p for p in root.iterdir() if not p.name.startswith(".")) if root.is_dir() else []
+
+
+def all_batches(split, epochs=(1, 2)) -> list:
+    """Every augmented batch of two seeded epochs, as training draws them."""
+    dataset = AugmentedImages(split.images, split.labels, make_augment(tiny_params()), seed=3)
+    batches = ImageBatches(dataset, 5, 0, torch.device("cpu"))
+    order = torch.Generator().manual_seed(0)
+    return [batch for epoch in epochs for batch in batches(torch.randperm(len(split.labels), generator=order), epoch)]
+
+
+def test_cache_batches_are_bit_identical_to_memory_and_later_runs_map_it(project, capsys):
+    rows = manifest(project)
+    in_memory = load_split(rows, "train", 32, MAX_PIXELS, "memory")
+    assert not cache_folders(project)  # the memory path writes nothing
+    on_disk = load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert "decoding" in capsys.readouterr().out
+    [folder] = cache_folders(project)
+    assert (folder / "rows.csv").read_text().count("\n") == len(in_memory.paths) + 1  # the rows it came from
+    assert on_disk.paths == in_memory.paths and torch.equal(on_disk.labels, in_memory.labels)
+    assert torch.equal(on_disk.images, in_memory.images)
+    for (x_disk, y_disk), (x_memory, y_memory) in zip(all_batches(on_disk), all_batches(in_memory), strict=True):
+        assert torch.equal(x_disk, x_memory) and torch.equal(y_disk, y_memory)
+
+    built = (folder / "images.npy").stat().st_mtime_ns
+    again = load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert capsys.readouterr().out == "" and (folder / "images.npy").stat().st_mtime_ns == built  # not rebuilt
+    assert str(folder / "images.npy") in Path("/proc/self/maps").read_text()  # mapped, not read into memory
+    assert torch.equal(again.images, in_memory.images)
+
+
+def test_a_stale_cache_is_never_reused(project, monkeypatch):
+    rows = manifest(project)
+    load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    # another image size, another decoder: other folders, the same pixels as decoding in memory
+    resized = load_split(rows, "train", 24, MAX_PIXELS, "disk")
+    assert torch.equal(resized.images, load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
+    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/images.py, edited")
+    load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert len(cache_folders(project)) == 3
+
+    # the same file names with new contents: prepare records new hashes, and the cache follows
+    write_class_images(project / "images", per_class=8, classes=("green", "blue", "red"))
+    prepare(data_config(project / "images"), seed=0, out_dir=project / "prepared")
+    changed = manifest(project)
+    assert [r["path"] for r in changed] == [r["path"] for r in rows] and changed != rows
+    fresh = load_split(changed, "train", 32, MAX_PIXELS, "disk")
+    assert torch.equal(fresh.images, load_split(changed, "train", 32, MAX_PIXELS, "memory").images)
+    assert len(cache_folders(project)) == 4
+
+
+def test_a_build_failing_on_a_real_broken_image_leaves_nothing_and_the_next_run_builds(project):
+    rows = manifest(project)
+    broken = Path([row for row in rows if row["split"] == "train"][-1]["path"])
+    original = broken.read_bytes()
+    broken.write_bytes(original[: len(original) // 2])  # truncated after prepare checked it
+    with pytest.raises(BadImage):
+        load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert not cache_folders(project) and not list((project / DECODED_DIR).glob("*.partial"))
+    broken.write_bytes(original)
+    rebuilt = load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert torch.equal(rebuilt.images, load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
+
+
+SLOW_BUILD = textwrap.dedent(
+    """
+    import sys, time
+    from pipeline import decoded
+    from pipeline.manifest import read_manifest
+
+    resize = decoded.resize_square
+    def slowly(image, size):  # a build long enough to be killed in the middle
+        time.sleep(0.2)
+        return resize(image, size)
+    decoded.resize_square = slowly
+    decoded.load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "disk")
+    """
+)
+
+
+def test_a_build_killed_mid_way_leaves_nothing_half_written(project):
+    rows = manifest(project)
+    builder = subprocess.Popen(
+        [sys.executable, "-c", SLOW_BUILD, "prepared/manifest.csv"], cwd=project, env=stage_env(PYTHONPATH=str(ROOT))
+    )
+    partial = project / DECODED_DIR
+    deadline = time.monotonic() + 120
+    while not list(partial.glob(".*.partial/images.npy")) and builder.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # some images decoded, not all
+    builder.send_signal(signal.SIGKILL)
+    assert builder.wait() == -signal.SIGKILL
+    assert list(partial.glob(".*.partial")) and not cache_folders(project)  # killed mid-way: only the partial
+    rebuilt = load_split(rows, "train", 32, MAX_PIXELS, "disk")
+    assert torch.equal(rebuilt.images, load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
+    assert not list(partial.glob(".*.partial"))
+
+
+def test_auto_keeps_small_data_in_memory_and_counts_every_local_process(monkeypatch):
+    assert chosen_mode("auto", 1000, 96) == "memory" and chosen_mode("disk", 1000, 96) == "disk"
+    decoded_bytes = 1000 * 3 * 96 * 96
+    monkeypatch.setattr(decoded.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * decoded_bytes))
+    assert chosen_mode("auto", 1000, 96) == "memory"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four copies on this machine under torchrun
+    assert chosen_mode("auto", 1000, 96) == "disk"
+    assert chosen_mode("memory", 1000, 96) == "memory"
+
+
+def test_a_bad_setting_names_the_key():
+    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk' or 'auto' \(got 'ram'\)"):
+        parse_params(default_params(**{"data.decoded": "ram"}))
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_share_one_build_and_train_the_weights_of_one_process(tmp_path):
+    project = stage_project(tmp_path, **RUN, **{"data.decoded": "disk"})
+    two = train(project, TWO_GLOO)
+    assert two["stdout"].count("decoding 18 train images") == 1  # one rank built it, the other waited and mapped it
+    one = train(project, SINGLE)
+    assert "decoding" not in one["stdout"]  # built once, reused
+    assert len(cache_folders(project)) == 2  # train and val
+    assert 0 < max_difference(one["weights"], two["weights"]) < 1e-5  # as in tests/test_train_processes.py
+    assert [r["val_accuracy"] for r in one["history"]] == [r["val_accuracy"] for r in two["history"]]
