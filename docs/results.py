@@ -41,6 +41,16 @@ REPORT_NOTES = {
     "have not converged.",
     "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
     "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
+    "reports/grid/compare.json": "The grid again, on the day and machine of the halving reports and with the "
+    "shifted test copy: `python -m pipeline.compare --out reports/grid`.",
+    "reports/grid/digits/compare.json": "The grid again, on the day and machine of the halving reports and with "
+    "the shifted test copy, with `data.source: data/builtin/digits`: "
+    "`python -m pipeline.compare --out reports/grid/digits`.",
+    "reports/halving/compare.json": "Made with `compare.method: halving` after the verdict on the same data "
+    "(`reports/verdict/verdict.json`): `python -m pipeline.compare --out reports/halving`.",
+    "reports/halving/digits/compare.json": "Made with `compare.method: halving` and `data.source: "
+    "data/builtin/digits`, after `python -m pipeline.prepare` and `python -m pipeline.verdict` on that data: "
+    "`python -m pipeline.compare --out reports/halving/digits`.",
 }
 
 
@@ -154,6 +164,7 @@ def compare_section(root: Path, path: Path) -> str:
         per_seed = " / ".join(
             fixed(by_seed[seed]["train_seconds"], 1) if seed in by_seed else "-" for seed in setup["seeds"]
         )
+        gains = report.get("gain_per_minute")  # reports made since the gain per minute exists
         rows.append(
             [
                 f"`{summary['strategy']}`",
@@ -163,11 +174,13 @@ def compare_section(root: Path, path: Path) -> str:
                 fixed(summary["train_seconds"], 1),
                 per_seed,
             ]
+            + ([f"{gains[key]:+.2f}" if key in gains else "-"] if gains else [])
         )
     name = Path(setup["data_source"]).name
     markdown = path.with_suffix(".md")
+    method = "halving, stopped at " if setup.get("method") == "halving" else ""
     lines = [
-        f"### {name}, {setup['epochs']} epochs (`{path.as_posix()}`)",
+        f"### {name}, {method}{setup['epochs']} epochs (`{path.as_posix()}`)",
         "",
         f"Data `{setup['data_source']}`: {count(setup['train_images'])} training images "
         f"({setup['train_per_class']} per class at most), {count(setup['val_images'])} validation, "
@@ -185,7 +198,8 @@ def compare_section(root: Path, path: Path) -> str:
                 "trained parameters",
                 "train s (mean)",
                 f"train s, seed {' / '.join(str(seed) for seed in setup['seeds'])}",
-            ],
+            ]
+            + (["points over the head per training minute"] if report.get("gain_per_minute") else []),
             rows,
         ),
         "",
@@ -193,10 +207,128 @@ def compare_section(root: Path, path: Path) -> str:
         "",
         *(f"- {line}" for line in report["recommendation"]),
     ]
+    lines += shift_section(report) + halving_section(root, path, report)
     note = REPORT_NOTES.get(path.as_posix())
     if note:
         lines += ["", note]
     return "\n".join(lines)
+
+
+def shift_section(report: dict) -> list[str]:
+    """Clean against shifted test accuracy, for reports made since the shifted copy exists."""
+    shifted = report.get("shifted_test")
+    if not shifted:
+        return []
+    rows = [
+        [f"`{name}`", fixed(row["clean"], 3), fixed(row["shifted"], 3), fixed(100 * row["drop"], 1)]
+        + [fixed(value, 3) for value in row["by_corruption"].values()]
+        for name, row in shifted["strategies"].items()
+    ]
+    corruptions = list(next(iter(shifted["strategies"].values()))["by_corruption"])
+    return [
+        "",
+        f"Clean against shifted test accuracy (each test image corrupted once, drawn by seed {shifted['seed']}; "
+        "mean over the seeds):",
+        "",
+        table(["strategy", "clean", "shifted", "drop, points", *corruptions], rows),
+    ]
+
+
+def grid_counterparts(root: Path, report: dict) -> list[tuple[Path, dict]]:
+    """The committed grid comparisons of the same data at the budget a halving report's rungs led up to."""
+    setup, budget = report["setup"], report["halving"]["budget"]
+    matching = []
+    for path in compare_reports(root):
+        grid = read_json(root, path)
+        other = grid["setup"]
+        if other.get("method", "grid") == "grid" and all(
+            other[key] == value
+            for key, value in (
+                ("data_source", setup["data_source"]),
+                ("image_size", setup["image_size"]),
+                ("seeds", setup["seeds"]),
+                ("epochs", budget["epochs"]),
+                ("train_per_class", budget["train_per_class"]),
+            )
+        ):
+            matching.append((path, grid))
+    return matching
+
+
+def halving_section(root: Path, path: Path, report: dict) -> list[str]:
+    halving = report.get("halving")
+    if not halving:
+        return []
+    load = report["setup"]["load_average"]
+    rows = [
+        [
+            str(rung["rung"]),
+            str(rung["epochs"]),
+            count(rung["train_images"]),
+            ", ".join(f"`{name}` {fixed(value, 3)}" for name, value in rung["val_accuracy"].items()),
+            f"`{rung['paired_test']['leader']}` {rung['paired_test']['gain']:+.1f} "
+            f"[{rung['paired_test']['low']:+.1f}, {rung['paired_test']['high']:+.1f}]",
+            rung["paired_test"]["decision"],
+            fixed(sum(rung["train_seconds"].values()), 0),
+        ]
+        for rung in halving["rungs"]
+    ]
+    lines = [
+        "",
+        f"Successive halving (`compare.method: halving`): {halving['stop']} Seeding: {halving['seeding']['note']}.",
+        "",
+        table(
+            [
+                "rung",
+                "epochs",
+                "train images",
+                "val accuracy",
+                "leader - head, points [interval]",
+                "decision",
+                "train s",
+            ],
+            rows,
+        ),
+        "",
+        f"Training time of every rung: {fixed(report['setup']['train_seconds'], 0)} s; the whole comparison "
+        f"{fixed(report['setup']['seconds'], 0)} s, decoding and scoring included, on {load['cores']} cores whose "
+        f"load average (1 / 5 / 15 minutes) was {' / '.join(fixed(v, 1) for v in load['before'])} at the start and "
+        f"{' / '.join(fixed(v, 1) for v in load['after'])} at the end.",
+    ]
+    for grid_path, grid in grid_counterparts(root, report):
+        grid_seconds = sum(run["train_seconds"] for run in grid["runs"])
+        load = grid["setup"].get("load_average")  # recorded since halving exists
+        lines += [
+            "",
+            f"Against the grid at the same budget in `{grid_path.as_posix()}` ({grid['setup']['date']}"
+            + (f", load average {' / '.join(fixed(v, 1) for v in load['before'])} at its start" if load else "")
+            + f"): it trained for {fixed(grid_seconds, 0)} s, so halving took "
+            f"{fixed(100 * report['setup']['train_seconds'] / grid_seconds, 0)}% of its training time. In training "
+            f"images x epochs of the tuned strategies, which the machine's load does not change: "
+            f"{count(tuned_image_epochs(report))} against {count(tuned_image_epochs(grid))}, "
+            f"{fixed(100 * tuned_image_epochs(report) / tuned_image_epochs(grid), 0)}%. The grid recommended "
+            f"`{recommended_strategy(grid)}`, halving `{recommended_strategy(report)}`.",
+        ]
+    return lines
+
+
+def tuned_image_epochs(report: dict) -> int:
+    """Training images x epochs of every run other than the head's: the work of a comparison whatever else ran
+    on the machine (the head trains on cached features in seconds)."""
+    heads = ("head", "head (random init)")
+    if "halving" not in report:
+        tuned = sum(run["strategy"] not in heads for run in report["runs"])
+        return tuned * report["setup"]["epochs"] * report["setup"]["train_images"]
+    seeds = len(report["setup"]["seeds"])
+    return sum(
+        sum(name not in heads for name in rung["strategies"]) * seeds * rung["epochs"] * rung["train_images"]
+        for rung in report["halving"]["rungs"]
+    )
+
+
+def recommended_strategy(report: dict) -> str:
+    """The strategy of a report's first recommendation line (**Use `name`**)."""
+    return search(r"\*\*Use `([^`]+)`\*\*", report["recommendation"][0], "recommendation").group(1)
 
 
 def render_results(root: Path) -> str:

@@ -1,5 +1,6 @@
 """The report of `make compare`: per-strategy summaries over seeds, a plain-language recommendation,
-a plot and the Markdown page (reports/compare.md), from the runs' results alone."""
+the gain over the head per training minute, clean against shifted test accuracy, a plot and the Markdown
+page (reports/compare.md, with the rungs of `compare.method: halving`), from the runs' results alone."""
 
 import statistics
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class Result:
     train_seconds: float
     trainable_params: int  # of this run: `auto` chooses its blocks per seed
     run_id: str
+    shifted_accuracy: dict[str, float]  # on the shifted test copy: `all`, and per corruption (pipeline.shift)
 
 
 @dataclass
@@ -51,6 +53,31 @@ def summarize(results: list[Result]) -> dict[str, Summary]:
             statistics.fmean(r.train_seconds for r in runs),
         )
     return summaries
+
+
+def gain_per_minute(summaries: dict[str, Summary]) -> dict[str, float]:
+    """Each fine-tuning strategy's test accuracy over the head's, in points per minute of its training."""
+    head = summaries.get("head")
+    if head is None:
+        return {}
+    return {
+        name: 100 * (s.mean - head.mean) / (s.train_seconds / 60)
+        for name, s in summaries.items()
+        if name not in ("head", RANDOM_INIT_PROBE)
+    }
+
+
+def shift_summary(results: list[Result], seed: int) -> dict:
+    """Per strategy, mean over seeds of the clean and the shifted test accuracy, and per corruption."""
+    strategies = {}
+    for strategy in dict.fromkeys(r.strategy for r in results):
+        runs = [r for r in results if r.strategy == strategy]
+        shifted = {key: statistics.fmean(r.shifted_accuracy[key] for r in runs) for key in runs[0].shifted_accuracy}
+        clean = statistics.fmean(r.test_accuracy for r in runs)
+        strategies[strategy] = {"clean": clean, "shifted": shifted["all"], "drop": clean - shifted["all"]} | {
+            "by_corruption": {key: value for key, value in shifted.items() if key != "all"}
+        }
+    return {"seed": seed, "strategies": strategies}
 
 
 def apart(a: Summary, b: Summary) -> bool:
@@ -160,6 +187,7 @@ def markdown(report: dict) -> str:
             f"{s['train_seconds']:.1f} | {ratios[0]} | {ratios[1]} |"
         )
     lines += ["", "![accuracy against trained parameters and time](compare.png)", ""]
+    lines += gain_lines(report) + shift_lines(report) + halving_lines(report)
     lines += [
         "## Why: how far this data is from the pretraining data",
         "",
@@ -191,3 +219,84 @@ def markdown(report: dict) -> str:
         ),
     ]
     return "\n".join(lines) + "\n"
+
+
+def gain_lines(report: dict) -> list[str]:
+    gains = report.get("gain_per_minute")
+    if not gains:
+        return []
+    return [
+        "## Gain per training minute",
+        "",
+        "Test accuracy over the head's, in points per minute of the strategy's own training (mean over seeds): "
+        "what a minute of fine-tuning buys.",
+        "",
+        "| strategy | points over the head | train s (mean) | points per minute |",
+        "|---|---|---|---|",
+        *(
+            f"| `{name}` | {100 * (report['summaries'][name]['mean'] - report['summaries']['head']['mean']):+.1f} | "
+            f"{report['summaries'][name]['train_seconds']:.1f} | {gain:+.2f} |"
+            for name, gain in gains.items()
+        ),
+        "",
+    ]
+
+
+def shift_lines(report: dict) -> list[str]:
+    shifted = report.get("shifted_test")
+    if not shifted:
+        return []
+    corruptions = list(next(iter(shifted["strategies"].values()))["by_corruption"])
+    return [
+        "## Out of distribution: the shifted test copy",
+        "",
+        "Every test image corrupted once (gaussian noise, blur, contrast or JPEG, ImageNet-C severity 3), drawn by "
+        f"seed {shifted['seed']}: the same copy for every run (pipeline.shift). Kumar et al. (2022) found full "
+        "fine-tuning below a linear probe out of distribution and LP-FT above full fine-tuning.",
+        "",
+        "| strategy | clean | shifted | drop | " + " | ".join(corruptions) + " |",
+        "|---" * (4 + len(corruptions)) + "|",
+        *(
+            f"| `{name}` | {row['clean']:.3f} | {row['shifted']:.3f} | {100 * row['drop']:.1f} points | "
+            + " | ".join(f"{row['by_corruption'][c]:.3f}" for c in corruptions)
+            + " |"
+            for name, row in shifted["strategies"].items()
+        ),
+        "",
+    ]
+
+
+def load_text(setup: dict) -> str:
+    """The machine's load average over 1 / 5 / 15 minutes as the comparison started and ended."""
+    load = setup["load_average"]
+    before, after = (" / ".join(f"{value:.1f}" for value in load[when]) for when in ("before", "after"))
+    return f"on {load['cores']} cores whose load average was {before} at the start and {after} at the end"
+
+
+def halving_lines(report: dict) -> list[str]:
+    halving = report.get("halving")
+    if not halving:
+        return []
+    return [
+        "## Successive halving",
+        "",
+        f"- {halving['stop']}",
+        f"- Seeded by the verdict: {halving['seeding']['note']}.",
+        f"- Training time of every rung's runs: {report['setup']['train_seconds']:.0f} s; the comparison took "
+        f"{report['setup']['seconds']:.0f} s, decoding and scoring included, {load_text(report['setup'])}.",
+        "",
+        "| rung | epochs | train images | validation accuracy (mean over seeds) | leader - head, points "
+        "[interval] | decision | train s | kept |",
+        "|---|---|---|---|---|---|---|---|",
+        *(
+            f"| {rung['rung']} | {rung['epochs']} | {rung['train_images']} | "
+            + ", ".join(f"`{name}` {value:.3f}" for name, value in rung["val_accuracy"].items())
+            + f" | `{rung['paired_test']['leader']}` {rung['paired_test']['gain']:+.1f} "
+            f"[{rung['paired_test']['low']:+.1f}, {rung['paired_test']['high']:+.1f}] | "
+            f"{rung['paired_test']['decision']} | {sum(rung['train_seconds'].values()):.0f} | "
+            + ", ".join(f"`{name}`" for name in rung["kept"])
+            + " |"
+            for rung in halving["rungs"]
+        ),
+        "",
+    ]

@@ -116,7 +116,15 @@ class ServingConfig(Strict):
     model_workers: int = Field(ge=1)
 
 
+class HalvingConfig(Strict):
+    first_epochs: int = Field(ge=1)
+    first_train_per_class: int = Field(ge=1)
+    confidence: float = Field(gt=0.5, lt=1)
+    verdict_drop: float = Field(gt=0.5, le=1)
+
+
 class CompareConfig(Strict):
+    method: Literal["grid", "halving"]
     strategies: list[Strategy] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
     epochs: int = Field(ge=1)
@@ -124,6 +132,30 @@ class CompareConfig(Strict):
     image_size: int = Field(ge=16, le=1024)
     train_per_class: int | None = Field(ge=1)
     random_init_probe: bool
+    worth_it: float = Field(ge=0, le=100)
+    halving: HalvingConfig
+
+    @model_validator(mode="after")
+    def _halving_starts_below_the_budget(self):
+        # pydantic names only `compare` for a validator's error: the message names the keys itself
+        if self.method != "halving":  # the grid reads none of compare.halving
+            return self
+        if self.halving.first_epochs > self.epochs:
+            raise ValueError(
+                f"compare.halving.first_epochs ({self.halving.first_epochs}) is more than "
+                f"compare.epochs ({self.epochs})"
+            )
+        if self.train_per_class is not None and self.halving.first_train_per_class > self.train_per_class:
+            raise ValueError(
+                f"compare.halving.first_train_per_class ({self.halving.first_train_per_class}) is more than "
+                f"compare.train_per_class ({self.train_per_class})"
+            )
+        if "head" not in self.strategies or len(set(self.strategies)) < 2:
+            raise ValueError(
+                "compare.strategies must hold head and another strategy when compare.method is halving: "
+                "the head is its paired test's reference"
+            )
+        return self
 
 
 class VerdictConfig(Strict):

@@ -305,6 +305,8 @@ def calibrate_from_reports(params: Params, reports: Path = REPORT_DIR, out: Path
     """One calibration case per committed comparison under `reports`, written to `out`."""
     cases = []
     for report_file in sorted(reports.rglob("compare.json"), key=Path.as_posix):
+        if json.loads(report_file.read_text())["setup"].get("method", "grid") != "grid":
+            continue  # halving's summaries are of the rung it stopped at, not of the budget its setup names
         with tempfile.TemporaryDirectory() as folder:
             cases.append(measured_case(params, report_file, Path(folder)))
         print(f"{report_file}: probe {cases[-1].probe_accuracy:.3f}, measured gain {cases[-1].measured_gain:+.1f}")

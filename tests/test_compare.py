@@ -38,7 +38,7 @@ def test_the_report_holds_the_numbers_of_its_mlflow_runs(image_folder, in_tmp_pr
             "model.backbone": "efficientnet_lite0",
             "model.weights": "DEFAULT",
             "finetune.unfreeze_blocks": 1,
-            "compare": budget,
+            **{f"compare.{key}": value for key, value in budget.items()},  # the other compare keys from params.yaml
         }
     )
     report = compare(params, in_tmp_project / "prepared" / "manifest.csv", in_tmp_project / "reports")
@@ -69,6 +69,11 @@ def test_the_report_holds_the_numbers_of_its_mlflow_runs(image_folder, in_tmp_pr
     assert params_of["full"]["train.epochs"] == "1" and params_of["full"]["train.image_size"] == "32"
 
     assert json.loads((in_tmp_project / "reports/compare.json").read_text()) == report
+    # the grid also scores every run on the shifted test copy, and gives the gain over the head per minute
+    assert report["setup"]["method"] == "grid" and "halving" not in report
+    assert set(report["shifted_test"]["strategies"]) == set(report["summaries"])
+    assert all("shifted/all" in run.data.metrics for run in children)
+    assert set(report["gain_per_minute"]) == {"norm", "auto", "full"}
     assert (in_tmp_project / "reports/compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     logged = {a.path for a in client.list_artifacts(parent, "report")}
     assert logged == {"report/compare.md", "report/compare.json", "report/compare.png"}

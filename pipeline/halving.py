@@ -1,0 +1,165 @@
+"""`compare.method: halving`: the decisions of successive halving, apart from the training itself.
+
+All fine-tuning strategies start at a small budget (rung 0: `compare.halving.first_epochs` epochs on
+`first_train_per_class` images per class); after each rung the worse half by mean validation accuracy
+is dropped and the budget doubles, up to the `compare` section's. The head trains at every rung beside
+them: it costs seconds on cached features and is the reference of the paired test, which asks whether
+the leading strategy beats the head by more than `compare.worth_it` points on the validation split.
+
+The decisions use the validation split, not test: the test split then stays out of every choice, so the
+test accuracies in the report are not picked for being high. Only "worth it" stops early: a strategy
+that is not yet ahead at a smaller budget may still be at the full one (the committed digits comparisons
+recommend the head at 3 epochs and `full` at 6), so "not worth it" is decided at the last rung alone.
+"""
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.compare_report import Summary, recommend, recommended
+from pipeline.config import CompareConfig
+
+WORTH_IT = "worth it"
+NOT_WORTH_IT = "not worth it"
+UNDECIDED = "undecided"
+
+# What each verdict strategy (pipeline.verdict_rule) says against the others. `full`: every block is
+# shifted, so strategies that leave most of the backbone frozen are the least likely to pay. `partial`:
+# the early blocks are not shifted, so tuning everything spends time where nothing is to gain. `head`:
+# fine-tuning is not expected to pay, least of all the costliest strategies.
+RULED_OUT = {
+    "full": ("partial", "auto", "norm"),
+    "partial": ("full", "lp-ft"),
+    "head": ("full", "lp-ft"),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    epochs: int
+    train_per_class: int | None  # None: every training image
+
+
+def rung_budgets(budget: CompareConfig) -> list[Budget]:
+    """The rungs' budgets: the first, doubled in epochs and images per class until the `compare` budget."""
+    epochs, per_class = budget.halving.first_epochs, budget.halving.first_train_per_class
+    rungs = []
+    while True:
+        capped_per_class = per_class if budget.train_per_class is None else min(per_class, budget.train_per_class)
+        rungs.append(Budget(min(epochs, budget.epochs), capped_per_class))
+        if epochs >= budget.epochs and capped_per_class == budget.train_per_class:
+            return rungs
+        if epochs >= budget.epochs and budget.train_per_class is None:
+            # doubling images per class past the largest class changes nothing: the last rung takes them all
+            rungs[-1] = Budget(budget.epochs, None)
+            return rungs
+        epochs, per_class = epochs * 2, per_class * 2
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """The leader's accuracy gain over the head on the same images, in points, and what it decides."""
+
+    leader: str
+    gain: float  # mean over images of (leader correct - head correct), averaged over the seeds
+    low: float  # the interval at `confidence`
+    high: float
+    confidence: float
+    images: int
+    seeds: int
+    worth_it: float
+    decision: str  # WORTH_IT, NOT_WORTH_IT or UNDECIDED
+
+
+def paired_test(
+    leader: str, leader_correct: torch.Tensor, head_correct: torch.Tensor, worth_it: float, confidence: float
+) -> PairedTest:
+    """Per-image correctness (seeds x images, same seeds and images for both) of the leader and the head.
+
+    Each image's difference is averaged over the seeds first, so the interval's spread holds both which
+    images were drawn and how the seeds fell; the mean of hundreds of differences is close to normal, so the
+    interval is the normal one. Worth it when the interval lies above `worth_it` points, not worth it when
+    it lies below."""
+    differences = (leader_correct.float() - head_correct.float()).mean(0).tolist()
+    images = len(differences)
+    gain = 100 * statistics.fmean(differences)
+    spread = 100 * statistics.stdev(differences) / math.sqrt(images) if images > 1 else math.inf
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    low, high = gain - z * spread, gain + z * spread
+    decision = WORTH_IT if low > worth_it else NOT_WORTH_IT if high < worth_it else UNDECIDED
+    return PairedTest(leader, gain, low, high, confidence, images, len(leader_correct), worth_it, decision)
+
+
+def ranked(val_accuracy: dict[str, float], order: list[str]) -> list[str]:
+    """Strategies by mean validation accuracy, best first; a tie goes to the earlier in `order`."""
+    return sorted(val_accuracy, key=lambda name: (-val_accuracy[name], order.index(name)))
+
+
+def survivors(val_accuracy: dict[str, float], order: list[str]) -> list[str]:
+    """The better half (rounded up) of the strategies, best first."""
+    return ranked(val_accuracy, order)[: math.ceil(len(val_accuracy) / 2)]
+
+
+@dataclass(frozen=True)
+class Seeding:
+    """The strategies halving starts with, in the verdict's order, and why."""
+
+    order: list[str]  # fine-tuning strategies to run, the verdict's first and the ruled-out last
+    dropped: list[str]  # ruled out by a verdict sure enough not to run them
+    note: str
+
+
+def seed_from_verdict(
+    strategies: list[str], verdict_report: dict | None, data_source: str, drop_from: float
+) -> Seeding:
+    """Order `strategies` (the head excluded: it always runs) by a verdict report on the same data; one on
+    other data says nothing about this data and is ignored."""
+    tuned = [name for name in strategies if name != "head"]
+    if verdict_report is None:
+        return Seeding(tuned, [], "no verdict report: the strategies start in compare.strategies' order")
+    if Path(verdict_report["setup"]["data_source"]).resolve() != Path(data_source).resolve():
+        return Seeding(
+            tuned, [], f"the verdict report is of {verdict_report['setup']['data_source']}, not of this data: ignored"
+        )
+    verdict = verdict_report["verdict"]
+    ruled_out = [name for name in tuned if name in RULED_OUT[verdict["strategy"]]]
+    favoured = [name for name in tuned if name == verdict["strategy"]]
+    rest = [name for name in tuned if name not in ruled_out and name not in favoured]
+    # never all of them: the comparison is there to check the verdict
+    sure = verdict["confidence"] >= drop_from and len(ruled_out) < len(tuned)
+    note = f"verdict: {verdict['decision']} ({verdict['certainty']}, {100 * verdict['confidence']:.0f}%); " + (
+        f"ruled out and not run (confidence from {100 * drop_from:.0f}%): {', '.join(ruled_out)}"
+        if sure and ruled_out
+        else f"ruled out, started last: {', '.join(ruled_out) or 'none'}"
+    )
+    return Seeding(favoured + rest + ([] if sure else ruled_out), ruled_out if sure else [], note)
+
+
+def recommendation(summaries: dict[str, Summary], decided: PairedTest) -> tuple[str, list[str]]:
+    """The strategy halving recommends and the report's lines. A decided paired test answers: it pairs every
+    validation image across the seeds, where the grid's rule (means apart by more than the seeds' spread)
+    has three numbers a side; undecided, the grid's rule on the stopping rung's test accuracies answers."""
+    lines = recommend(summaries)
+    if decided.decision == UNDECIDED:
+        note = " (The paired test on the validation split could not decide: this is the grid's rule on test.)"
+        return recommended(summaries)[0].strategy, [lines[0] + note, *lines[1:]]
+    strategy = decided.leader if decided.decision == WORTH_IT else "head"
+    chosen, head = summaries[strategy], summaries["head"]
+    paired = (
+        f"{decided.gain:+.1f} points ({decided.low:+.1f} to {decided.high:+.1f} at {100 * decided.confidence:.0f}%) "
+        f"on the validation split, paired over {decided.seeds} seeds x {decided.images} images"
+    )
+    test = f"Test accuracy: {chosen.mean:.3f} ± {chosen.std:.3f}" + (
+        f" against the head's {head.mean:.3f} ± {head.std:.3f}." if strategy != "head" else "."
+    )
+    first = (
+        f"**Use `{strategy}`**: it beats the head by more than compare.worth_it ({decided.worth_it:g} points): "
+        f"{paired}. "
+        if decided.decision == WORTH_IT
+        else f"**Use `head`**: the leading fine-tuning, `{decided.leader}`, does not beat it by compare.worth_it "
+        f"({decided.worth_it:g} points) at the full budget: {paired}. "
+    )
+    return strategy, [first + test, *lines[1:]]

@@ -1,0 +1,213 @@
+"""compare.method: halving: the worse half dropped at each rung, a stop as soon as the paired test decides,
+the verdict's order; and the shifted test copy every comparison scores."""
+
+import json
+
+import mlflow
+import pytest
+import torch
+
+from pipeline.compare import apply, compare
+from pipeline.compare_report import Summary
+from pipeline.config import ConfigError, parse_params
+from pipeline.halving import (
+    NOT_WORTH_IT,
+    UNDECIDED,
+    WORTH_IT,
+    Budget,
+    paired_test,
+    recommendation,
+    rung_budgets,
+    seed_from_verdict,
+    survivors,
+)
+from pipeline.prepare import prepare
+from pipeline.shift import CORRUPTIONS, accuracies, shifted_copy
+from tests.conftest import ROOT, data_config, default_params, tiny_params, write_class_images
+
+
+def compare_config(**overrides):
+    return parse_params(default_params(**{f"compare.{key}": value for key, value in overrides.items()})).compare
+
+
+def test_rungs_double_epochs_and_images_up_to_the_compare_budget():
+    assert rung_budgets(compare_config()) == [Budget(2, 50), Budget(4, 100), Budget(6, 100)]
+    every_image = compare_config(**{"train_per_class": None, "halving.first_epochs": 3})
+    assert rung_budgets(every_image) == [Budget(3, 50), Budget(6, None)]
+
+
+def test_the_worse_half_is_dropped_and_ties_go_to_the_earlier_strategy():
+    order = ["full", "lp-ft", "norm", "partial", "auto"]
+    val = {"norm": 0.90, "partial": 0.85, "auto": 0.80, "full": 0.90, "lp-ft": 0.95}
+    assert survivors(val, order) == ["lp-ft", "full", "norm"]  # 3 of 5: the half, rounded up
+    assert survivors({"full": 0.9, "lp-ft": 0.8}, order) == ["full"]
+
+
+def correctness(rows: list[list[int]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.bool)
+
+
+def test_the_paired_test_decides_either_way_and_says_when_it_cannot():
+    head = correctness([[1] * 80 + [0] * 20] * 3)  # 3 seeds x 100 images
+    far_better = correctness([[1] * 100] * 3)
+    decided = paired_test("full", far_better, head, worth_it=1.0, confidence=0.9)
+    assert decided.decision == WORTH_IT and decided.gain == pytest.approx(20.0) and decided.low > 1.0
+    same = paired_test("full", head, head, worth_it=1.0, confidence=0.9)
+    assert same.decision == NOT_WORTH_IT and same.high < 1.0  # identical answers: the gain is 0 for sure
+    # one image better, one worse, per seed: a gain of 0 whose spread reaches past 1 point
+    noisy = head.clone()
+    noisy[:, 0], noisy[:, 99] = False, True
+    assert paired_test("full", noisy, head, worth_it=1.0, confidence=0.9).decision == UNDECIDED
+
+
+def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_not():
+    summaries = {
+        "head": Summary("head", 3, 0.948, 0.006, 12_810, 3.0),
+        "lp-ft": Summary("lp-ft", 3, 0.955, 0.006, 3_383_818, 40.0),
+    }
+    head = correctness([[1] * 90 + [0] * 10] * 3)
+    better = correctness([[1] * 100] * 3)
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", better, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "lp-ft" and lines[0].startswith("**Use `lp-ft`**: it beats the head by more than")
+    assert "Test accuracy: 0.955 ± 0.006 against the head's 0.948 ± 0.006." in lines[0]
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", head, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "head" and "does not beat it by compare.worth_it (1 points) at the full budget" in lines[0]
+    noisy = head.clone()
+    noisy[:, 0], noisy[:, 99] = False, True
+    strategy, lines = recommendation(summaries, paired_test("lp-ft", noisy, head, worth_it=1.0, confidence=0.9))
+    assert strategy == "head" and lines[0].endswith("this is the grid's rule on test.)")  # the grid's rule: tied
+
+
+def verdict_report(strategy: str, confidence: float, source: str = "data/builtin/animal-shape") -> dict:
+    decision = {"full": "fine-tune everything", "head": "the head is enough"}[strategy]
+    certainty = "sure" if confidence >= 0.9 else "fairly sure"
+    return {
+        "setup": {"data_source": source},
+        "verdict": {"decision": decision, "strategy": strategy, "confidence": confidence, "certainty": certainty},
+    }
+
+
+def test_the_verdict_orders_the_strategies_and_drops_what_it_rules_out_when_sure():
+    strategies = ["head", "norm", "partial", "auto", "full", "lp-ft"]
+    source = "data/builtin/animal-shape"
+    unsure = seed_from_verdict(strategies, verdict_report("full", 0.7), source, drop_from=0.8)
+    assert unsure.order == ["full", "lp-ft", "norm", "partial", "auto"] and not unsure.dropped
+    sure = seed_from_verdict(strategies, verdict_report("full", 0.87), source, drop_from=0.8)
+    assert sure.order == ["full", "lp-ft"] and sure.dropped == ["norm", "partial", "auto"]
+    other_data = seed_from_verdict(strategies, verdict_report("full", 0.99, "data/builtin/digits"), source, 0.8)
+    assert other_data.order == ["norm", "partial", "auto", "full", "lp-ft"] and "ignored" in other_data.note
+    head_only = seed_from_verdict(["head", "full"], verdict_report("head", 0.99), source, drop_from=0.8)
+    assert head_only.order == ["full"] and not head_only.dropped  # never every strategy: the verdict is checked
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("compare.worth_it", -1.0, r"compare\.worth_it"),
+        ("compare.halving.confidence", 1.0, r"compare\.halving\.confidence"),
+        ("compare.halving.first_epochs", 0, r"compare\.halving\.first_epochs"),
+        ("compare.halving.first_epochs", 7, r"compare\.halving\.first_epochs \(7\) is more than compare\.epochs"),
+        ("compare.halving.first_train_per_class", 200, r"compare\.halving\.first_train_per_class \(200\)"),
+        ("compare.halving.verdict_drop", 0.3, r"compare\.halving\.verdict_drop"),
+    ],
+)
+def test_invalid_halving_settings_name_their_key(key, value, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_params(default_params(**{"compare.method": "halving", key: value}))
+
+
+def test_the_grid_ignores_the_halving_budget():
+    parse_params(default_params(**{"compare.epochs": 1, "compare.train_per_class": 10}))  # first rung: 2 / 50
+
+
+def test_an_unknown_method_lists_the_methods():
+    with pytest.raises(ConfigError, match=r"compare\.method: Input should be 'grid' or 'halving'"):
+        parse_params(default_params(**{"compare.method": "random"}))
+
+
+def test_halving_needs_the_head_as_its_reference():
+    raw = default_params(**{"compare.method": "halving", "compare.strategies": ["full", "lp-ft"]})
+    with pytest.raises(ConfigError, match="compare.strategies must hold head and another strategy"):
+        parse_params(raw)
+
+
+def test_the_shifted_copy_is_the_same_for_a_seed_and_differs_from_clean():
+    images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    first, kinds = shifted_copy(images, seed=3)
+    again, kinds_again = shifted_copy(images, seed=3)
+    other, other_kinds = shifted_copy(images, seed=4)
+    assert torch.equal(first, again) and torch.equal(kinds, kinds_again)
+    assert not torch.equal(first, other) or not torch.equal(kinds, other_kinds)
+    assert first.dtype == torch.uint8 and first.shape == images.shape
+    assert set(kinds.tolist()) == set(range(len(CORRUPTIONS)))  # 40 images draw every corruption
+    for index in range(len(CORRUPTIONS)):  # each corruption changes every image it touches
+        chosen = kinds == index
+        changed = (first[chosen] != images[chosen]).flatten(1).any(1)
+        assert changed.all(), CORRUPTIONS[index]
+    scores = accuracies(torch.zeros(40, dtype=torch.int64), torch.zeros(40, dtype=torch.int64), kinds)
+    assert scores == {"all": 1.0, **dict.fromkeys(CORRUPTIONS, 1.0)}
+
+
+@pytest.mark.slow
+def test_halving_stops_at_the_first_rung_once_fine_tuning_clearly_beats_the_head(tmp_path, monkeypatch):
+    """Random-init features: a head on them is far behind a network that trains, so the paired test
+    decides at the first rung and the later rungs never run."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    folder = write_class_images(tmp_path / "images", per_class=12)
+    prepare(data_config(folder, val_fraction=0.25, test_fraction=0.25), seed=0, out_dir=tmp_path / "prepared")
+    budget = {
+        "method": "halving",
+        "strategies": ["head", "norm", "full", "lp-ft"],
+        "seeds": [0, 1],
+        "epochs": 2,
+        "head_epochs": 2,
+        "image_size": 32,
+        "train_per_class": 4,
+        "random_init_probe": False,
+        "worth_it": 1.0,
+        "halving": {"first_epochs": 1, "first_train_per_class": 2, "confidence": 0.9, "verdict_drop": 0.8},
+    }
+    params = tiny_params(**{"model.backbone": "resnet18", "model.weights": "none", "compare": budget})
+    report = compare(params, tmp_path / "prepared/manifest.csv", tmp_path / "reports", tmp_path / "no-verdict.json")
+
+    halving = report["halving"]
+    assert [rung["rung"] for rung in halving["rungs"]] == [0]  # two rungs planned, one run
+    decided = halving["rungs"][0]["paired_test"]
+    assert decided["decision"] == WORTH_IT and decided["low"] > 1.0
+    assert halving["stop"].startswith("Stopped at rung 0 of 2 (1 epochs): fine-tuning beats the head")
+    assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 1
+    assert set(report["summaries"]) == {"head", "norm", "full", "lp-ft"}
+    assert set(report["gain_per_minute"]) == {"norm", "full", "lp-ft"}
+    shifted = report["shifted_test"]["strategies"]
+    assert shifted["full"]["by_corruption"] and set(shifted["full"]["by_corruption"]) <= set(CORRUPTIONS)
+    assert shifted["full"]["clean"] == report["summaries"]["full"]["mean"]
+
+    client = mlflow.MlflowClient(uri)
+    parent = report["setup"]["parent_run_id"]
+    experiment = client.get_run(parent).info.experiment_id
+    rungs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    assert [run.info.run_name for run in rungs] == ["rung 0: 1 epochs, 6 images"]
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{rungs[0].info.run_id}'")
+    assert len(children) == 4 * 2  # every strategy of the rung, both seeds
+    assert all("test/accuracy" in run.data.metrics and "shifted/all" in run.data.metrics for run in children)
+    assert rungs[0].data.tags["halving.decision"] == WORTH_IT
+
+    markdown = (tmp_path / "reports/compare.md").read_text()
+    assert "## Successive halving" in markdown and "## Out of distribution" in markdown
+    assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
+    # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
+    assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == "full"
+    assert report["recommendation"][0].startswith("**Use `full`**: it beats the head by more than compare.worth_it")
+
+
+def test_verdict_calibration_leaves_halving_reports_out(tmp_path):
+    """A halving report's summaries are of the rung it stopped at, not of the budget the rule is fitted for."""
+    from pipeline.verdict import calibrate_from_reports
+
+    report = tmp_path / "reports/halving/compare.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps({"setup": {"method": "halving"}}))
+    assert calibrate_from_reports(tiny_params(), tmp_path / "reports", tmp_path / "calibration.csv") == []
