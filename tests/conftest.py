@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,11 @@ def stage_project(folder: Path, **overrides) -> Path:
     (folder / "params.yaml").write_text(yaml.safe_dump(default_params(**(settings | overrides)), sort_keys=False))
     subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=folder, env=stage_env(), check=True)
     return folder
+
+
+def with_strategy(params_text: str, strategy: str) -> str:
+    """params.yaml's text with finetune.strategy set to `strategy`, its comment where it was (what
+    `set_param` must write), whatever the committed default is."""
+    return re.sub(
+        r"(?m)^  strategy: \S+ *", lambda found: f"  strategy: {strategy}".ljust(len(found[0])), params_text, count=1
+    )

@@ -18,7 +18,7 @@ from pipeline.transferability import class_evidence, logme
 from pipeline.verdict import apply, assess
 from pipeline.verdict_report import summary_lines
 from pipeline.verdict_rule import Case, calibrate, decide, read_cases
-from tests.conftest import ROOT, data_config, stage_env, stage_project, tiny_params, write_class_images
+from tests.conftest import ROOT, data_config, stage_env, stage_project, tiny_params, with_strategy, write_class_images
 
 CALIBRATION = ROOT / "reports/verdict/calibration.csv"
 
@@ -225,7 +225,8 @@ def test_apply_sets_the_verdicts_strategy_in_params_yaml_keeping_its_comments(tm
     assert apply(report).strategy == "partial"
     params = load_params(tmp_path / "params.yaml")
     assert (params.finetune.strategy, params.finetune.unfreeze_blocks) == ("partial", 3)
-    assert (tmp_path / "params.yaml").read_text() == original.replace("unfreeze_blocks: 2 ", "unfreeze_blocks: 3 ")
+    expected = with_strategy(original, "partial").replace("unfreeze_blocks: 2 ", "unfreeze_blocks: 3 ")
+    assert (tmp_path / "params.yaml").read_text() == expected
     report.write_text(json.dumps({"verdict": verdict | {"strategy": "head", "unfreeze_blocks": None}}))
     apply(report)
     assert "  strategy: head       " in (tmp_path / "params.yaml").read_text()
