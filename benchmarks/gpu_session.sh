@@ -10,6 +10,17 @@
 # model is models/model.onnx, its clients send the test split (data/prepared, and the test files
 # unpacked from .gpu/test-split.tar) and check every answer against ONNX Runtime on the CPU.
 # SKIP_INSTALL=1 and LOAD_SECONDS rehearse it on a CPU machine with the project's .venv.
+#
+# Preparing the wheels here (ignored folders: add /.whl/ and /.gpu/ to .git/info/exclude), each call
+# carrying at most 64 MiB with the working tree:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl onnxruntime-gpu==1.31.1
+#   split it with dd into .whl/p1 .. .whl/p5 (52, 58, 58, 58 MB and the rest), each as ort.partN;
+#   .whl/serve: the same download of bentoml's closure less the image's packages (-r a list of NAME==VERSION);
+#   .whl/gpu: nvidia-nvimgcodec-cu13 and nvidia-nvjpeg; .gpu/test-split.tar: the test files of data/prepared.
+# Calls: carry .whl/p1 + .whl/serve, then .whl/p2 .. .whl/p4 one a call (`cp .whl/pN/* /tmp/wheel-parts/`),
+# then carry .whl/p5 .whl/gpu models/model.onnx data/prepared .gpu and run this script, within 30 s of each
+# other (the machine goes back when idle).
 set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 load_seconds=${LOAD_SECONDS:-15}
