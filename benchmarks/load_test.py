@@ -36,7 +36,7 @@ from PIL import Image
 from benchmarks.common import write_photo_folder
 from pipeline import paths
 from pipeline.images import load_rgb, resize_square
-from pipeline.onnx_model import INPUT, OUTPUT, PROVIDERS, classify_files, open_session, probabilities
+from pipeline.onnx_model import INPUT, OUTPUT, PROVIDERS, classify_files, decode_files, open_session, probabilities
 from tests.servers import running_service
 
 CPU = ["CPUExecutionProvider"]
@@ -93,8 +93,7 @@ def agreement_with_cpu(onnx_file: Path, blobs: list[bytes], labels: list[str]) -
     provider = session.get_providers()[0]
     if provider == "CPUExecutionProvider":
         return None
-    images = np.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), card.image_size) for blob in blobs])
-    on_gpu = [card.classes[i] for i in probabilities(session, images).argmax(axis=1)]
+    on_gpu = [card.classes[i] for i in probabilities(session, decode_files(blobs, card.image_size)).argmax(axis=1)]
     agreement = sum(a == b for a, b in zip(on_gpu, labels, strict=True))
     print(f"top-1 class on {provider} = on the CPU for {agreement} of {len(blobs)} images", flush=True)
     return agreement
@@ -222,14 +221,14 @@ def run_mode(adaptive: bool, args, blobs, labels) -> dict:
 def where_the_time_goes(onnx_file: Path, blobs: list[bytes], providers: list[str], batch: int) -> dict:
     """The served path's two measurable parts, each alone in this process: decoding and resizing one
     image on one core (the front's work), and the model on a batch of the served mean size
-    (the model service's work, the batch copied in and out as `OnnxModel.predict` does)."""
+    (the model service's work: one `session.run` from host memory)."""
     session, card = open_session(onnx_file, providers)
     started, decoded = time.perf_counter(), 0
     while decoded < len(blobs) or time.perf_counter() - started < 2:
         resize_square(load_rgb(io.BytesIO(blobs[decoded % len(blobs)]), 10**9), card.image_size)
         decoded += 1
     decode_s = (time.perf_counter() - started) / decoded
-    images = np.stack([resize_square(load_rgb(io.BytesIO(b), 10**9), card.image_size) for b in blobs])
+    images = decode_files(blobs, card.image_size)
     batch_images = images[np.arange(batch) % len(images)]
     calls = [session.run([OUTPUT], {INPUT: batch_images}) for _ in range(3)]  # warm-up
     started = time.perf_counter()

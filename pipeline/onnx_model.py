@@ -86,5 +86,9 @@ def probabilities(session: ort.InferenceSession, images: np.ndarray, batch_size:
 def classify_files(path: Path, blobs: list[bytes], providers: list[str] = PROVIDERS) -> tuple[np.ndarray, ModelCard]:
     """ONNX Runtime's probabilities for image files, decoded as everywhere else: what the service must answer."""
     session, card = open_session(path, providers)
-    batch = np.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), card.image_size) for blob in blobs])
-    return probabilities(session, batch), card
+    return probabilities(session, decode_files(blobs, card.image_size)), card
+
+
+def decode_files(blobs: list[bytes], image_size: int) -> np.ndarray:
+    """Image files to the uint8 N x 3 x size x size batch the graph takes, decoded as the service does."""
+    return np.stack([resize_square(load_rgb(io.BytesIO(blob), 10**9), image_size) for blob in blobs])
