@@ -168,6 +168,7 @@ def compare_section(root: Path, path: Path) -> str:
         rows.append(
             [
                 f"`{summary['strategy']}`",
+                f"{fixed(summary['val_mean'], 3)} ± {fixed(summary['val_std'], 3)}",
                 f"{fixed(summary['mean'], 3)} ± {fixed(summary['std'], 3)}",
                 str(summary["runs"]),
                 trained,
@@ -193,6 +194,7 @@ def compare_section(root: Path, path: Path) -> str:
         table(
             [
                 "strategy",
+                "validation accuracy (mean ± std)",
                 "test accuracy (mean ± std)",
                 "runs",
                 "trained parameters",
@@ -346,8 +348,9 @@ def render_results(root: Path) -> str:
         "",
         "## Strategy comparisons (`make compare`)",
         "",
-        "One table per committed `reports/**/compare.json`. Test accuracy is the mean ± standard deviation over "
-        "the seeds; the trained parameters of `auto` depend on the blocks it chose for each seed. Times are of "
+        "One table per committed `reports/**/compare.json`. Accuracy is the mean ± standard deviation over "
+        "the seeds (validation: of each run's best epoch, what the recommendation is chosen on); the trained "
+        "parameters of `auto` depend on the blocks it chose for each seed. Times are of "
         "the machine that ran the comparison, which the report does not record. How the comparison and its "
         "recommendation work: [strategies.md](strategies.md#comparing-the-strategies).",
     ]

@@ -50,6 +50,7 @@ from pipeline.halving import (
     Budget,
     PairedTest,
     paired_test,
+    points,
     ranked,
     recommendation,
     rung_budgets,
@@ -285,12 +286,12 @@ def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int) -
     if test_result.decision == WORTH_IT:
         return (
             f"Stopped at rung {index} of {rungs} ({rung.epochs} epochs): fine-tuning beats the head by more than "
-            f"{test_result.worth_it:g} points ({over})."
+            f"{points(test_result.worth_it)} ({over})."
         )
     answer = (
-        f"the head is enough: fine-tuning does not beat it by {test_result.worth_it:g} points"
+        f"the head is enough: fine-tuning does not beat it by {points(test_result.worth_it)}"
         if test_result.decision != UNDECIDED
-        else f"undecided at {test_result.worth_it:g} points: the validation split cannot tell"
+        else f"undecided at {points(test_result.worth_it)}: the validation split cannot tell"
     )
     return f"Ran every rung to the full budget ({rung.epochs} epochs); {answer} ({over})."
 

@@ -138,13 +138,17 @@ def seed_from_verdict(
     return Seeding(favoured + rest + ([] if sure else ruled_out), ruled_out if sure else [], note)
 
 
+def points(value: float) -> str:
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
 def recommendation(summaries: dict[str, Summary], decided: PairedTest) -> tuple[str, list[str]]:
     """The strategy halving recommends and the report's lines. A decided paired test answers: it pairs every
     validation image across the seeds, where the grid's rule (means apart by more than the seeds' spread)
     has three numbers a side; undecided, the grid's rule on the stopping rung's test accuracies answers."""
     lines = recommend(summaries)
     if decided.decision == UNDECIDED:
-        note = " (The paired test on the validation split could not decide: this is the grid's rule on test.)"
+        note = " (The paired test could not decide: this is the grid's rule, on the seeds' spread.)"
         return recommended(summaries)[0].strategy, [lines[0] + note, *lines[1:]]
     strategy = decided.leader if decided.decision == WORTH_IT else "head"
     chosen, head = summaries[strategy], summaries["head"]
@@ -156,10 +160,10 @@ def recommendation(summaries: dict[str, Summary], decided: PairedTest) -> tuple[
         f" against the head's {head.mean:.3f} ± {head.std:.3f}." if strategy != "head" else "."
     )
     first = (
-        f"**Use `{strategy}`**: it beats the head by more than compare.worth_it ({decided.worth_it:g} points): "
+        f"**Use `{strategy}`**: it beats the head by more than compare.worth_it ({points(decided.worth_it)}): "
         f"{paired}. "
         if decided.decision == WORTH_IT
         else f"**Use `head`**: the leading fine-tuning, `{decided.leader}`, does not beat it by compare.worth_it "
-        f"({decided.worth_it:g} points) at the full budget: {paired}. "
+        f"({points(decided.worth_it)}) at the full budget: {paired}. "
     )
     return strategy, [first + test, *lines[1:]]

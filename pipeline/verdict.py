@@ -277,7 +277,8 @@ def measured_case(params: Params, report_file: Path, folder: Path) -> Case:
     summaries = {name: Summary(**summary) for name, summary in report["summaries"].items()}
     cheapest, best = recommended(summaries)
     head = summaries["head"]
-    within = [name for name, s in summaries.items() if name != RANDOM_INIT_PROBE and not apart(best, s)]
+    tried = [s for name, s in summaries.items() if name != RANDOM_INIT_PROBE]
+    within = [s.strategy for s in tried if not apart(best, s, on_validation=True)]
     return Case(
         report=report_file.as_posix(),
         data_source=setup["data_source"],

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 
 from pipeline.compare import apply, compare
-from pipeline.compare_report import RANDOM_INIT_PROBE, Summary, recommend
+from pipeline.compare_report import RANDOM_INIT_PROBE, Summary, recommend, recommended
 from pipeline.config import ConfigError, load_params, set_param
 from pipeline.prepare import prepare
 from tests.conftest import ROOT, data_config, tiny_params, with_strategy
@@ -86,8 +86,9 @@ def test_the_report_holds_the_numbers_of_its_mlflow_runs(image_folder, in_tmp_pr
     assert report["batchnorm_shift"]["conv_stem"] > 0.1
 
 
-def summary(name, mean, std, params, seconds):
-    return Summary(name, 3, mean, std, params, seconds)
+def summary(name, mean, std, params, seconds, val_mean=None, val_std=None):
+    """A summary whose validation accuracy is its test accuracy unless told."""
+    return Summary(name, 3, mean, std, params, seconds, mean if val_mean is None else val_mean, val_std or std)
 
 
 def test_recommendation_prefers_the_cheapest_strategy_within_the_spread_of_the_best():
@@ -105,13 +106,35 @@ def test_recommendation_prefers_the_cheapest_strategy_within_the_spread_of_the_b
 
 
 def test_recommendation_does_not_claim_a_saving_it_did_not_measure():
+    # all tied; `partial` is the fastest, `norm` the most accurate in about its time, `full` the best but slower
     lines = recommend(
         {
-            "full": summary("full", 0.956, 0.002, 3_000_000, 167.0),
-            "lp-ft": summary("lp-ft", 0.955, 0.001, 3_000_000, 166.0),
+            "partial": summary("partial", 0.950, 0.01, 1_000_000, 100.0),
+            "norm": summary("norm", 0.951, 0.01, 50_000, 115.0),
+            "full": summary("full", 0.953, 0.01, 3_000_000, 125.0),
         }
     )
-    assert lines[0].startswith("**Use `lp-ft`**") and lines[0].endswith("in about the same training time.")
+    assert lines[0].startswith("**Use `norm`**")
+    assert "`full` (0.953 ± 0.010), in about the same training time;" in lines[0]
+
+
+def test_recommendation_is_chosen_on_validation_and_ties_in_time_go_to_the_more_accurate():
+    summaries = {
+        "head": summary("head", 0.90, 0.01, 12_810, 3.0),
+        # the best on test, not on validation: the test split must not pick the recommendation
+        "full": summary("full", 0.960, 0.003, 3_383_818, 60.0, val_mean=0.955, val_std=0.010),
+        # tied with full on validation, 4% slower: about the same time, so the more accurate on validation wins
+        "lp-ft": summary("lp-ft", 0.949, 0.004, 3_383_818, 62.5, val_mean=0.965, val_std=0.006),
+    }
+    chosen, best = recommended(summaries)
+    assert chosen.strategy == best.strategy == "lp-ft"
+    lines = recommend(summaries)
+    assert lines[0] == (
+        "**Use `lp-ft`**: 0.965 ± 0.006 validation accuracy, the best of all; 0.949 ± 0.004 on the test split."
+    )
+    summaries["lp-ft"].train_seconds = 75.0  # now 25% slower than full, which is tied: full, for the time
+    chosen, best = recommended(summaries)
+    assert (chosen.strategy, best.strategy) == ("full", "lp-ft")
 
 
 def test_recommendation_says_when_pretrained_features_are_no_better_than_random():
@@ -131,10 +154,10 @@ def test_apply_sets_the_recommended_strategy_in_params_yaml_keeping_its_comments
     monkeypatch.chdir(tmp_path)
     original = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(original)
-    summaries = {  # lp-ft ties with full within the seeds' spread and trains faster: it is recommended
-        "head": Summary("head", 3, 0.80, 0.01, 12_810, 5.0),
-        "full": Summary("full", 3, 0.956, 0.002, 3_383_818, 100.0),
-        "lp-ft": Summary("lp-ft", 3, 0.955, 0.001, 3_383_818, 90.0),
+    summaries = {  # lp-ft ties with full and is the better on validation (full on test): it is recommended
+        "head": summary("head", 0.80, 0.01, 12_810, 5.0),
+        "full": summary("full", 0.956, 0.002, 3_383_818, 100.0, val_mean=0.950),
+        "lp-ft": summary("lp-ft", 0.955, 0.001, 3_383_818, 90.0, val_mean=0.952),
     }
     report = tmp_path / "compare.json"
     report.write_text(json.dumps({"summaries": {name: asdict(s) for name, s in summaries.items()}}))

@@ -62,8 +62,8 @@ def test_the_paired_test_decides_either_way_and_says_when_it_cannot():
 
 def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_not():
     summaries = {
-        "head": Summary("head", 3, 0.948, 0.006, 12_810, 3.0),
-        "lp-ft": Summary("lp-ft", 3, 0.955, 0.006, 3_383_818, 40.0),
+        "head": Summary("head", 3, 0.948, 0.006, 12_810, 3.0, 0.948, 0.006),
+        "lp-ft": Summary("lp-ft", 3, 0.955, 0.006, 3_383_818, 40.0, 0.955, 0.006),
     }
     head = correctness([[1] * 90 + [0] * 10] * 3)
     better = correctness([[1] * 100] * 3)
@@ -71,11 +71,11 @@ def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_n
     assert strategy == "lp-ft" and lines[0].startswith("**Use `lp-ft`**: it beats the head by more than")
     assert "Test accuracy: 0.955 ± 0.006 against the head's 0.948 ± 0.006." in lines[0]
     strategy, lines = recommendation(summaries, paired_test("lp-ft", head, head, worth_it=1.0, confidence=0.9))
-    assert strategy == "head" and "does not beat it by compare.worth_it (1 points) at the full budget" in lines[0]
+    assert strategy == "head" and "does not beat it by compare.worth_it (1 point) at the full budget" in lines[0]
     noisy = head.clone()
     noisy[:, 0], noisy[:, 99] = False, True
     strategy, lines = recommendation(summaries, paired_test("lp-ft", noisy, head, worth_it=1.0, confidence=0.9))
-    assert strategy == "head" and lines[0].endswith("this is the grid's rule on test.)")  # the grid's rule: tied
+    assert strategy == "head" and lines[0].endswith("this is the grid's rule, on the seeds' spread.)")  # tied
 
 
 def verdict_report(strategy: str, confidence: float, source: str = "data/builtin/animal-shape") -> dict:
