@@ -53,7 +53,7 @@ def folder_name(rows: list[dict], classes: list[str], size: int, what: str) -> s
 def writable_path(location: str) -> Path | None:
     """The local folder behind `location` (a folder or `local:` one), None for an object store URL."""
     if location.startswith(LOCAL_AS_REMOTE):
-        return Path(location.removeprefix(LOCAL_AS_REMOTE))
+        return project_root() / location.removeprefix(LOCAL_AS_REMOTE)
     if "://" in location:
         return None
     return project_root() / location  # relative to the project, as every other path of params.yaml
@@ -137,10 +137,12 @@ class ShardImages:
         return self.dataset[index]["image"]
 
     def __getitem__(self, index) -> torch.Tensor:
-        if isinstance(index, int):
-            return self.image(index)
+        if isinstance(index, int) or (isinstance(index, torch.Tensor) and index.ndim == 0):
+            return self.image(int(index))
         indices = range(*index.indices(len(self))) if isinstance(index, slice) else torch.as_tensor(index).tolist()
-        return torch.stack([self.image(i) for i in indices]) if indices else torch.empty((0, *self.shape[1:]))
+        if not indices:
+            return torch.empty((0, *self.shape[1:]), dtype=torch.uint8)
+        return torch.stack([self.image(i) for i in indices])
 
 
 def streamed(rows, classes, size: int, max_pixels: int, what: str, location: str) -> ShardImages:
