@@ -19,9 +19,9 @@ here; for an object store, write a folder and copy it (e.g. `aws s3 sync`) to th
 
 Images are read by index, in the order and shares of pipeline.loader (the same global order on every
 rank, cut by rank), so batches and augmentation are bit-identical to the in-memory path. Each rank
-reads only the images of its shares; what that costs depends on the store: from S3, GCS or Azure
-LitData fetches just an item's byte range, while from `local:` it copies each whole chunk holding one
-of them into this node's cache (data/shards-cache/node-<torchrun GROUP_RANK>).
+reads only the images of its shares; what that costs depends on the store: from S3, R2 or GCS
+LitData fetches just an item's byte range (Azure: the whole chunk), while from `local:` it copies
+each whole chunk holding one of them into this node's cache (data/shards-cache/node-<torchrun GROUP_RANK>).
 """
 
 import argparse
