@@ -1,7 +1,8 @@
-"""Data larger than memory: the in-memory path against the decoded cache on disk (pipeline.decoded),
-side by side, on synthetic JPEG folders of growing size (issue 15).
+"""Data larger than memory: the in-memory path against the decoded cache on disk (pipeline.decoded)
+and LitData shards (pipeline.shards), side by side, on synthetic JPEG folders of growing size (issue 15).
 
     python -m benchmarks.data_scale --images 2000,20000 --out benchmarks/results/DATE-cpu-issue15
+    python -m benchmarks.data_scale --images 200 --modes memory,shards   # a quick check
 
 For each folder size, each of `data.decoded: memory` and `disk` runs in a fresh process (so its
 memory is its own) that: decodes the training split (disk: builds the cache, then maps it again as a
@@ -10,6 +11,9 @@ per-image augmentation, batching), twice for disk, the first pass with the cache
 cache (cold: read from the disk); trains a few batches of a random-init network (pipeline.training's
 step); and records its peak resident memory: in all (VmHWM), private (anonymous) and mapped from
 files (shared with the page cache: one copy per machine, whatever the number of processes).
+`shards` writes the split as shards into a local folder (its build), then reads them again as a later
+run would. `disk-2ranks` runs two `disk` processes at once on the cache built before, as two ranks
+of one machine map it (each passes over the whole split, not half): their peak memory against one's.
 """
 
 import argparse
@@ -37,6 +41,8 @@ from pipeline.training import make_augment, make_optimizer, run_batches, seed_ev
 
 CLASSES = 10
 MAX_PIXELS = 40_000_000
+SHARDS_DIR = Path("data/shards")  # a local folder, read in place (a shared file system's case)
+MODES = ("memory", "disk", "shards", "disk-2ranks")
 
 
 def status_kib(field: str) -> int:
@@ -118,7 +124,8 @@ def evict(folder: Path) -> None:
 
 
 def measure(mode: str, manifest: Path, image_size: int, batch_size: int, steps: int, backbone: str) -> dict:
-    """One process's figures for `mode` (run in the working directory whose data/decoded is the cache)."""
+    """One process's figures for `mode` (run in the working directory whose data/decoded is the cache,
+    and data/shards the shards)."""
     memory = PeakMemory()
     params = bench_params(
         **{
@@ -133,12 +140,13 @@ def measure(mode: str, manifest: Path, image_size: int, batch_size: int, steps: 
     )
     rows = read_manifest(manifest)
     started = time.perf_counter()
-    split = load_split(rows, "train", image_size, MAX_PIXELS, mode)
+    split = load_split(rows, "train", image_size, MAX_PIXELS, mode, str(SHARDS_DIR))
     figures = {"decode_s_per_image": (time.perf_counter() - started) / len(rows)}
-    if mode == "disk":
+    if mode in ("disk", "shards"):
         started = time.perf_counter()
-        split = load_split(rows, "train", image_size, MAX_PIXELS, mode)  # as every later run: map, no decoding
+        split = load_split(rows, "train", image_size, MAX_PIXELS, mode, str(SHARDS_DIR))  # a later run's: no decoding
         figures["reopen_s"] = time.perf_counter() - started
+    if mode == "disk":
         evict(DECODED_DIR)
         figures["loader_cold_images_per_s"] = loader_pass(split, params, 1)
     figures["loader_images_per_s"] = loader_pass(split, params, 2)
@@ -155,15 +163,29 @@ def write_split(folder: Path, manifest: Path) -> None:
     write_manifest(manifest, rows)
 
 
-def run_child(mode: str, manifest: Path, workdir: Path, args) -> dict:
+def child(mode: str, manifest: Path, workdir: Path, args) -> subprocess.Popen:
     command = [
         sys.executable, "-m", "benchmarks.data_scale", "--child", mode, "--manifest", str(manifest),
         "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
         "--train-steps", str(args.train_steps), "--backbone", args.backbone,
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "DVC_ROOT"} | {"PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
-    result = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def figures_of(process: subprocess.Popen) -> dict:
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(process.args)} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def run_mode(mode: str, manifest: Path, workdir: Path, args) -> dict:
+    """One mode's figures; for disk-2ranks, both processes' (started together, after disk built the cache)."""
+    if mode == "disk-2ranks":
+        ranks = [child("disk", manifest, workdir, args) for _ in range(2)]
+        return {"ranks": [figures_of(rank) for rank in ranks]}
+    return figures_of(child(mode, manifest, workdir, args))
 
 
 def side_by_side(count: int, memory: dict, disk: dict) -> list[str]:
@@ -186,6 +208,34 @@ def side_by_side(count: int, memory: dict, disk: dict) -> list[str]:
     ]
 
 
+def others(count: int, figures: dict) -> list[str]:
+    """Shards against memory, and two processes on the cache against one."""
+    lines, memory = [], figures.get("memory")
+    if "shards" in figures:
+        shards = figures["shards"]
+        against = (lambda key: f"x{shards[key] / memory[key]:.2f}") if memory else (lambda key: "")
+        lines += [
+            f"| {count:,} | shards: write, s per image | {shards['decode_s_per_image'] * 1e3:.3f} ms "
+            f"| {against('decode_s_per_image')} of decoding in memory |",
+            f"| {count:,} | shards: open again | {shards['reopen_s'] * 1e3:.1f} ms | |",
+            f"| {count:,} | shards: loader pass, images/s (warm) | {shards['loader_images_per_s']:,.0f} "
+            f"| {against('loader_images_per_s')} of memory |",
+            f"| {count:,} | shards: training, images/s | {shards['train_images_per_s']:,.1f} "
+            f"| {against('train_images_per_s')} of memory |",
+            f"| {count:,} | shards: peak RSS / private, MiB | {shards['peak_rss_mib']:,.0f} "
+            f"/ {shards['peak_private_mib']:,.0f} | |",
+        ]
+    if "disk-2ranks" in figures:
+        one = figures.get("disk")
+        for rank, two in enumerate(figures["disk-2ranks"]["ranks"]):
+            against = f"x{two['peak_rss_mib'] / one['peak_rss_mib']:.2f} of one process's" if one else ""
+            lines.append(
+                f"| {count:,} | 2 processes on the cache, process {rank}: peak RSS / private, MiB "
+                f"| {two['peak_rss_mib']:,.0f} / {two['peak_private_mib']:,.0f} | {against} |"
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", default="2000,20000", help="comma-separated folder sizes")
@@ -193,10 +243,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--train-steps", type=int, default=20, help="training steps measured per mode")
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--out", type=Path, help="write data_scale.json here")
-    parser.add_argument("--child", choices=["memory", "disk"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["memory", "disk", "shards"], help=argparse.SUPPRESS)
     parser.add_argument("--manifest", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}; choose from {', '.join(MODES)}")
+    if "disk-2ranks" in modes and "disk" not in modes:
+        parser.error("--modes: disk-2ranks needs disk (which builds the cache it maps, and is its reference)")
     if args.child:
         figures = measure(args.child, args.manifest, args.image_size, args.batch_size, args.train_steps, args.backbone)
         print(json.dumps(figures))
@@ -213,11 +269,16 @@ def main() -> None:
             manifest = Path(tmp, "manifest.csv")
             write_split(folder, manifest)
             written = time.perf_counter() - started
-            figures = {mode: run_child(mode, manifest, Path(tmp), args) for mode in ("memory", "disk")}
-            cache_bytes = sum(p.stat().st_size for p in Path(tmp, DECODED_DIR).rglob("*") if p.is_file())
-        print("\n".join(side_by_side(count, figures["memory"], figures["disk"])), flush=True)
-        results.append({"images": count, "folder_written_s": written, "cache_bytes": cache_bytes} | figures)
-    if len(results) > 1:
+            figures = {mode: run_mode(mode, manifest, Path(tmp), args) for mode in modes}
+            stored = {
+                f"{name}_bytes": sum(p.stat().st_size for p in Path(tmp, folder).rglob("*") if p.is_file())
+                for name, folder in (("cache", DECODED_DIR), ("shards", SHARDS_DIR))
+            }
+        if "memory" in figures and "disk" in figures:
+            print("\n".join(side_by_side(count, figures["memory"], figures["disk"])), flush=True)
+        print("\n".join(others(count, figures)), flush=True)
+        results.append({"images": count, "folder_written_s": written} | stored | figures)
+    if len(results) > 1 and "disk" in modes:
         first, last = results[0]["disk"], results[-1]["disk"]
         print(
             f"cache build time per image, {results[-1]['images']:,} against {results[0]['images']:,} images: "

@@ -306,13 +306,14 @@ def compare(
     rows = read_manifest(manifest)
     classes = class_names(rows)
     size, max_pixels = budget.image_size, params.data.max_image_pixels
-    decoded = params.data.decoded
-    splits = {split: load_split(rows, split, size, max_pixels, decoded) for split in ("val", "test")}
+    decoded, shards = params.data.decoded, params.data.shards
+    splits = {split: load_split(rows, split, size, max_pixels, decoded, shards) for split in ("val", "test")}
     train_rows = [row for row in rows if row["split"] == "train"]
 
     def load_train(per_class: int | None) -> Split:
         """The seeded `per_class` training images of each class, chosen before decoding so only they are decoded."""
-        return load_rows(cap_per_class(train_rows, per_class, params.seed), classes, size, max_pixels, decoded, "train")
+        chosen = cap_per_class(train_rows, per_class, params.seed)
+        return load_rows(chosen, classes, size, max_pixels, decoded, "train", shards)
 
     test = TestSplits(splits["test"], *shift.shifted_copy(splits["test"].images, params.seed))
     tracking.use_experiment(params)

@@ -31,7 +31,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     max_image_pixels: int = Field(ge=1)
-    decoded: Literal["memory", "disk", "auto"]
+    decoded: Literal["memory", "disk", "shards", "auto"]
+    shards: str = Field(min_length=1)
 
     @model_validator(mode="after")
     def _leave_training_data(self):

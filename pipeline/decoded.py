@@ -3,6 +3,7 @@ process maps.
 
     data.decoded: memory   # each process decodes its splits into RAM (fastest for small data)
     data.decoded: disk     # data/decoded/: decoded once, then memory-mapped by every stage and rank
+    data.decoded: shards   # LitData shards under data.shards, for several machines (pipeline/shards.py)
     data.decoded: auto     # memory while the decoded arrays are well under the available memory
 
 Both decode with the same `load_rgb`/`resize_square` as prepare and the service, into the same
@@ -29,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psutil
@@ -41,6 +43,9 @@ from pipeline.images import load_rgb, resize_square
 from pipeline.manifest import COLUMNS, class_names
 from pipeline.paths import DECODED_DIR, project_root
 
+if TYPE_CHECKING:
+    from pipeline.shards import ShardImages
+
 # `auto` keeps the arrays in memory while all the copies this machine's processes would hold take at
 # most this share of the available memory: the rest is for the model, activations and the page cache.
 MEMORY_SHARE = 0.25
@@ -51,13 +56,13 @@ DECODER_SOURCE = Path(images_module.__file__).read_bytes()
 @dataclass
 class Split:
     paths: list[str]
-    images: torch.Tensor  # uint8, N x 3 x size x size; in memory or mapped from data/decoded
+    images: "torch.Tensor | ShardImages"  # uint8, N x 3 x size x size; in memory, mapped or read from shards
     labels: torch.Tensor  # int64 class indices into `classes`
 
 
 def chosen_mode(setting: str, count: int, size: int) -> str:
-    """`memory` or `disk` for `count` images of `size` px: `auto` counts one copy per process on this
-    machine (torchrun's LOCAL_WORLD_SIZE), as each decodes its own in memory."""
+    """`memory`, `disk` or `shards` for `count` images of `size` px: `auto` (never shards) counts one
+    copy per process on this machine (torchrun's LOCAL_WORLD_SIZE), as each decodes its own in memory."""
     if setting != "auto":
         return setting
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -129,22 +134,30 @@ def mapped(rows: list[dict], classes: list[str], labels: torch.Tensor, size: int
     return torch.from_numpy(pixels), torch.from_numpy(np.load(folder / "labels.npy"))
 
 
-def load_rows(rows: list[dict], classes: list[str], size: int, max_pixels: int, decoded: str, what: str) -> Split:
-    """The images of `rows` (manifest rows, in that order) at `size` px, labelled by index into `classes`."""
+def load_rows(
+    rows: list[dict], classes: list[str], size: int, max_pixels: int, decoded: str, what: str, shards: str = ""
+) -> Split:
+    """The images of `rows` (manifest rows, in that order) at `size` px, labelled by index into `classes`;
+    `shards` is data.shards, read when `decoded` is shards."""
     index = {name: i for i, name in enumerate(classes)}
     labels = torch.tensor([index[row["label"]] for row in rows], dtype=torch.int64)
-    if chosen_mode(decoded, len(rows), size) == "disk":
+    mode = chosen_mode(decoded, len(rows), size)
+    if mode == "disk":
         images, labels = mapped(rows, classes, labels, size, max_pixels, what)
+    elif mode == "shards":
+        from pipeline.shards import streamed  # imported here: it imports this module, and LitData
+
+        images = streamed(rows, classes, size, max_pixels, what, shards)
     else:
         images = torch.empty((len(rows), 3, size, size), dtype=torch.uint8)
         decode_into(images.numpy(), rows, size, max_pixels, what)
     return Split([row["path"] for row in rows], images, labels)
 
 
-def load_split(rows: list[dict], split: str, size: int, max_pixels: int, decoded: str) -> Split:
-    """One split of the manifest `rows`, in manifest order; `decoded` is data.decoded."""
+def load_split(rows: list[dict], split: str, size: int, max_pixels: int, decoded: str, shards: str = "") -> Split:
+    """One split of the manifest `rows`, in manifest order; `decoded` and `shards` are data.decoded and data.shards."""
     chosen = [row for row in rows if row["split"] == split]
-    return load_rows(chosen, class_names(rows), size, max_pixels, decoded, split)
+    return load_rows(chosen, class_names(rows), size, max_pixels, decoded, split, shards)
 
 
 def cap_per_class(rows: list[dict], per_class: int | None, seed: int) -> list[dict]:

@@ -89,7 +89,9 @@ def main() -> None:
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     rows = read_manifest()
-    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded)
+    test = load_split(
+        rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded, params.data.shards
+    )
     probabilities = trained.predict_probabilities(model, test.images)
     metrics = score(probabilities, test.labels, card.classes)
     predicted = probabilities.argmax(1)

@@ -31,7 +31,9 @@ def main() -> None:
     tracking.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = trained.load(MODEL_FILE)
     rows = read_manifest()
-    test = load_split(rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded)
+    test = load_split(
+        rows, "test", card.image_size, params.data.max_image_pixels, params.data.decoded, params.data.shards
+    )
     settings = params.export
     tolerance = settings.fp16_parity_tolerance if settings.fp16 else settings.parity_tolerance
     with atomic_path(ONNX_FILE) as onnx_file:  # in place only once it is registered too

@@ -56,7 +56,9 @@ def run_stage() -> None:
     distributed.start(pick_device(params.train.device))
     rows = read_manifest()
     size, max_pixels = params.train.image_size, params.data.max_image_pixels
-    train, val = (load_split(rows, split, size, max_pixels, params.data.decoded) for split in ("train", "val"))
+    train, val = (
+        load_split(rows, split, size, max_pixels, params.data.decoded, params.data.shards) for split in ("train", "val")
+    )
     resume = checkpoint.load(params)
     run_fingerprint = checkpoint.fingerprint(params)
     main_rank = distributed.is_main()  # the only one that logs and writes files

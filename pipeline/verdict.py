@@ -99,7 +99,8 @@ def scored_images(params: Params, manifest: Path, image_size: int, train_per_cla
     val = [row for row in rows if row["split"] == "val"]
     classes = class_names(rows)
     # decoded as one selection (one cache folder on disk), not concatenated: that would copy it all into memory
-    both = load_rows(train + val, classes, image_size, params.data.max_image_pixels, params.data.decoded, "train+val")
+    data = params.data
+    both = load_rows(train + val, classes, image_size, data.max_image_pixels, data.decoded, "train+val", data.shards)
     return both, classes
 
 

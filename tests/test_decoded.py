@@ -154,7 +154,7 @@ def test_auto_keeps_small_data_in_memory_and_counts_every_local_process(monkeypa
 
 
 def test_a_bad_setting_names_the_key():
-    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk' or 'auto' \(got 'ram'\)"):
+    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk', 'shards' or 'auto' \(got 'ram'\)"):
         parse_params(default_params(**{"data.decoded": "ram"}))
 
 

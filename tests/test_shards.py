@@ -1,0 +1,187 @@
+"""LitData shards (pipeline.shards, data.decoded: shards) against the in-memory path: the same pixels and
+batches, rewritten whenever what they were decoded from changes, never readable half-written, and read
+by torchrun ranks on 2 "nodes" (2 processes on this machine, a local folder standing in for the object
+store) that train the weights of one in-memory process."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline import decoded
+from pipeline.config import ConfigError, parse_params, set_param
+from pipeline.decoded import load_split
+from pipeline.prepare import prepare
+from pipeline.shards import CACHE_DIR, LOCAL_AS_REMOTE
+from tests.conftest import ROOT, data_config, default_params, stage_env, stage_project, write_class_images
+from tests.test_decoded import MAX_PIXELS, all_batches, manifest
+from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, max_difference, outputs
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A prepared folder of synthetic images, as the working directory (as in tests/test_decoded.py)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    write_class_images(tmp_path / "images", per_class=8)
+    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
+    return tmp_path
+
+
+def shard_folders(store: Path) -> list[Path]:
+    """Complete shard folders (not the hidden lock files and partial writes)."""
+    return sorted(p for p in store.iterdir() if not p.name.startswith(".")) if store.is_dir() else []
+
+
+def test_shard_batches_are_bit_identical_to_memory_and_later_runs_read_them(project, capsys):
+    rows, store = manifest(project), project / "store"
+    in_memory = load_split(rows, "train", 32, MAX_PIXELS, "memory")
+    sharded = load_split(rows, "train", 32, MAX_PIXELS, "shards", f"{LOCAL_AS_REMOTE}{store}")
+    assert "as shards" in capsys.readouterr().out
+    [folder] = shard_folders(store)
+    assert (folder / "index.json").is_file() and list(folder.glob("chunk-*.bin"))
+    assert (folder / "rows.csv").read_text().count("\n") == len(in_memory.paths) + 1  # the rows they came from
+    assert sharded.paths == in_memory.paths and torch.equal(sharded.labels, in_memory.labels)
+    assert torch.equal(sharded.images[:], in_memory.images) and torch.equal(
+        torch.stack(list(sharded.images)), in_memory.images
+    )
+    for (x_shards, y_shards), (x_memory, y_memory) in zip(all_batches(sharded), all_batches(in_memory), strict=True):
+        assert torch.equal(x_shards, x_memory) and torch.equal(y_shards, y_memory)
+
+    written = (folder / "index.json").stat().st_mtime_ns
+    again = load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))  # a plain folder: read in place
+    assert "as shards" not in capsys.readouterr().out and (folder / "index.json").stat().st_mtime_ns == written
+    assert torch.equal(again.images[[4, 0, 2]], in_memory.images[[4, 0, 2]])
+
+
+def test_stale_shards_are_never_read(project, monkeypatch):
+    rows, store = manifest(project), project / "store"
+    load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
+    resized = load_split(rows, "train", 24, MAX_PIXELS, "shards", str(store))
+    assert torch.equal(resized.images[:], load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
+    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/images.py, edited")
+    load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
+    assert len(shard_folders(store)) == 3
+
+
+SLOW_WRITE = textwrap.dedent(
+    """
+    import sys, time
+    from pipeline import decoded, shards
+    from pipeline.manifest import read_manifest
+
+    item = shards.decoded_item
+    def slowly(row_and_label, size, max_pixels):  # a write long enough to be killed in the middle
+        time.sleep(0.3)
+        return item(row_and_label, size, max_pixels)
+    shards.decoded_item = slowly
+    decoded.load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "shards", "store")
+    """
+)
+
+
+def test_a_write_killed_mid_way_leaves_nothing_readable(project):
+    rows, store = manifest(project), project / "store"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", SLOW_WRITE, "prepared/manifest.csv"],
+        cwd=project,
+        env=stage_env(PYTHONPATH=str(ROOT)),
+        start_new_session=True,  # its LitData workers are killed with it
+    )
+    deadline = time.monotonic() + 120
+    while not list(store.glob(".*.partial/chunk-*")) and writer.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(writer.pid, signal.SIGKILL)
+    assert writer.wait() == -signal.SIGKILL
+    assert list(store.glob(".*.partial")) and not shard_folders(store)  # killed mid-way: only the partial
+    rewritten = load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
+    assert torch.equal(rewritten.images[:], load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
+    assert not list(store.glob(".*.partial"))
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk', 'shards' or 'auto' \(got 'shard'\)"):
+        parse_params(default_params(**{"data.decoded": "shard"}))
+    with pytest.raises(ConfigError, match=r"data\.shards: .*at least 1 character"):
+        parse_params(default_params(**{"data.shards": ""}))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def chunk_bytes(folder: Path) -> tuple[int, int]:
+    """How many chunk files lie under `folder`, and their bytes."""
+    sizes = [p.stat().st_size for p in folder.rglob("chunk-*.bin")]
+    return len(sizes), sum(sizes)
+
+
+@pytest.mark.slow
+def test_two_nodes_read_the_shards_from_a_store_and_train_the_weights_of_one_in_memory_process(tmp_path):
+    staged = stage_project(tmp_path, **RUN, **{"data.decoded": "memory"})
+    # one thread, as each torchrun process: CPU kernels bit-reproducible (tests/test_train_processes.py)
+    single = subprocess.run(SINGLE, cwd=staged, env=stage_env(**ONE_THREAD), capture_output=True, text=True)
+    in_memory = outputs(staged, single)
+
+    store = tmp_path / "object-store"
+    set_param("data.decoded", "shards", staged / "params.yaml")
+    set_param("data.shards", f"{LOCAL_AS_REMOTE}{store}", staged / "params.yaml")
+    # written once before the job, in small chunks so that there are several to share out
+    subprocess.run(
+        [sys.executable, "-m", "pipeline.shards", "--chunk-bytes", "8kb"], cwd=staged, env=stage_env(), check=True
+    )
+    port = str(free_port())
+    nodes = [
+        subprocess.Popen(
+            [
+                "torchrun",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(node),
+                "--master-addr",
+                "127.0.0.1",
+                "--master-port",
+                port,
+                "-m",
+                "pipeline.train",
+            ],
+            cwd=staged,
+            env=stage_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    results = [node.communicate(timeout=300) for node in nodes]
+    for node, (stdout, stderr) in zip(nodes, results, strict=True):
+        assert node.returncode == 0, f"{stdout[-2000:]}\n{stderr[-3000:]}"
+    assert "on 2 processes" in results[0][0]
+    sharded = outputs(staged, subprocess.CompletedProcess([], 0, results[0][0]))
+    assert not any("writing" in stdout for stdout, _ in results)  # written once, before the job
+
+    assert 0 < max_difference(in_memory["weights"], sharded["weights"]) < 1e-5  # as in tests/test_train_processes.py
+    assert [r["val_accuracy"] for r in in_memory["history"]] == [r["val_accuracy"] for r in sharded["history"]]
+    # What each node fetched from the store into its own cache: the chunks holding the images of its
+    # shares. The in-memory path's order is global and new each epoch, so its shares span every chunk.
+    stored = [chunk_bytes(folder) for folder in shard_folders(store) if not folder.name.startswith("test-")]
+    stored_chunks, stored_bytes = map(sum, zip(*stored, strict=True))
+    for node in (0, 1):
+        count, fetched = chunk_bytes(staged / CACHE_DIR / f"node-{node}")
+        print(
+            f"node {node} fetched {count} of the {stored_chunks} train and val chunks, "
+            f"{fetched:,} of {stored_bytes:,} bytes"
+        )
+        assert 0 < fetched <= stored_bytes
