@@ -169,7 +169,7 @@ def read_verdict(path: Path) -> dict | None:
 def rung_trials(
     params: Params, labels: list[tuple[str, str]], rung: Budget, index: int, train, val, classes, data, commit
 ):
-    """Each (label, weights) once per seed at the rung's budget, as children of the active (rung) run."""
+    """Each (label, weights) once per seed of the rung at its budget, as children of the active (rung) run."""
     return {
         label: [
             train_run(
@@ -182,7 +182,7 @@ def rung_trials(
                 commit,
                 rung=str(index),
             )
-            for seed in params.compare.seeds
+            for seed in params.compare.seeds[: rung.seeds]
         ]
         for label, weights in labels
     }
@@ -209,9 +209,12 @@ def halving(
     val, weights = splits["val"], params.model.weights
     for index, rung in enumerate(budgets):
         train = load_train(rung.train_per_class)
-        name = f"rung {index}: {rung.epochs} epochs, {len(train.labels)} images"
+        seeds = f"{rung.seeds} seed" + ("s" if rung.seeds > 1 else "")
+        name = f"rung {index}: {rung.epochs} epochs, {len(train.labels)} images, {seeds}"
         with mlflow.start_run(run_name=name, nested=True, tags={"kind": "halving rung", "rung": str(index)}) as run:
-            mlflow.log_params({"rung": index, "epochs": rung.epochs, "train_per_class": rung.train_per_class})
+            mlflow.log_params(
+                {"rung": index, "epochs": rung.epochs, "train_per_class": rung.train_per_class, "seeds": rung.seeds}
+            )
             labels = [(label, weights) for label in ["head", *contenders]]
             trials = rung_trials(params, labels, rung, index, train, val, classes, data, commit)
             correct = {
@@ -221,7 +224,8 @@ def halving(
             val_accuracy = {label: correct[label].float().mean().item() for label in contenders}
             leader = ranked(val_accuracy, seeding.order)[0]
             decided = paired_test(leader, correct[leader], correct["head"], budget.worth_it, budget.halving.confidence)
-            final = decided.decision == WORTH_IT or index == len(budgets) - 1
+            every_seed = rung.seeds == len(budget.seeds)  # a screening rung decides nothing
+            final = (decided.decision == WORTH_IT and every_seed) or index == len(budgets) - 1
             kept = contenders if final else survivors(val_accuracy, seeding.order)
             tracking.log_metrics(
                 {
@@ -239,6 +243,7 @@ def halving(
                     "epochs": rung.epochs,
                     "train_per_class": rung.train_per_class,
                     "train_images": len(train.labels),
+                    "seeds": rung.seeds,
                     "strategies": ["head", *contenders],
                     "val_accuracy": {"head": correct["head"].float().mean().item(), **val_accuracy},
                     "train_seconds": {label: sum(t.seconds for t in runs) for label, runs in trials.items()},

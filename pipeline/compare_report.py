@@ -303,11 +303,11 @@ def halving_lines(report: dict) -> list[str]:
         f"- Training time of every rung's runs: {report['setup']['train_seconds']:.0f} s; the comparison took "
         f"{report['setup']['seconds']:.0f} s, decoding and scoring included, {load_text(report['setup'])}.",
         "",
-        "| rung | epochs | train images | validation accuracy (mean over seeds) | leader - head, points "
+        "| rung | epochs | train images | seeds | validation accuracy (mean over seeds) | leader - head, points "
         "[interval] | decision | train s | kept |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
         *(
-            f"| {rung['rung']} | {rung['epochs']} | {rung['train_images']} | "
+            f"| {rung['rung']} | {rung['epochs']} | {rung['train_images']} | {rung['seeds']} | "
             + ", ".join(f"`{name}` {value:.3f}" for name, value in rung["val_accuracy"].items())
             + f" | `{rung['paired_test']['leader']}` {rung['paired_test']['gain']:+.1f} "
             f"[{rung['paired_test']['low']:+.1f}, {rung['paired_test']['high']:+.1f}] | "

@@ -120,6 +120,7 @@ class ServingConfig(Strict):
 class HalvingConfig(Strict):
     first_epochs: int = Field(ge=1)
     first_train_per_class: int = Field(ge=1)
+    first_seeds: int = Field(ge=1)
     confidence: float = Field(gt=0.5, lt=1)
     verdict_drop: float = Field(gt=0.5, le=1)
 

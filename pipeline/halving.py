@@ -1,8 +1,11 @@
 """`compare.method: halving`: the decisions of successive halving, apart from the training itself.
 
 All fine-tuning strategies start at a small budget (rung 0: `compare.halving.first_epochs` epochs on
-`first_train_per_class` images per class); after each rung the worse half by mean validation accuracy
-is dropped and the budget doubles, up to the `compare` section's. The head trains at every rung beside
+`first_train_per_class` images per class, with the first `first_seeds` seeds); after each rung the worse
+half by mean validation accuracy is dropped and the budget doubles, up to the `compare` section's, every
+later rung with every seed. Rung 0 only screens: at its budget nothing is decided that more seeds would
+not have to confirm (racing, as in SMAC's intensification: the runs that survive get more seeds), so it
+stops early only when it has every seed. The head trains at every rung beside
 them: it costs seconds on cached features and is the reference of the paired test, which asks whether
 the leading strategy beats the head by more than `compare.worth_it` points on the validation split.
 
@@ -14,7 +17,7 @@ recommend the head at 3 epochs and `full` at 6), so "not worth it" is decided at
 
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,22 +44,27 @@ RULED_OUT = {
 class Budget:
     epochs: int
     train_per_class: int | None  # None: every training image
+    seeds: int  # the first this many of compare.seeds
 
 
 def rung_budgets(budget: CompareConfig) -> list[Budget]:
-    """The rungs' budgets: the first, doubled in epochs and images per class until the `compare` budget."""
+    """The rungs' budgets: the first, doubled in epochs and images per class until the `compare` budget;
+    the first with `first_seeds` seeds unless it is the only one, every other with all of them."""
     epochs, per_class = budget.halving.first_epochs, budget.halving.first_train_per_class
     rungs = []
     while True:
         capped_per_class = per_class if budget.train_per_class is None else min(per_class, budget.train_per_class)
-        rungs.append(Budget(min(epochs, budget.epochs), capped_per_class))
-        if epochs >= budget.epochs and capped_per_class == budget.train_per_class:
-            return rungs
+        rungs.append(Budget(min(epochs, budget.epochs), capped_per_class, len(budget.seeds)))
         if epochs >= budget.epochs and budget.train_per_class is None:
             # doubling images per class past the largest class changes nothing: the last rung takes them all
-            rungs[-1] = Budget(budget.epochs, None)
-            return rungs
+            rungs[-1] = Budget(budget.epochs, None, len(budget.seeds))
+            break
+        if epochs >= budget.epochs and capped_per_class == budget.train_per_class:
+            break
         epochs, per_class = epochs * 2, per_class * 2
+    if len(rungs) > 1:
+        rungs[0] = replace(rungs[0], seeds=min(budget.halving.first_seeds, len(budget.seeds)))
+    return rungs
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,11 @@ def compare_config(**overrides):
 
 
 def test_rungs_double_epochs_and_images_up_to_the_compare_budget():
-    assert rung_budgets(compare_config()) == [Budget(2, 50), Budget(4, 100), Budget(6, 100)]
-    every_image = compare_config(**{"train_per_class": None, "halving.first_epochs": 3})
-    assert rung_budgets(every_image) == [Budget(3, 50), Budget(6, None)]
+    assert rung_budgets(compare_config()) == [Budget(2, 50, 1), Budget(4, 100, 3), Budget(6, 100, 3)]
+    every_image = compare_config(**{"train_per_class": None, "halving.first_epochs": 3, "halving.first_seeds": 2})
+    assert rung_budgets(every_image) == [Budget(3, 50, 2), Budget(6, None, 3)]
+    one_rung = compare_config(**{"halving.first_epochs": 6, "halving.first_train_per_class": 100})
+    assert rung_budgets(one_rung) == [Budget(6, 100, 3)]  # the only rung decides: every seed
 
 
 def test_the_worse_half_is_dropped_and_ties_go_to_the_earlier_strategy():
@@ -109,6 +111,7 @@ def test_the_verdict_orders_the_strategies_and_drops_what_it_rules_out_when_sure
         ("compare.halving.first_epochs", 7, r"compare\.halving\.first_epochs \(7\) is more than compare\.epochs"),
         ("compare.halving.first_train_per_class", 200, r"compare\.halving\.first_train_per_class \(200\)"),
         ("compare.halving.verdict_drop", 0.3, r"compare\.halving\.verdict_drop"),
+        ("compare.halving.first_seeds", 0, r"compare\.halving\.first_seeds"),
     ],
 )
 def test_invalid_halving_settings_name_their_key(key, value, named):
@@ -149,9 +152,9 @@ def test_the_shifted_copy_is_the_same_for_a_seed_and_differs_from_clean():
 
 
 @pytest.mark.slow
-def test_halving_stops_at_the_first_rung_once_fine_tuning_clearly_beats_the_head(tmp_path, monkeypatch):
-    """Random-init features: a head on them is far behind a network that trains, so the paired test
-    decides at the first rung and the later rungs never run."""
+def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearly_beats_the_head(tmp_path, monkeypatch):
+    """Random-init features: a head on them is far behind a network that trains. The first rung, with one
+    seed, only screens; the second, with both, decides and the comparison stops there."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -168,39 +171,53 @@ def test_halving_stops_at_the_first_rung_once_fine_tuning_clearly_beats_the_head
         "train_per_class": 4,
         "random_init_probe": False,
         "worth_it": 1.0,
-        "halving": {"first_epochs": 1, "first_train_per_class": 2, "confidence": 0.9, "verdict_drop": 0.8},
+        "halving": {
+            "first_epochs": 1,
+            "first_train_per_class": 2,
+            "first_seeds": 1,
+            "confidence": 0.9,
+            "verdict_drop": 0.8,
+        },
     }
     params = tiny_params(**{"model.backbone": "resnet18", "model.weights": "none", "compare": budget})
     report = compare(params, tmp_path / "prepared/manifest.csv", tmp_path / "reports", tmp_path / "no-verdict.json")
 
     halving = report["halving"]
-    assert [rung["rung"] for rung in halving["rungs"]] == [0]  # two rungs planned, one run
-    decided = halving["rungs"][0]["paired_test"]
-    assert decided["decision"] == WORTH_IT and decided["low"] > 1.0
-    assert halving["stop"].startswith("Stopped at rung 0 of 2 (1 epochs): fine-tuning beats the head")
-    assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 1
-    assert set(report["summaries"]) == {"head", "norm", "full", "lp-ft"}
-    assert set(report["gain_per_minute"]) == {"norm", "full", "lp-ft"}
+    screening, deciding = halving["rungs"]
+    assert (screening["seeds"], screening["paired_test"]["seeds"]) == (1, 1)
+    assert len(screening["kept"]) == 2  # the better half of norm, full and lp-ft
+    assert (deciding["seeds"], deciding["strategies"]) == (2, ["head", *screening["kept"]])
+    decided = deciding["paired_test"]
+    assert decided["decision"] == WORTH_IT and decided["low"] > 1.0 and decided["seeds"] == 2
+    assert halving["stop"].startswith("Stopped at rung 1 of 2 (2 epochs): fine-tuning beats the head")
+    assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 2
+    assert set(report["summaries"]) == {"head", *screening["kept"]}
+    assert set(report["gain_per_minute"]) == set(screening["kept"])
+    leader = decided["leader"]
     shifted = report["shifted_test"]["strategies"]
-    assert shifted["full"]["by_corruption"] and set(shifted["full"]["by_corruption"]) <= set(CORRUPTIONS)
-    assert shifted["full"]["clean"] == report["summaries"]["full"]["mean"]
+    assert shifted[leader]["by_corruption"] and set(shifted[leader]["by_corruption"]) <= set(CORRUPTIONS)
+    assert shifted[leader]["clean"] == report["summaries"][leader]["mean"]
 
     client = mlflow.MlflowClient(uri)
     parent = report["setup"]["parent_run_id"]
     experiment = client.get_run(parent).info.experiment_id
-    rungs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
-    assert [run.info.run_name for run in rungs] == ["rung 0: 1 epochs, 6 images"]
-    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{rungs[0].info.run_id}'")
-    assert len(children) == 4 * 2  # every strategy of the rung, both seeds
+    rungs = {
+        run.info.run_name: run for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
+    }
+    assert set(rungs) == {"rung 0: 1 epochs, 6 images, 1 seed", "rung 1: 2 epochs, 12 images, 2 seeds"}
+    for name, runs in (("rung 0: 1 epochs, 6 images, 1 seed", 4 * 1), ("rung 1: 2 epochs, 12 images, 2 seeds", 3 * 2)):
+        children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{rungs[name].info.run_id}'")
+        assert len(children) == runs  # every strategy of the rung, once per seed of the rung
+    assert rungs["rung 1: 2 epochs, 12 images, 2 seeds"].data.tags["halving.decision"] == WORTH_IT
+    # the stopping rung's runs are scored on test and on the shifted copy
     assert all("test/accuracy" in run.data.metrics and "shifted/all" in run.data.metrics for run in children)
-    assert rungs[0].data.tags["halving.decision"] == WORTH_IT
 
     markdown = (tmp_path / "reports/compare.md").read_text()
     assert "## Successive halving" in markdown and "## Out of distribution" in markdown
     assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
     # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
-    assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == "full"
-    assert report["recommendation"][0].startswith("**Use `full`**: it beats the head by more than compare.worth_it")
+    assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == leader
+    assert report["recommendation"][0].startswith(f"**Use `{leader}`**: it beats the head by more than compare.")
 
 
 def test_verdict_calibration_leaves_halving_reports_out(tmp_path):
