@@ -30,8 +30,16 @@ H200_RUN1 = BENCH / "2026-11-26-h200-run1"
 H200_RUN2 = BENCH / "2026-11-26-h200-run2"
 H200_ISSUE16 = BENCH / "2026-11-28-h200-issue16"  # onnxruntime-gpu and the served model on the H200
 DATA_SCALE = BENCH / "2026-11-28-cpu-issue15" / "data_scale.json"  # in memory against the decoded cache on disk
+DATA_SCALE_SHARDS = BENCH / "2026-11-28-cpu-issue15-shards" / "data_scale.json"  # shards, and 2 processes on the cache
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+
+# Calibration cases made while other work shared the machine: their accuracies hold, some times do not.
+CALIBRATION_CAVEATS = {
+    "digits-25-per-class": " Seed 2's `lp-ft` run shared the machine with other work (see its train seconds "
+    "against the other seeds'), so the time tie-break that picked `full` over `lp-ft`, the best on validation, "
+    "is an artifact of that load."
+}
 
 # What a committed comparison's files cannot say about themselves (no figures here: they come from the files).
 REPORT_NOTES = {
@@ -41,11 +49,33 @@ REPORT_NOTES = {
     "have not converged.",
     "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
     "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
-    "reports/grid/compare.json": "The grid again, on the day and machine of the halving reports and with the "
-    "shifted test copy: `python -m pipeline.compare --out reports/grid`.",
-    "reports/grid/digits/compare.json": "The grid again, on the day and machine of the halving reports and with "
-    "the shifted test copy, with `data.source: data/builtin/digits`: "
-    "`python -m pipeline.compare --out reports/grid/digits`.",
+    **{
+        f"reports/{method}{sub}/compare.json": f"Made with `compare.method: {method}`{data} in a copy of the project "
+        "after `python -m pipeline.prepare` and `python -m pipeline.verdict` there, in one sitting with the "
+        "other method's: halving, the grid, halving again (this one); the first halving run and every log are in "
+        "`benchmarks/results/2026-11-28-cpu-issue14/`, which says how to run them."
+        if method == "halving"
+        else f"Made with `compare.method: {method}`{data} in a copy of the project after `python -m pipeline.prepare` "
+        "and `python -m pipeline.verdict` there, between two halving runs on the same data "
+        "(`benchmarks/results/2026-11-28-cpu-issue14/`)."
+        for method in ("grid", "halving")
+        for sub, data in (("", ""), ("/digits", " and `data.source: data/builtin/digits`"))
+    },
+    **{
+        f"reports/calibration/{name}/compare.json": "A case of the verdict's calibration "
+        "(`reports/verdict/calibration.csv`), made with " + how + " by `bash reports/calibration/make_cases.sh` "
+        "(in a copy of the project, `python -m pipeline.prepare`, then "
+        f"`python -m pipeline.compare --out reports/calibration/{name}`)." + CALIBRATION_CAVEATS.get(name, "")
+        for name, how in {
+            "animal-shape-random-init": "`model.weights: none` (random init, the far extreme) and "
+            "`compare.train_per_class: 50`",
+            "digits-random-init": "`data.source: data/builtin/digits`, `model.weights: none` and "
+            "`compare.train_per_class: 50`",
+            "animal-shape-25-per-class": "`compare.train_per_class: 25`",
+            "digits-25-per-class": "`data.source: data/builtin/digits` and `compare.train_per_class: 25`",
+            "animal-shape-96px": "`compare.image_size: 96` and `compare.train_per_class: 40`",
+        }.items()
+    },
     "reports/halving/compare.json": "Made with `compare.method: halving` after the verdict on the same data "
     "(`reports/verdict/verdict.json`): `python -m pipeline.compare --out reports/halving`.",
     "reports/halving/digits/compare.json": "Made with `compare.method: halving` and `data.source: "
@@ -267,6 +297,7 @@ def halving_section(root: Path, path: Path, report: dict) -> list[str]:
             str(rung["rung"]),
             str(rung["epochs"]),
             count(rung["train_images"]),
+            str(rung["seeds"]),
             ", ".join(f"`{name}` {fixed(value, 3)}" for name, value in rung["val_accuracy"].items()),
             f"`{rung['paired_test']['leader']}` {rung['paired_test']['gain']:+.1f} "
             f"[{rung['paired_test']['low']:+.1f}, {rung['paired_test']['high']:+.1f}]",
@@ -284,6 +315,7 @@ def halving_section(root: Path, path: Path, report: dict) -> list[str]:
                 "rung",
                 "epochs",
                 "train images",
+                "seeds",
                 "val accuracy",
                 "leader - head, points [interval]",
                 "decision",
@@ -321,9 +353,8 @@ def tuned_image_epochs(report: dict) -> int:
     if "halving" not in report:
         tuned = sum(run["strategy"] not in heads for run in report["runs"])
         return tuned * report["setup"]["epochs"] * report["setup"]["train_images"]
-    seeds = len(report["setup"]["seeds"])
     return sum(
-        sum(name not in heads for name in rung["strategies"]) * seeds * rung["epochs"] * rung["train_images"]
+        sum(name not in heads for name in rung["strategies"]) * rung["seeds"] * rung["epochs"] * rung["train_images"]
         for rung in report["halving"]["rungs"]
     )
 
@@ -941,6 +972,65 @@ def data_scale(root: Path) -> str:
     )
 
 
+def memory_split(figures: dict) -> str:
+    return " / ".join(count(figures[key]) for key in ("peak_private_mib", "peak_file_mapped_mib", "peak_rss_mib"))
+
+
+def data_scale_shards(root: Path) -> str:
+    """benchmarks/data_scale.py --modes memory,disk,shards,disk-2ranks: LitData shards against the in-memory
+    path, and two processes mapping one cache against one process."""
+    result = read_json(root, DATA_SCALE_SHARDS)
+    shard_rows, rank_rows = [], []
+    for entry in result["results"]:
+        memory, disk, shards, ranks = entry["memory"], entry["disk"], entry["shards"], entry["disk-2ranks"]["ranks"]
+        against = {key: times(shards[key] / memory[key]) for key in shards if key in memory}
+        shard_rows.append(
+            [
+                count(entry["images"]),
+                f"{fixed(shards['decode_s_per_image'] * 1e3, 3)} ({against['decode_s_per_image']})",
+                f"{count(shards['loader_images_per_s'])} ({against['loader_images_per_s']})",
+                f"{fixed(shards['train_images_per_s'], 1)} ({against['train_images_per_s']})",
+                f"{count(shards['peak_private_mib'])} / {count(shards['peak_rss_mib'])}",
+            ]
+        )
+        # the machine holds each process's private pages, and the cache's mapped pages once (page cache)
+        together = sum(rank["peak_private_mib"] for rank in ranks) + max(rank["peak_file_mapped_mib"] for rank in ranks)
+        rank_rows.append(
+            [
+                count(entry["images"]),
+                memory_split(disk),
+                " and ".join(memory_split(rank) for rank in ranks),
+                f"{count(together)} ({times(together / disk['peak_rss_mib'])})",
+            ]
+        )
+    args = result["args"]
+    return "\n".join(
+        [
+            "",
+            f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
+            f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
+            f"From `{DATA_SCALE_SHARDS.as_posix()}`. Shards against memory, in the same run:",
+            "",
+            table(
+                [
+                    "images",
+                    "write the shards, ms per image (against decoding in memory)",
+                    "loader pass from the shards, images/s, warm",
+                    "training, images/s",
+                    "peak private / all RSS, MiB",
+                ],
+                shard_rows,
+            ),
+            "",
+            "Two processes mapping one cache at once, against one (peak private / file-mapped / all RSS, MiB); "
+            "together: both processes' private memory and the mapped cache once, as the machine holds it:",
+            "",
+            table(["images", "one process", "each of two processes", "two together (against one)"], rank_rows),
+            "",
+        ]
+    )
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "machines": machines,
     "bench-total": bench_total,
@@ -958,6 +1048,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "load-test": load_test,
     "soak": soak,
     "data-scale": data_scale,
+    "data-scale-shards": data_scale_shards,
 }
 
 
