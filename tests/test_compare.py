@@ -59,9 +59,10 @@ def test_the_report_holds_the_numbers_of_its_mlflow_runs(image_folder, in_tmp_pr
         assert summary["mean"] == pytest.approx(statistics.fmean(m["test/accuracy"] for m in runs), abs=1e-4)
         assert summary["std"] == pytest.approx(statistics.stdev(m["test/accuracy"] for m in runs), abs=1e-4)
         assert summary["trainable_params"] == round(statistics.fmean(m["model/trainable_params"] for m in runs))
+        assert summary["val_mean"] == pytest.approx(statistics.fmean(m["val/best_accuracy"] for m in runs), abs=1e-4)
         assert (
-            f"| `{name}` | {summary['mean']:.3f} ± {summary['std']:.3f} | 2 |"
-            in (in_tmp_project / "reports/compare.md").read_text()
+            f"| `{name}` | {summary['val_mean']:.3f} ± {summary['val_std']:.3f} | "
+            f"{summary['mean']:.3f} ± {summary['std']:.3f} | 2 |" in (in_tmp_project / "reports/compare.md").read_text()
         )
     assert report["setup"]["train_images"] == 3 * 2
     params_of = {r.data.tags["strategy"]: r.data.params for r in children}
@@ -145,7 +146,9 @@ def test_recommendation_says_when_pretrained_features_are_no_better_than_random(
             RANDOM_INIT_PROBE: summary(RANDOM_INIT_PROBE, 0.69, 0.03, 10_000, 10.0),
         }
     )
-    assert lines[0].startswith("**Use `full`**") and lines[0].endswith("the best of all.")
+    assert lines[0].startswith("**Use `full`**") and lines[0].endswith(
+        "the best of all; 0.950 ± 0.010 on the test split."
+    )
     assert "Training the head is not enough here" in lines[1]
     assert "no better than random ones on this data (linear probe 0.700 vs 0.690)" in lines[2]
 
