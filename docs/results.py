@@ -35,11 +35,28 @@ MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
 # Calibration cases made while other work shared the machine: their accuracies hold, some times do not.
-CALIBRATION_CAVEATS = {
-    "digits-25-per-class": " Seed 2's `lp-ft` run shared the machine with other work (see its train seconds "
-    "against the other seeds'), so the time tie-break that picked `full` over `lp-ft`, the best on validation, "
-    "is an artifact of that load."
-}
+DIGITS = " and `data.source: data/builtin/digits`"
+ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14/`"
+
+
+def side_by_side(method: str, data: str = "") -> str:
+    """The note of a grid or halving report made in the sitting halving, grid, halving (issue 14)."""
+    made = (
+        f"Made with `compare.method: {method}`{data} in a copy of the project after `python -m pipeline.prepare` "
+        "and `python -m pipeline.verdict` there, "
+    )
+    if method == "grid":
+        return made + f"between two halving runs on the same data ({ISSUE14_RUNS})."
+    return made + f"right after the grid; the halving run before the grid and every log: {ISSUE14_RUNS}."
+
+
+def calibration_case(name: str, how: str) -> str:
+    return (
+        f"A case of the verdict's calibration (`reports/verdict/calibration.csv`), made with {how} by "
+        "`bash reports/calibration/make_cases.sh` (in a copy of the project, `python -m pipeline.prepare`, then "
+        f"`python -m pipeline.compare --out reports/calibration/{name}`)."
+    )
+
 
 # What a committed comparison's files cannot say about themselves (no figures here: they come from the files).
 REPORT_NOTES = {
@@ -49,38 +66,29 @@ REPORT_NOTES = {
     "have not converged.",
     "reports/epochs-3/digits/compare.json": "Made with `compare.epochs: 3` and `data.source: data/builtin/digits`.",
     "reports/digits/compare.json": "Made with `data.source: data/builtin/digits`.",
-    **{
-        f"reports/{method}{sub}/compare.json": f"Made with `compare.method: {method}`{data} in a copy of the project "
-        "after `python -m pipeline.prepare` and `python -m pipeline.verdict` there, in one sitting with the "
-        "other method's: halving, the grid, halving again (this one); the first halving run and every log are in "
-        "`benchmarks/results/2026-11-28-cpu-issue14/`, which says how to run them."
-        if method == "halving"
-        else f"Made with `compare.method: {method}`{data} in a copy of the project after `python -m pipeline.prepare` "
-        "and `python -m pipeline.verdict` there, between two halving runs on the same data "
-        "(`benchmarks/results/2026-11-28-cpu-issue14/`)."
-        for method in ("grid", "halving")
-        for sub, data in (("", ""), ("/digits", " and `data.source: data/builtin/digits`"))
-    },
-    **{
-        f"reports/calibration/{name}/compare.json": "A case of the verdict's calibration "
-        "(`reports/verdict/calibration.csv`), made with " + how + " by `bash reports/calibration/make_cases.sh` "
-        "(in a copy of the project, `python -m pipeline.prepare`, then "
-        f"`python -m pipeline.compare --out reports/calibration/{name}`)." + CALIBRATION_CAVEATS.get(name, "")
-        for name, how in {
-            "animal-shape-random-init": "`model.weights: none` (random init, the far extreme) and "
-            "`compare.train_per_class: 50`",
-            "digits-random-init": "`data.source: data/builtin/digits`, `model.weights: none` and "
-            "`compare.train_per_class: 50`",
-            "animal-shape-25-per-class": "`compare.train_per_class: 25`",
-            "digits-25-per-class": "`data.source: data/builtin/digits` and `compare.train_per_class: 25`",
-            "animal-shape-96px": "`compare.image_size: 96` and `compare.train_per_class: 40`",
-        }.items()
-    },
-    "reports/halving/compare.json": "Made with `compare.method: halving` after the verdict on the same data "
-    "(`reports/verdict/verdict.json`): `python -m pipeline.compare --out reports/halving`.",
-    "reports/halving/digits/compare.json": "Made with `compare.method: halving` and `data.source: "
-    "data/builtin/digits`, after `python -m pipeline.prepare` and `python -m pipeline.verdict` on that data: "
-    "`python -m pipeline.compare --out reports/halving/digits`.",
+    "reports/grid/compare.json": side_by_side("grid"),
+    "reports/grid/digits/compare.json": side_by_side("grid", DIGITS),
+    "reports/halving/compare.json": side_by_side("halving"),
+    "reports/halving/digits/compare.json": side_by_side("halving", DIGITS),
+    "reports/calibration/animal-shape-random-init/compare.json": calibration_case(
+        "animal-shape-random-init",
+        "`model.weights: none` (random init, the far extreme) and `compare.train_per_class: 50`",
+    ),
+    "reports/calibration/digits-random-init/compare.json": calibration_case(
+        "digits-random-init", "`model.weights: none`, `compare.train_per_class: 50`" + DIGITS
+    ),
+    "reports/calibration/animal-shape-25-per-class/compare.json": calibration_case(
+        "animal-shape-25-per-class", "`compare.train_per_class: 25`"
+    ),
+    "reports/calibration/digits-25-per-class/compare.json": calibration_case(
+        "digits-25-per-class", "`compare.train_per_class: 25`" + DIGITS
+    )
+    + " Seed 2's `lp-ft` run shared the machine with other work (see its train seconds against the other "
+    "seeds'), so the time tie-break that picked `full` over `lp-ft`, the best on validation, is an artifact of "
+    "that load.",
+    "reports/calibration/animal-shape-96px/compare.json": calibration_case(
+        "animal-shape-96px", "`compare.image_size: 96` and `compare.train_per_class: 40`"
+    ),
 }
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
 from pipeline.card import ModelCard
 from pipeline.config import DataConfig, parse_params, with_overrides
+from pipeline.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -95,6 +96,17 @@ def in_tmp_project(tmp_path, monkeypatch) -> Path:
     """A working directory laid out like the project (stages use relative paths)."""
     monkeypatch.chdir(tmp_path)
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+@pytest.fixture
+def prepared_folder(tmp_path, monkeypatch) -> Path:
+    """Synthetic class images prepared into prepared/manifest.csv, as the working directory, whose
+    data/decoded/ holds the decoded cache (tests/test_decoded.py, tests/test_shards.py)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    write_class_images(tmp_path / "images", per_class=8)
+    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
     return tmp_path
 
 

@@ -28,16 +28,6 @@ from tests.test_train_processes import RUN, SINGLE, TWO_GLOO, max_difference, tr
 MAX_PIXELS = 10**7
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A prepared folder of synthetic images, as the working directory (the cache lives in data/decoded)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    write_class_images(tmp_path / "images", per_class=8)
-    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
-    return tmp_path
-
-
 def manifest(project: Path) -> list[dict]:
     return read_manifest(project / "prepared" / "manifest.csv")
 
@@ -56,13 +46,13 @@ def all_batches(split, epochs=(1, 2)) -> list:
     return [batch for epoch in epochs for batch in batches(torch.randperm(len(split.labels), generator=order), epoch)]
 
 
-def test_cache_batches_are_bit_identical_to_memory_and_later_runs_map_it(project, capsys):
-    rows = manifest(project)
+def test_cache_batches_are_bit_identical_to_memory_and_later_runs_map_it(prepared_folder, capsys):
+    rows = manifest(prepared_folder)
     in_memory = load_split(rows, "train", 32, MAX_PIXELS, "memory")
-    assert not cache_folders(project)  # the memory path writes nothing
+    assert not cache_folders(prepared_folder)  # the memory path writes nothing
     on_disk = load_split(rows, "train", 32, MAX_PIXELS, "disk")
     assert "decoding" in capsys.readouterr().out
-    [folder] = cache_folders(project)
+    [folder] = cache_folders(prepared_folder)
     assert (folder / "rows.csv").read_text().count("\n") == len(in_memory.paths) + 1  # the rows it came from
     assert on_disk.paths == in_memory.paths and torch.equal(on_disk.labels, in_memory.labels)
     assert torch.equal(on_disk.images, in_memory.images)
@@ -76,34 +66,34 @@ def test_cache_batches_are_bit_identical_to_memory_and_later_runs_map_it(project
     assert torch.equal(again.images, in_memory.images)
 
 
-def test_a_stale_cache_is_never_reused(project, monkeypatch):
-    rows = manifest(project)
+def test_a_stale_cache_is_never_reused(prepared_folder, monkeypatch):
+    rows = manifest(prepared_folder)
     load_split(rows, "train", 32, MAX_PIXELS, "disk")
     # another image size, another decoder: other folders, the same pixels as decoding in memory
     resized = load_split(rows, "train", 24, MAX_PIXELS, "disk")
     assert torch.equal(resized.images, load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
     monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/images.py, edited")
     load_split(rows, "train", 32, MAX_PIXELS, "disk")
-    assert len(cache_folders(project)) == 3
+    assert len(cache_folders(prepared_folder)) == 3
 
     # the same file names with new contents: prepare records new hashes, and the cache follows
-    write_class_images(project / "images", per_class=8, classes=("green", "blue", "red"))
-    prepare(data_config(project / "images"), seed=0, out_dir=project / "prepared")
-    changed = manifest(project)
+    write_class_images(prepared_folder / "images", per_class=8, classes=("green", "blue", "red"))
+    prepare(data_config(prepared_folder / "images"), seed=0, out_dir=prepared_folder / "prepared")
+    changed = manifest(prepared_folder)
     assert [r["path"] for r in changed] == [r["path"] for r in rows] and changed != rows
     fresh = load_split(changed, "train", 32, MAX_PIXELS, "disk")
     assert torch.equal(fresh.images, load_split(changed, "train", 32, MAX_PIXELS, "memory").images)
-    assert len(cache_folders(project)) == 4
+    assert len(cache_folders(prepared_folder)) == 4
 
 
-def test_a_build_failing_on_a_real_broken_image_leaves_nothing_and_the_next_run_builds(project):
-    rows = manifest(project)
+def test_a_build_failing_on_a_real_broken_image_leaves_nothing_and_the_next_run_builds(prepared_folder):
+    rows = manifest(prepared_folder)
     broken = Path([row for row in rows if row["split"] == "train"][-1]["path"])
     original = broken.read_bytes()
     broken.write_bytes(original[: len(original) // 2])  # truncated after prepare checked it
     with pytest.raises(BadImage):
         load_split(rows, "train", 32, MAX_PIXELS, "disk")
-    assert not cache_folders(project) and not list((project / DECODED_DIR).glob("*.partial"))
+    assert not cache_folders(prepared_folder) and not list((prepared_folder / DECODED_DIR).glob("*.partial"))
     broken.write_bytes(original)
     rebuilt = load_split(rows, "train", 32, MAX_PIXELS, "disk")
     assert torch.equal(rebuilt.images, load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
@@ -125,19 +115,21 @@ SLOW_BUILD = textwrap.dedent(
 )
 
 
-def test_a_build_killed_mid_way_leaves_nothing_half_written(project):
-    rows = manifest(project)
+def test_a_build_killed_mid_way_leaves_nothing_half_written(prepared_folder):
+    rows = manifest(prepared_folder)
     builder = subprocess.Popen(
-        [sys.executable, "-c", SLOW_BUILD, "prepared/manifest.csv"], cwd=project, env=stage_env(PYTHONPATH=str(ROOT))
+        [sys.executable, "-c", SLOW_BUILD, "prepared/manifest.csv"],
+        cwd=prepared_folder,
+        env=stage_env(PYTHONPATH=str(ROOT)),
     )
-    partial = project / DECODED_DIR
+    partial = prepared_folder / DECODED_DIR
     deadline = time.monotonic() + 120
     while not list(partial.glob(".*.partial/images.npy")) and builder.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # some images decoded, not all
     builder.send_signal(signal.SIGKILL)
     assert builder.wait() == -signal.SIGKILL
-    assert list(partial.glob(".*.partial")) and not cache_folders(project)  # killed mid-way: only the partial
+    assert list(partial.glob(".*.partial")) and not cache_folders(prepared_folder)  # killed mid-way: only the partial
     rebuilt = load_split(rows, "train", 32, MAX_PIXELS, "disk")
     assert torch.equal(rebuilt.images, load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
     assert not list(partial.glob(".*.partial"))

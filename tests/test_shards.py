@@ -18,21 +18,10 @@ import torch
 from pipeline import decoded
 from pipeline.config import ConfigError, parse_params, set_param
 from pipeline.decoded import load_split
-from pipeline.prepare import prepare
 from pipeline.shards import CACHE_DIR, LOCAL_AS_REMOTE
-from tests.conftest import ROOT, data_config, default_params, stage_env, stage_project, write_class_images
+from tests.conftest import ROOT, default_params, stage_env, stage_project
 from tests.test_decoded import MAX_PIXELS, all_batches, manifest
 from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, max_difference, outputs
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    """A prepared folder of synthetic images, as the working directory (as in tests/test_decoded.py)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("DVC_ROOT", raising=False)
-    write_class_images(tmp_path / "images", per_class=8)
-    prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
-    return tmp_path
 
 
 def shard_folders(store: Path) -> list[Path]:
@@ -40,8 +29,8 @@ def shard_folders(store: Path) -> list[Path]:
     return sorted(p for p in store.iterdir() if not p.name.startswith(".")) if store.is_dir() else []
 
 
-def test_shard_batches_are_bit_identical_to_memory_and_later_runs_read_them(project, capsys):
-    rows, store = manifest(project), project / "store"
+def test_shard_batches_are_bit_identical_to_memory_and_later_runs_read_them(prepared_folder, capsys):
+    rows, store = manifest(prepared_folder), prepared_folder / "store"
     in_memory = load_split(rows, "train", 32, MAX_PIXELS, "memory")
     sharded = load_split(rows, "train", 32, MAX_PIXELS, "shards", f"{LOCAL_AS_REMOTE}{store}")
     assert "as shards" in capsys.readouterr().out
@@ -61,8 +50,8 @@ def test_shard_batches_are_bit_identical_to_memory_and_later_runs_read_them(proj
     assert torch.equal(again.images[[4, 0, 2]], in_memory.images[[4, 0, 2]])
 
 
-def test_stale_shards_are_never_read(project, monkeypatch):
-    rows, store = manifest(project), project / "store"
+def test_stale_shards_are_never_read(prepared_folder, monkeypatch):
+    rows, store = manifest(prepared_folder), prepared_folder / "store"
     load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
     resized = load_split(rows, "train", 24, MAX_PIXELS, "shards", str(store))
     assert torch.equal(resized.images[:], load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
@@ -79,7 +68,8 @@ SLOW_WRITE = textwrap.dedent(
 
     item = shards.decoded_item
     def slowly(row_and_label, size, max_pixels):  # a write long enough to be killed in the middle
-        time.sleep(0.3)
+        open("decoding", "a").close()  # the test kills the writer once an image is being decoded
+        time.sleep(1)
         return item(row_and_label, size, max_pixels)
     shards.decoded_item = slowly
     decoded.load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "shards", "store")
@@ -87,17 +77,20 @@ SLOW_WRITE = textwrap.dedent(
 )
 
 
-def test_a_write_killed_mid_way_leaves_nothing_readable(project):
-    rows, store = manifest(project), project / "store"
+def test_a_write_killed_mid_way_leaves_nothing_readable(prepared_folder):
+    rows, store = manifest(prepared_folder), prepared_folder / "store"
     writer = subprocess.Popen(
         [sys.executable, "-c", SLOW_WRITE, "prepared/manifest.csv"],
-        cwd=project,
+        cwd=prepared_folder,
         env=stage_env(PYTHONPATH=str(ROOT)),
         start_new_session=True,  # its LitData workers are killed with it
     )
+    # LitData writes a chunk file only once the chunk is full (here: at the end), so the sign that the write
+    # is under way is an image being decoded, seconds before the last one
     deadline = time.monotonic() + 120
-    while not list(store.glob(".*.partial/chunk-*")) and writer.poll() is None and time.monotonic() < deadline:
+    while not (prepared_folder / "decoding").exists() and writer.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert writer.poll() is None, "the write ended before it could be killed"
     os.killpg(writer.pid, signal.SIGKILL)
     assert writer.wait() == -signal.SIGKILL
     assert list(store.glob(".*.partial")) and not shard_folders(store)  # killed mid-way: only the partial
