@@ -23,7 +23,7 @@ from pipeline.paths import DECODED_DIR
 from pipeline.prepare import prepare
 from pipeline.training import make_augment
 from tests.conftest import ROOT, data_config, default_params, stage_env, stage_project, tiny_params, write_class_images
-from tests.test_train_processes import RUN, SINGLE, TWO_GLOO, max_difference, train
+from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, TWO_GLOO, max_difference, train
 
 MAX_PIXELS = 10**7
 
@@ -155,7 +155,7 @@ def test_two_gloo_ranks_share_one_build_and_train_the_weights_of_one_process(tmp
     project = stage_project(tmp_path, **RUN, **{"data.decoded": "disk"})
     two = train(project, TWO_GLOO)
     assert two["stdout"].count("decoding 18 train images") == 1  # one rank built it, the other waited and mapped it
-    one = train(project, SINGLE)
+    one = train(project, SINGLE, **ONE_THREAD)
     assert "decoding" not in one["stdout"]  # built once, reused
     assert len(cache_folders(project)) == 2  # train and val
     assert 0 < max_difference(one["weights"], two["weights"]) < 1e-5  # as in tests/test_train_processes.py
