@@ -104,6 +104,14 @@ def all_sum(*values: float) -> list[float]:
     return totals.tolist()
 
 
+def assemble(parts: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, from each rank's copy holding its own rows and zeros elsewhere: a sum over ranks
+    with one non-zero addend per element, so exact."""
+    if active():
+        dist.all_reduce(parts)
+    return parts
+
+
 def gather(value) -> list:
     """Every rank's `value`, in rank order (picklable objects; small, e.g. RNG states)."""
     if not active():

@@ -19,9 +19,9 @@ here; for an object store, write a folder and copy it (e.g. `aws s3 sync`) to th
 
 Images are read by index, in the order and shares of pipeline.loader (the same global order on every
 rank, cut by rank), so batches and augmentation are bit-identical to the in-memory path. Each rank
-reads only the images of its shares; what that costs depends on the store: from S3, R2 or GCS
-LitData fetches just an item's byte range (Azure: the whole chunk), while from `local:` it copies
-each whole chunk holding one of them into this node's cache (data/shards-cache/node-<torchrun GROUP_RANK>).
+reads only the images of its shares, each by its own byte range: LitData does so from S3, R2 and GCS
+(from Azure it copies the whole chunk into this node's cache, data/shards-cache/node-<torchrun
+GROUP_RANK>), and `local:` is read the same way here (RangedLocalReads), as the object store it stands in for.
 """
 
 import argparse
@@ -43,6 +43,20 @@ from pipeline.paths import project_root
 LOCAL_AS_REMOTE = "local:"  # LitData's prefix for a folder read through its downloader, like an object store
 CACHE_DIR = Path("data/shards-cache")  # each node's copies of fetched chunks, under project_root()
 DEFAULT_CHUNK_BYTES = "64MB"  # LitData's default: fewer, larger reads from an object store
+
+
+def ranged_local_reads():
+    """LitData's `local:` downloader, reading an item's own byte range as its S3, R2 and GCS ones do, where
+    LitData 0.2.76 copies the item's whole chunk into the cache first (Downloader.download_bytes)."""
+    from litdata.streaming.downloader import LocalDownloaderWithCache
+
+    class RangedLocalReads(LocalDownloaderWithCache):
+        def download_bytes(self, remote_chunkpath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
+            with open(remote_chunkpath.removeprefix(LOCAL_AS_REMOTE), "rb") as f:
+                f.seek(offset)
+                return f.read(length)
+
+    return RangedLocalReads
 
 
 def folder_name(rows: list[dict], classes: list[str], size: int, what: str) -> str:
@@ -117,7 +131,9 @@ class ShardImages:
 
     def __init__(self, url: str, count: int, size: int):
         from litdata import StreamingDataset
+        from litdata.streaming.downloader import register_downloader
 
+        register_downloader(LOCAL_AS_REMOTE, ranged_local_reads(), overwrite=True)
         cache = project_root() / CACHE_DIR / f"node-{os.environ.get('GROUP_RANK', '0')}"  # torchrun's node rank
         try:
             self.dataset = StreamingDataset(url, cache_dir=str(cache))

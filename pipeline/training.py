@@ -108,12 +108,15 @@ class Inputs:
 
 @torch.no_grad()
 def extract_features(model: Classifier, images: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
-    """One pass of the frozen body (eval mode) over uint8 images: the head's cached inputs, kept on `device`."""
+    """One pass of the frozen body (eval mode) over uint8 images: the head's cached inputs, kept on `device`.
+    Under torchrun each rank passes every N-th batch, so it reads and computes only its share, and the ranks
+    assemble the whole: the same batches as one process's, so the same features."""
     model.body.eval()
-    chunks = []
-    for start in tqdm(range(0, len(images), batch_size), desc="caching features", disable=None, leave=False):
-        chunks.append(model.features(images[start : start + batch_size].to(device)).float())
-    return torch.cat(chunks)
+    features = torch.zeros(len(images), model.head.in_features, device=device)
+    starts = range(0, len(images), batch_size)[distributed.rank() :: distributed.size()]
+    for start in tqdm(starts, desc="caching features", disable=None, leave=False):
+        features[start : start + batch_size] = model.features(images[start : start + batch_size].to(device)).float()
+    return distributed.assemble(features)
 
 
 def phase_inputs(params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device) -> Inputs:
