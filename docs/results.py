@@ -31,6 +31,7 @@ H200_RUN2 = BENCH / "2026-11-26-h200-run2"
 H200_ISSUE16 = BENCH / "2026-11-28-h200-issue16"  # onnxruntime-gpu and the served model on the H200
 DATA_SCALE = BENCH / "2026-11-28-cpu-issue15" / "data_scale.json"  # in memory against the decoded cache on disk
 DATA_SCALE_SHARDS = BENCH / "2026-11-28-cpu-issue15-shards" / "data_scale.json"  # shards, and 2 processes on the cache
+DATA_SCALE_224 = BENCH / "2026-11-28-cpu-issue15-224px" / "data_scale.json"  # every mode at 224 px
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
@@ -928,9 +929,9 @@ def soak(root: Path) -> str:
     )
 
 
-def data_scale(root: Path) -> str:
+def data_scale(root: Path, source: Path = DATA_SCALE) -> str:
     """benchmarks/data_scale.py: the in-memory path against the decoded cache, by folder size."""
-    result = read_json(root, DATA_SCALE)
+    result = read_json(root, source)
     rows = []
     for entry in result["results"]:
         memory, disk = entry["memory"], entry["disk"]
@@ -956,7 +957,7 @@ def data_scale(root: Path) -> str:
             "",
             f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
             f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
-            f"From `{DATA_SCALE.as_posix()}`; each figure is memory / disk (cache).",
+            f"From `{source.as_posix()}`; each figure is memory / disk (cache).",
             "",
             table(
                 [
@@ -984,10 +985,10 @@ def memory_split(figures: dict) -> str:
     return " / ".join(count(figures[key]) for key in ("peak_private_mib", "peak_file_mapped_mib", "peak_rss_mib"))
 
 
-def data_scale_shards(root: Path) -> str:
+def data_scale_shards(root: Path, source: Path = DATA_SCALE_SHARDS) -> str:
     """benchmarks/data_scale.py --modes memory,disk,shards,disk-2ranks: LitData shards against the in-memory
     path, and two processes mapping one cache against one process."""
-    result = read_json(root, DATA_SCALE_SHARDS)
+    result = read_json(root, source)
     shard_rows, rank_rows = [], []
     for entry in result["results"]:
         memory, disk, shards, ranks = entry["memory"], entry["disk"], entry["shards"], entry["disk-2ranks"]["ranks"]
@@ -1011,13 +1012,13 @@ def data_scale_shards(root: Path) -> str:
                 f"{count(together)} ({times(together / disk['peak_rss_mib'])})",
             ]
         )
-    args = result["args"]
+    args, last = result["args"], result["results"][-1]
     return "\n".join(
         [
             "",
             f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
             f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
-            f"From `{DATA_SCALE_SHARDS.as_posix()}`. Shards against memory, in the same run:",
+            f"From `{source.as_posix()}`. Shards against memory, in the same run:",
             "",
             table(
                 [
@@ -1034,6 +1035,10 @@ def data_scale_shards(root: Path) -> str:
             "together: both processes' private memory and the mapped cache once, as the machine holds it:",
             "",
             table(["images", "one process", "each of two processes", "two together (against one)"], rank_rows),
+            "",
+            f"Two in-memory processes hold a copy of the split each: at {count(last['images'])} images, twice "
+            f"{count(last['memory']['peak_rss_mib'])} MiB, {count(2 * last['memory']['peak_rss_mib'])} MiB, "
+            f"against {count(together)} MiB for two on the cache.",
             "",
         ]
     )
@@ -1057,6 +1062,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "soak": soak,
     "data-scale": data_scale,
     "data-scale-shards": data_scale_shards,
+    "data-scale-224": lambda root: data_scale(root, DATA_SCALE_224) + data_scale_shards(root, DATA_SCALE_224),
 }
 
 
