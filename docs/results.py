@@ -985,15 +985,13 @@ def memory_split(figures: dict) -> str:
     return " / ".join(count(figures[key]) for key in ("peak_private_mib", "peak_file_mapped_mib", "peak_rss_mib"))
 
 
-def data_scale_shards(root: Path, source: Path = DATA_SCALE_SHARDS) -> str:
-    """benchmarks/data_scale.py --modes memory,disk,shards,disk-2ranks: LitData shards against the in-memory
-    path, and two processes mapping one cache against one process."""
-    result = read_json(root, source)
-    shard_rows, rank_rows = [], []
+def shards_part(result: dict) -> list[str]:
+    """The shards against the in-memory path, in the same run."""
+    rows = []
     for entry in result["results"]:
-        memory, disk, shards, ranks = entry["memory"], entry["disk"], entry["shards"], entry["disk-2ranks"]["ranks"]
+        memory, shards = entry["memory"], entry["shards"]
         against = {key: times(shards[key] / memory[key]) for key in shards if key in memory}
-        shard_rows.append(
+        rows.append(
             [
                 count(entry["images"]),
                 f"{fixed(shards['decode_s_per_image'] * 1e3, 3)} ({against['decode_s_per_image']})",
@@ -1002,46 +1000,64 @@ def data_scale_shards(root: Path, source: Path = DATA_SCALE_SHARDS) -> str:
                 f"{count(shards['peak_private_mib'])} / {count(shards['peak_rss_mib'])}",
             ]
         )
+    header = [
+        "images",
+        "write the shards, ms per image (against decoding in memory)",
+        "loader pass from the shards, images/s, warm",
+        "training, images/s",
+        "peak private / all RSS, MiB",
+    ]
+    return ["Shards against memory, in the same run:", "", table(header, rows), ""]
+
+
+def ranks_part(result: dict) -> list[str]:
+    """Two processes mapping one cache against one, and against two in-memory processes."""
+    rows = []
+    for entry in result["results"]:
+        disk, ranks = entry["disk"], entry["disk-2ranks"]["ranks"]
         # the machine holds each process's private pages, and the cache's mapped pages once (page cache)
         together = sum(rank["peak_private_mib"] for rank in ranks) + max(rank["peak_file_mapped_mib"] for rank in ranks)
-        rank_rows.append(
+        in_memory = 2 * entry["memory"]["peak_rss_mib"]  # a copy of the split each
+        rows.append(
             [
                 count(entry["images"]),
                 memory_split(disk),
                 " and ".join(memory_split(rank) for rank in ranks),
                 f"{count(together)} ({times(together / disk['peak_rss_mib'])})",
+                count(in_memory),
             ]
         )
-    args, last = result["args"], result["results"][-1]
-    return "\n".join(
-        [
-            "",
-            f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
-            f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
-            f"From `{source.as_posix()}`. Shards against memory, in the same run:",
-            "",
-            table(
-                [
-                    "images",
-                    "write the shards, ms per image (against decoding in memory)",
-                    "loader pass from the shards, images/s, warm",
-                    "training, images/s",
-                    "peak private / all RSS, MiB",
-                ],
-                shard_rows,
-            ),
-            "",
-            "Two processes mapping one cache at once, against one (peak private / file-mapped / all RSS, MiB); "
-            "together: both processes' private memory and the mapped cache once, as the machine holds it:",
-            "",
-            table(["images", "one process", "each of two processes", "two together (against one)"], rank_rows),
-            "",
-            f"Two in-memory processes hold a copy of the split each: at {count(last['images'])} images, twice "
-            f"{count(last['memory']['peak_rss_mib'])} MiB, {count(2 * last['memory']['peak_rss_mib'])} MiB, "
-            f"against {count(together)} MiB for two on the cache.",
-            "",
-        ]
-    )
+    header = [
+        "images",
+        "one process",
+        "each of two processes",
+        "two together (against one)",
+        "two in memory, a copy each (2 x one)",
+    ]
+    return [
+        "Two processes mapping one cache at once, against one (peak private / file-mapped / all RSS, MiB); "
+        "together: both processes' private memory and the mapped cache once, as the machine holds it:",
+        "",
+        table(header, rows),
+        "",
+    ]
+
+
+def data_scale_shards(root: Path, source: Path = DATA_SCALE_SHARDS) -> str:
+    """benchmarks/data_scale.py --modes ...: LitData shards against the in-memory path, and two processes
+    mapping one cache against one process, for the modes the run measured."""
+    result = read_json(root, source)
+    args, measured = result["args"], set(result["results"][0])
+    lines = [
+        "",
+        f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
+        f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
+        f"From `{source.as_posix()}`.",
+        "",
+    ]
+    lines += shards_part(result) if "shards" in measured else []
+    lines += ranks_part(result) if "disk-2ranks" in measured else []
+    return "\n".join(lines)
 
 
 GENERATORS: dict[str, Callable[[Path], str]] = {
