@@ -32,6 +32,7 @@ H200_ISSUE16 = BENCH / "2026-11-28-h200-issue16"  # onnxruntime-gpu and the serv
 DATA_SCALE = BENCH / "2026-11-28-cpu-issue15" / "data_scale.json"  # in memory against the decoded cache on disk
 DATA_SCALE_SHARDS = BENCH / "2026-11-28-cpu-issue15-shards" / "data_scale.json"  # shards, and 2 processes on the cache
 DATA_SCALE_224 = BENCH / "2026-11-28-cpu-issue15-224px" / "data_scale.json"  # every mode at 224 px
+DATA_SCALE_224_100K = BENCH / "2026-11-28-cpu-issue15-224px-100k" / "data_scale.json"  # no shards: the disk
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
@@ -1079,6 +1080,9 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "data-scale": data_scale,
     "data-scale-shards": data_scale_shards,
     "data-scale-224": lambda root: data_scale(root, DATA_SCALE_224) + data_scale_shards(root, DATA_SCALE_224),
+    "data-scale-224-100k": lambda root: (
+        data_scale(root, DATA_SCALE_224_100K) + data_scale_shards(root, DATA_SCALE_224_100K)
+    ),
 }
 
 
