@@ -32,11 +32,12 @@ H200_ISSUE16 = BENCH / "2026-11-28-h200-issue16"  # onnxruntime-gpu and the serv
 DATA_SCALE = BENCH / "2026-11-28-cpu-issue15" / "data_scale.json"  # in memory against the decoded cache on disk
 DATA_SCALE_SHARDS = BENCH / "2026-11-28-cpu-issue15-shards" / "data_scale.json"  # shards, and 2 processes on the cache
 DATA_SCALE_224 = BENCH / "2026-11-28-cpu-issue15-224px" / "data_scale.json"  # every mode at 224 px
-DATA_SCALE_224_100K = BENCH / "2026-11-28-cpu-issue15-224px-100k" / "data_scale.json"  # no shards: the disk
+# memory, disk and two processes: shards of 100k images at 224 px did not fit the disk beside the cache
+DATA_SCALE_224_100K = BENCH / "2026-11-28-cpu-issue15-224px-100k" / "data_scale.json"
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
 
-# Calibration cases made while other work shared the machine: their accuracies hold, some times do not.
+# Pieces of the notes below: the digits data set's setting, and where the grid/halving sitting's logs are.
 DIGITS = " and `data.source: data/builtin/digits`"
 ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14/`"
 
@@ -952,13 +953,10 @@ def data_scale(root: Path, source: Path = DATA_SCALE) -> str:
     build_growth = last["disk"]["decode_s_per_image"] / first["disk"]["decode_s_per_image"]
     private_growth = last["disk"]["peak_private_mib"] / first["disk"]["peak_private_mib"]
     loader = [e["disk"]["loader_images_per_s"] / e["memory"]["loader_images_per_s"] for e in result["results"]]
-    args = result["args"]
     return "\n".join(
         [
             "",
-            f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
-            f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
-            f"From `{source.as_posix()}`; each figure is memory / disk (cache).",
+            f"{scale_run(result, source)} Each figure is memory / disk (cache).",
             "",
             table(
                 [
@@ -979,6 +977,15 @@ def data_scale(root: Path, source: Path = DATA_SCALE) -> str:
             "the in-memory one's speed, warm (goal: within 10%).",
             "",
         ]
+    )
+
+
+def scale_run(result: dict, source: Path) -> str:
+    """What a data_scale run was: the machine, its settings and its file."""
+    args = result["args"]
+    return (
+        f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, {args['train_steps']} "
+        f"training steps of a random-init {BACKBONES[args['backbone']]}. From `{source.as_posix()}`."
     )
 
 
@@ -1044,21 +1051,24 @@ def ranks_part(result: dict) -> list[str]:
     ]
 
 
+def other_modes(result: dict) -> list[str]:
+    """The shards and two-process parts, for the modes the run measured."""
+    measured = set(result["results"][0])
+    return (shards_part(result) if "shards" in measured else []) + (
+        ranks_part(result) if "disk-2ranks" in measured else []
+    )
+
+
 def data_scale_shards(root: Path, source: Path = DATA_SCALE_SHARDS) -> str:
     """benchmarks/data_scale.py --modes ...: LitData shards against the in-memory path, and two processes
-    mapping one cache against one process, for the modes the run measured."""
+    mapping one cache against one process."""
     result = read_json(root, source)
-    args, measured = result["args"], set(result["results"][0])
-    lines = [
-        "",
-        f"**{result['machine']}.** {args['image_size']} px, batch {args['batch_size']}, "
-        f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. "
-        f"From `{source.as_posix()}`.",
-        "",
-    ]
-    lines += shards_part(result) if "shards" in measured else []
-    lines += ranks_part(result) if "disk-2ranks" in measured else []
-    return "\n".join(lines)
+    return "\n".join(["", scale_run(result, source), "", *other_modes(result)])
+
+
+def data_scale_all(root: Path, source: Path) -> str:
+    """A run of every mode: memory against disk, then the shards and two-process parts under one heading."""
+    return data_scale(root, source) + "\n".join(["", *other_modes(read_json(root, source))])
 
 
 GENERATORS: dict[str, Callable[[Path], str]] = {
@@ -1079,10 +1089,8 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "soak": soak,
     "data-scale": data_scale,
     "data-scale-shards": data_scale_shards,
-    "data-scale-224": lambda root: data_scale(root, DATA_SCALE_224) + data_scale_shards(root, DATA_SCALE_224),
-    "data-scale-224-100k": lambda root: (
-        data_scale(root, DATA_SCALE_224_100K) + data_scale_shards(root, DATA_SCALE_224_100K)
-    ),
+    "data-scale-224": lambda root: data_scale_all(root, DATA_SCALE_224),
+    "data-scale-224-100k": lambda root: data_scale_all(root, DATA_SCALE_224_100K),
 }
 
 
