@@ -59,7 +59,7 @@ from pipeline.halving import (
 )
 from pipeline.manifest import class_names, fingerprint, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR, VERDICT_JSON
-from pipeline.training import Callbacks, Trained, train_model
+from pipeline.training import Callbacks, FrozenFeatures, Trained, train_model
 
 
 def run_params(
@@ -86,6 +86,16 @@ class TestSplits:
 
 
 @dataclass
+class Shared:
+    """What every run of one comparison shares."""
+
+    classes: list[str]
+    data: str  # the prepared data's fingerprint
+    commit: str
+    frozen: FrozenFeatures  # the pretrained body's features, passed once for all runs
+
+
+@dataclass
 class Trial:
     """One trained run, before it is scored on test: what halving keeps between its training and its decision."""
 
@@ -100,16 +110,14 @@ def predicted(model, images: torch.Tensor) -> torch.Tensor:
     return trained.predict_probabilities(model, images).argmax(1)
 
 
-def train_run(
-    params: Params, label: str, train: Split, val: Split, classes: list[str], data: str, commit: str, **tags: str
-) -> Trial:
+def train_run(params: Params, label: str, train: Split, val: Split, shared: Shared, **tags: str) -> Trial:
     """One child run of the active MLflow run: train with `params` through the pipeline's own entry point."""
-    tags = {"strategy": label, "seed": str(params.seed), "git_commit": commit, **tags}
+    tags = {"strategy": label, "seed": str(params.seed), "git_commit": shared.commit, **tags}
     with mlflow.start_run(run_name=f"{label} seed {params.seed}", nested=True, tags=tags) as run:
         tracking.log_run_params(params)
         callbacks = Callbacks(on_plan=tracking.log_plan, on_epoch=tracking.log_epoch)
         started = time.perf_counter()
-        result = train_model(params, classes, train, val, data, callbacks)
+        result = train_model(params, shared.classes, train, val, shared.data, callbacks, frozen=shared.frozen)
         seconds = time.perf_counter() - started
         tracking.log_metrics({"val/best_accuracy": result.best["val_accuracy"], "train/seconds": seconds})
     return Trial(label, params.seed, result, seconds, run.info.run_id)
@@ -151,13 +159,13 @@ def strategy_of(label: str) -> str:
     return "head" if label == RANDOM_INIT_PROBE else label
 
 
-def grid(params: Params, splits: dict[str, Split], test: TestSplits, classes, data, commit) -> list[Result]:
+def grid(params: Params, splits: dict[str, Split], test: TestSplits, shared: Shared) -> list[Result]:
     """Every strategy x seed at the `compare` budget."""
     results = []
     for seed in params.compare.seeds:
         for label, weights in run_labels(params, params.compare.strategies):
             run = run_params(params, strategy_of(label), seed, weights)
-            trial = train_run(run, label, splits["train"], splits["val"], classes, data, commit)
+            trial = train_run(run, label, splits["train"], splits["val"], shared)
             results.append(scored(trial, test))
     return results
 
@@ -166,9 +174,7 @@ def read_verdict(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def rung_trials(
-    params: Params, labels: list[tuple[str, str]], rung: Budget, index: int, train, val, classes, data, commit
-):
+def rung_trials(params: Params, labels: list[tuple[str, str]], rung: Budget, index: int, train, val, shared: Shared):
     """Each (label, weights) once per seed of the rung at its budget, as children of the active (rung) run."""
     return {
         label: [
@@ -177,9 +183,7 @@ def rung_trials(
                 label,
                 train,
                 val,
-                classes,
-                data,
-                commit,
+                shared,
                 rung=str(index),
             )
             for seed in params.compare.seeds[: rung.seeds]
@@ -193,9 +197,7 @@ def halving(
     load_train: Callable[[int | None], Split],
     splits: dict[str, Split],
     test: TestSplits,
-    classes,
-    data,
-    commit,
+    shared: Shared,
     verdict_file: Path,
 ):
     """Successive halving (pipeline.halving): the stopping rung's scored runs, the report's `halving` part and
@@ -216,7 +218,7 @@ def halving(
                 {"rung": index, "epochs": rung.epochs, "train_per_class": rung.train_per_class, "seeds": rung.seeds}
             )
             labels = [(label, weights) for label in ["head", *contenders]]
-            trials = rung_trials(params, labels, rung, index, train, val, classes, data, commit)
+            trials = rung_trials(params, labels, rung, index, train, val, shared)
             correct = {
                 label: torch.stack([predicted(t.trained.model, val.images) == val.labels for t in runs])
                 for label, runs in trials.items()
@@ -258,7 +260,7 @@ def halving(
             )
             if final:
                 # the random-init probe says what pretraining brings: needed once, at the answer's budget
-                probes = rung_trials(params, run_labels(params, []), rung, index, train, val, classes, data, commit)
+                probes = rung_trials(params, run_labels(params, []), rung, index, train, val, shared)
                 results = [scored(t, test) for runs in (trials | probes).values() for t in runs]
                 stop = stop_reason(decided, rung, index, len(budgets))
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
@@ -322,7 +324,8 @@ def compare(
 
     test = TestSplits(splits["test"], *shift.shifted_copy(splits["test"].images, params.seed))
     tracking.use_experiment(params)
-    commit, data = tracking.git_commit(), fingerprint(manifest)
+    commit = tracking.git_commit()
+    shared = Shared(classes, fingerprint(manifest), commit, FrozenFeatures())
     name = "compare" if budget.method == "grid" else "compare (halving)"
     with mlflow.start_run(
         run_name=name, tags={"git_commit": commit, "kind": "compare", "method": budget.method}
@@ -332,12 +335,10 @@ def compare(
         )
         if budget.method == "grid":
             train = load_train(budget.train_per_class)
-            results = grid(params, splits | {"train": train}, test, classes, data, commit)
+            results = grid(params, splits | {"train": train}, test, shared)
             halving_part, epochs, per_class = {}, budget.epochs, budget.train_per_class
         else:
-            results, halving_part, train = halving(
-                params, load_train, splits, test, classes, data, commit, verdict_file
-            )
+            results, halving_part, train = halving(params, load_train, splits, test, shared, verdict_file)
             epochs, per_class = halving_part["final"]["epochs"], halving_part["final"]["train_per_class"]
         pretrained = build(params.model.backbone, params.model.weights, len(classes))
         summaries = summarize(results)

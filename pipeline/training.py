@@ -119,11 +119,33 @@ def extract_features(model: Classifier, images: torch.Tensor, batch_size: int, d
     return distributed.assemble(features)
 
 
-def phase_inputs(params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device) -> Inputs:
+class FrozenFeatures:
+    """The body's features as built, shared by the runs of a comparison. Pretrained weights make the same body
+    in every run (the seed draws the head; strategies differ only in what they train after), so one pass over
+    an image tensor serves the `head` strategy and `lp-ft`'s head phase at every seed. A random-init body
+    differs by seed: its features are not kept."""
+
+    def __init__(self):
+        self._passes: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, params: Params, model: Classifier, images: torch.Tensor, device) -> torch.Tensor:
+        batch_size, weights = params.train.batch_size, params.model.weights
+        if weights.lower() == "none":
+            return extract_features(model, images, batch_size, device)
+        key = (params.model.backbone, weights, batch_size, str(device), id(images))
+        if key not in self._passes:
+            # the images are kept with their features so that no other tensor can take their id
+            self._passes[key] = (images, extract_features(model, images, batch_size, device))
+        return self._passes[key][1]
+
+
+def phase_inputs(
+    params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device, frozen: FrozenFeatures
+) -> Inputs:
     batch_size = params.train.batch_size
     if phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train":
         features = {
-            name: (extract_features(model, split.images, batch_size, device), split.labels.to(device))
+            name: (frozen(params, model, split.images, device), split.labels.to(device))
             for name, split in (("train", train), ("val", val))
         }
 
@@ -186,11 +208,13 @@ class PhaseRun:
     scheduler: torch.optim.lr_scheduler.LRScheduler
 
 
-def start_phase(params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device, resume, done):
+def start_phase(
+    params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device, resume, done, frozen
+):
     """Set up `phase`; `done` epochs of it are in `resume`, whose optimizer and schedule it continues."""
     steps = math.ceil(len(train.labels) / params.train.batch_size)
     optimizer = make_optimizer(params, apply_phase(model, phase), device)
-    inputs = phase_inputs(params, model, phase, train, val, device)
+    inputs = phase_inputs(params, model, phase, train, val, device, frozen)
     scheduler = warmup_cosine(optimizer, round(params.train.warmup_epochs * steps), steps * phase.epochs)
     if done:
         optimizer.load_state_dict(resume.optimizer)
@@ -244,9 +268,11 @@ def fit(
     callbacks: Callbacks | None = None,
     resume: TrainingState | None = None,
     seconds_before: float = 0.0,
+    frozen: FrozenFeatures | None = None,
 ) -> TrainingState:
     """Run the phases on `model` (already on `device`); return the state after the last epoch, whose
-    `best` holds the best epoch (by validation accuracy) and its weights."""
+    `best` holds the best epoch (by validation accuracy) and its weights. `frozen` holds features of the body
+    as built: the first phase's alone, as a later one's body may have trained."""
     callbacks = callbacks or Callbacks()
     started = time.perf_counter() - seconds_before
     generator = torch.Generator().manual_seed(params.seed)  # the batch order
@@ -264,7 +290,8 @@ def fit(
         done = resume.epochs_done(phase_index, phase.epochs) if resume else 0
         if done == phase.epochs:
             continue
-        run = start_phase(params, model, phase, train, val, device, resume, done)
+        phase_frozen = frozen if frozen is not None and phase_index == 0 else FrozenFeatures()
+        run = start_phase(params, model, phase, train, val, device, resume, done, phase_frozen)
         show = distributed.is_main()
         desc = f"{params.finetune.strategy}: {phase.name}"
         for phase_epoch in tqdm(range(done + 1, phase.epochs + 1), desc, unit="epoch", disable=None if show else True):
@@ -303,8 +330,10 @@ def train_model(
     data_fingerprint: str,
     callbacks: Callbacks | None = None,
     resume: TrainingState | None = None,
+    frozen: FrozenFeatures | None = None,
 ) -> Trained:
-    """Build the backbone, plan the strategy (auto's probe on the training device), fit; the best epoch."""
+    """Build the backbone, plan the strategy (auto's probe on the training device), fit; the best epoch.
+    Runs given the same `frozen` share the frozen body's features of the same image tensors."""
     callbacks = callbacks or Callbacks()
     started = time.perf_counter() - (resume.seconds if resume else 0.0)
     device = distributed.local(pick_device(params.train.device))
@@ -317,7 +346,8 @@ def train_model(
     trainable = count_parameters(model, plan.trained_modules)
     total = sum(p.numel() for p in model.parameters())
     callbacks.on_plan(plan, trainable, total)
-    final = fit(params, model, plan.phases, train, val, device, callbacks, resume, time.perf_counter() - started)
+    seconds_before = time.perf_counter() - started
+    final = fit(params, model, plan.phases, train, val, device, callbacks, resume, seconds_before, frozen)
     best = dict(final.best)
     model.load_state_dict(best.pop("state_dict"))
     card = ModelCard(

@@ -1,11 +1,12 @@
 import pytest
 import torch
 
+from pipeline import training
 from pipeline.backbones import build
 from pipeline.decoded import load_split
 from pipeline.manifest import read_manifest
 from pipeline.prepare import prepare
-from pipeline.training import Callbacks, Trained, train_model
+from pipeline.training import Callbacks, FrozenFeatures, Trained, train_model
 from tests.conftest import data_config, tiny_params
 
 NO_AUGMENT = {"train.augment": {"hflip": False, "crop_scale_min": 1.0}}
@@ -17,13 +18,14 @@ def splits(folder, tmp_path, size=32, **data):
     return [load_split(rows, split, size, 10**7, "memory") for split in ("train", "val")]
 
 
-def run(params, train, val, **model) -> tuple[Trained, list[dict]]:
+def run(params, train, val, frozen=None, **model) -> tuple[Trained, list[dict]]:
     """Train through the pipeline's one entry point; a random-init ResNet-18 unless `model` says otherwise."""
     settings = {"backbone": "resnet18", "weights": "none"} | model
     params = params.model_copy(update={"model": params.model.model_copy(update=settings)})
     classes = [str(c) for c in range(len(set(train.labels.tolist())))]
     history = []
-    result = train_model(params, classes, train, val, "test data", Callbacks(on_epoch=history.append))
+    callbacks = Callbacks(on_epoch=history.append)
+    result = train_model(params, classes, train, val, "test data", callbacks, frozen=frozen)
     return result, history
 
 
@@ -40,6 +42,37 @@ def test_cached_feature_head_matches_training_through_the_frozen_backbone(image_
         torch.testing.assert_close(weights(cached)[key], weights(uncached)[key], atol=1e-5, rtol=1e-4)
     body_keys = [k for k in weights(cached) if k.startswith("body.")]
     assert all(torch.equal(weights(cached)[k], weights(uncached)[k]) for k in body_keys)
+
+
+def test_runs_sharing_frozen_features_train_what_each_trains_alone(image_folder, tmp_path, monkeypatch):
+    """compare's runs share one pass of the pretrained body over each image tensor; random-init bodies differ
+    by seed, so theirs are passed per run."""
+    train, val = splits(image_folder, tmp_path)
+    runs = [("head", 0, "DEFAULT"), ("lp-ft", 0, "DEFAULT"), ("head", 1, "DEFAULT"), ("lp-ft", 1, "DEFAULT")]
+    runs += [("head", 0, "none"), ("head", 1, "none")]
+
+    def each(frozen):
+        return [
+            run(
+                tiny_params(**{"finetune.strategy": strategy, "seed": seed} | NO_AUGMENT),
+                train,
+                val,
+                frozen,
+                backbone="efficientnet_lite0",
+                weights=weights,
+            )
+            for strategy, seed, weights in runs
+        ]
+
+    alone = each(None)
+    passes, extract = [], training.extract_features
+    monkeypatch.setattr(training, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
+    shared = each(FrozenFeatures())
+    # the pretrained body's: train and val once for four runs; the random-init bodies': train and val per run
+    assert passes == [len(train.labels), len(val.labels)] * 3
+    for (result_alone, history_alone), (result_shared, history_shared) in zip(alone, shared, strict=True):
+        assert [r["val_accuracy"] for r in history_shared] == [r["val_accuracy"] for r in history_alone]
+        assert all(torch.equal(value, weights(result_alone)[key]) for key, value in weights(result_shared).items())
 
 
 def test_training_is_reproducible_from_the_seed_and_keeps_the_best_epoch(image_folder, tmp_path):
