@@ -49,9 +49,8 @@ from pipeline.halving import (
     WORTH_IT,
     Budget,
     PairedTest,
-    paired_test,
     points,
-    ranked,
+    race,
     recommendation,
     rung_budgets,
     seed_from_verdict,
@@ -192,6 +191,21 @@ def rung_trials(params: Params, labels: list[tuple[str, str]], rung: Budget, ind
     }
 
 
+def race_rung(params: Params, queue: list[str], rung: Budget, index: int, train, val, shared: Shared, order, may_stop):
+    """The head, then the strategies of `queue` in turn at the rung's budget (pipeline.halving.race): the trials that
+    ran, the head's and the strategies' validation correctness, and the last paired test."""
+    weights = params.model.weights
+    trials = rung_trials(params, [("head", weights)], rung, index, train, val, shared)
+
+    def correct_of(label: str) -> torch.Tensor:
+        trials.update(rung_trials(params, [(label, weights)], rung, index, train, val, shared))
+        return validation_correct(trials[label], val)
+
+    head_correct = validation_correct(trials["head"], val)
+    correct, decided = race(queue, correct_of, head_correct, order, params.compare, may_stop)
+    return trials, head_correct, correct, decided
+
+
 def halving(
     params: Params,
     load_train: Callable[[int | None], Split],
@@ -207,8 +221,8 @@ def halving(
         budget.strategies, read_verdict(verdict_file), params.data.source, budget.halving.verdict_drop
     )
     print(seeding.note)
-    contenders, rungs, budgets = seeding.order, [], rung_budgets(budget)
-    val, weights = splits["val"], params.model.weights
+    contenders, waiting, rungs, budgets = seeding.first, seeding.last, [], rung_budgets(budget)
+    val = splits["val"]
     for index, rung in enumerate(budgets):
         train = load_train(rung.train_per_class)
         seeds = f"{rung.seeds} seed" + ("s" if rung.seeds > 1 else "")
@@ -217,18 +231,16 @@ def halving(
             mlflow.log_params(
                 {"rung": index, "epochs": rung.epochs, "train_per_class": rung.train_per_class, "seeds": rung.seeds}
             )
-            labels = [(label, weights) for label in ["head", *contenders]]
-            trials = rung_trials(params, labels, rung, index, train, val, shared)
-            correct = {
-                label: torch.stack([predicted(t.trained.model, val.images) == val.labels for t in runs])
-                for label, runs in trials.items()
-            }
-            val_accuracy = {label: correct[label].float().mean().item() for label in contenders}
-            leader = ranked(val_accuracy, seeding.order)[0]
-            decided = paired_test(leader, correct[leader], correct["head"], budget.worth_it, budget.halving.confidence)
             every_seed = rung.seeds == len(budget.seeds)  # a screening rung decides nothing
+            queue = contenders + (waiting if every_seed else [])  # the ruled-out are not screened: they start last
+            trials, head_correct, correct, decided = race_rung(
+                params, queue, rung, index, train, val, shared, seeding.order, may_stop=every_seed
+            )
+            waiting = waiting if not every_seed else []  # they ran in this rung's race, or it decided before them
+            not_run = queue[len(correct) :]
+            val_accuracy = {label: runs.float().mean().item() for label, runs in correct.items()}
             final = (decided.decision == WORTH_IT and every_seed) or index == len(budgets) - 1
-            kept = contenders if final else survivors(val_accuracy, seeding.order)
+            kept = list(correct) if final else survivors(val_accuracy, seeding.order)
             tracking.log_metrics(
                 {
                     "halving/gain": decided.gain,
@@ -238,7 +250,7 @@ def halving(
                     **{f"val/accuracy.{label}": value for label, value in val_accuracy.items()},
                 }
             )
-            mlflow.set_tags({"halving.leader": leader, "halving.decision": decided.decision})
+            mlflow.set_tags({"halving.leader": decided.leader, "halving.decision": decided.decision})
             rungs.append(
                 {
                     "rung": index,
@@ -246,23 +258,26 @@ def halving(
                     "train_per_class": rung.train_per_class,
                     "train_images": len(train.labels),
                     "seeds": rung.seeds,
-                    "strategies": ["head", *contenders],
-                    "val_accuracy": {"head": correct["head"].float().mean().item(), **val_accuracy},
+                    "strategies": list(trials),
+                    "not_run": not_run,
+                    "val_accuracy": {"head": head_correct.float().mean().item(), **val_accuracy},
                     "train_seconds": {label: sum(t.seconds for t in runs) for label, runs in trials.items()},
                     "paired_test": asdict(decided),
                     "kept": kept,
                     "run_id": run.info.run_id,
                 }
             )
+            interval = f"{decided.gain:+.1f} points [{decided.low:+.1f}, {decided.high:+.1f}]"
             print(
-                f"{name}: {leader} vs head {decided.gain:+.1f} points [{decided.low:+.1f}, {decided.high:+.1f}] "
-                f"on val: {decided.decision}" + ("" if final else f"; kept {', '.join(kept)}")
+                f"{name}: {decided.leader} vs head {interval} on val: {decided.decision}"
+                + (f"; not run: {', '.join(not_run)}" if not_run else "")
+                + ("" if final else f"; kept {', '.join(kept)}")
             )
             if final:
                 # the random-init probe says what pretraining brings: needed once, at the answer's budget
                 probes = rung_trials(params, run_labels(params, []), rung, index, train, val, shared)
                 results = [scored(t, test) for runs in (trials | probes).values() for t in runs]
-                stop = stop_reason(decided, rung, index, len(budgets))
+                stop = stop_reason(decided, rung, index, len(budgets), not_run)
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
                 strategy, lines = recommendation(summarize(results), decided)
                 return (
@@ -281,7 +296,12 @@ def halving(
         contenders = kept
 
 
-def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int) -> str:
+def validation_correct(trials: list[Trial], val: Split) -> torch.Tensor:
+    """Seeds x images: whether each run's best epoch classifies each validation image right."""
+    return torch.stack([predicted(trial.trained.model, val.images) == val.labels for trial in trials])
+
+
+def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int, not_run: list[str]) -> str:
     interval = (
         f"{test_result.gain:+.1f} points [{test_result.low:+.1f}, {test_result.high:+.1f}] "
         f"at {100 * test_result.confidence:.0f}%"
@@ -291,9 +311,10 @@ def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int) -
         f"{test_result.seeds} seeds x {test_result.images} images"
     )
     if test_result.decision == WORTH_IT:
+        behind = f" Not run, behind it in the race: {', '.join(f'`{name}`' for name in not_run)}." if not_run else ""
         return (
             f"Stopped at rung {index} of {rungs} ({rung.epochs} epochs): fine-tuning beats the head by more than "
-            f"{points(test_result.worth_it)} ({over})."
+            f"{points(test_result.worth_it)} ({over}).{behind}"
         )
     answer = (
         f"the head is enough: fine-tuning does not beat it by {points(test_result.worth_it)}"

@@ -5,9 +5,15 @@ All fine-tuning strategies start at a small budget (rung 0: `compare.halving.fir
 half by mean validation accuracy is dropped and the budget doubles, up to the `compare` section's, every
 later rung with every seed. Rung 0 only screens: at its budget nothing is decided that more seeds would
 not have to confirm (racing, as in SMAC's intensification: the runs that survive get more seeds), so it
-stops early only when it has every seed. The head trains at every rung beside
-them: it costs seconds on cached features and is the reference of the paired test, which asks whether
-the leading strategy beats the head by more than `compare.worth_it` points on the validation split.
+stops early only when it has every seed. The head trains at every rung before them: it costs seconds on
+cached features and is the reference of the paired test, which asks whether the leading strategy beats
+the head by more than `compare.worth_it` points on the validation split.
+
+A rung with every seed is a race: its strategies run one after the other, the previous rung's best first,
+and the paired test follows each, so the rung stops as soon as one decides "worth it" and the strategies
+behind it do not run. The strategies the verdict rules out (without being sure enough to drop them) start
+last: rung 0 does not screen them, and a rung with every seed runs them after the others, so they run only
+when the strategies it expects to win have not decided.
 
 The decisions use the validation split, not test: the test split then stays out of every choice, so the
 test accuracies in the report are not picked for being high. Only "worth it" stops early: a strategy
@@ -17,6 +23,7 @@ recommend the head at 3 epochs and `full` at 6), so "not worth it" is decided at
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -111,13 +118,40 @@ def survivors(val_accuracy: dict[str, float], order: list[str]) -> list[str]:
     return ranked(val_accuracy, order)[: math.ceil(len(val_accuracy) / 2)]
 
 
+def race(
+    queue: list[str],
+    correct_of: Callable[[str], torch.Tensor],
+    head_correct: torch.Tensor,
+    order: list[str],
+    budget: CompareConfig,
+    may_stop: bool,
+) -> tuple[dict[str, torch.Tensor], PairedTest]:
+    """Run the strategies of `queue` in turn (`correct_of` trains one at the rung's seeds and gives its per-image
+    validation correctness), each followed by the paired test of the leader so far against the head; stop at
+    the first "worth it" when `may_stop`. The correctness of those that ran, and the last test."""
+    correct: dict[str, torch.Tensor] = {}
+    for name in queue:
+        correct[name] = correct_of(name)
+        leader = ranked({label: runs.float().mean().item() for label, runs in correct.items()}, order)[0]
+        decided = paired_test(leader, correct[leader], head_correct, budget.worth_it, budget.halving.confidence)
+        if may_stop and decided.decision == WORTH_IT:
+            break
+    return correct, decided
+
+
 @dataclass(frozen=True)
 class Seeding:
     """The strategies halving starts with, in the verdict's order, and why."""
 
-    order: list[str]  # fine-tuning strategies to run, the verdict's first and the ruled-out last
+    first: list[str]  # fine-tuning strategies rung 0 screens, the verdict's favourite first
+    last: list[str]  # ruled out by the verdict: run only where those before them have not decided
     dropped: list[str]  # ruled out by a verdict sure enough not to run them
     note: str
+
+    @property
+    def order(self) -> list[str]:
+        """Every strategy that may run, in the verdict's order: the tie-break of a ranking."""
+        return self.first + self.last
 
 
 def seed_from_verdict(
@@ -127,23 +161,27 @@ def seed_from_verdict(
     other data says nothing about this data and is ignored."""
     tuned = [name for name in strategies if name != "head"]
     if verdict_report is None:
-        return Seeding(tuned, [], "no verdict report: the strategies start in compare.strategies' order")
+        return Seeding(tuned, [], [], "no verdict report: the strategies start in compare.strategies' order")
     if Path(verdict_report["setup"]["data_source"]).resolve() != Path(data_source).resolve():
-        return Seeding(
-            tuned, [], f"the verdict report is of {verdict_report['setup']['data_source']}, not of this data: ignored"
-        )
+        note = f"the verdict report is of {verdict_report['setup']['data_source']}, not of this data: ignored"
+        return Seeding(tuned, [], [], note)
     verdict = verdict_report["verdict"]
     ruled_out = [name for name in tuned if name in RULED_OUT[verdict["strategy"]]]
     favoured = [name for name in tuned if name == verdict["strategy"]]
     rest = [name for name in tuned if name not in ruled_out and name not in favoured]
-    # never all of them: the comparison is there to check the verdict
-    sure = verdict["confidence"] >= drop_from and len(ruled_out) < len(tuned)
-    note = f"verdict: {verdict['decision']} ({verdict['certainty']}, {100 * verdict['confidence']:.0f}%); " + (
-        f"ruled out and not run (confidence from {100 * drop_from:.0f}%): {', '.join(ruled_out)}"
-        if sure and ruled_out
-        else f"ruled out, started last: {', '.join(ruled_out) or 'none'}"
-    )
-    return Seeding(favoured + rest + ([] if sure else ruled_out), ruled_out if sure else [], note)
+    said = f"verdict: {verdict['decision']} ({verdict['certainty']}, {100 * verdict['confidence']:.0f}%); "
+    if not ruled_out:
+        return Seeding(favoured + rest, [], [], said + "it rules out none of those compared")
+    if len(ruled_out) == len(tuned):  # never all of them: the comparison is there to check the verdict
+        return Seeding(ruled_out, [], [], said + "it rules out every strategy compared: all run, to check it")
+    if verdict["confidence"] >= drop_from:
+        return Seeding(
+            favoured + rest,
+            [],
+            ruled_out,
+            said + f"ruled out and not run (confidence from {100 * drop_from:.0f}%): {', '.join(ruled_out)}",
+        )
+    return Seeding(favoured + rest, ruled_out, [], said + f"ruled out, started last: {', '.join(ruled_out)}")
 
 
 def points(value: float) -> str:

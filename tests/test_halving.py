@@ -16,6 +16,7 @@ from pipeline.halving import (
     WORTH_IT,
     Budget,
     paired_test,
+    race,
     recommendation,
     rung_budgets,
     seed_from_verdict,
@@ -89,17 +90,38 @@ def verdict_report(strategy: str, confidence: float, source: str = "data/builtin
     }
 
 
-def test_the_verdict_orders_the_strategies_and_drops_what_it_rules_out_when_sure():
+def test_the_verdict_starts_what_it_rules_out_last_and_drops_it_when_sure():
     strategies = ["head", "norm", "partial", "auto", "full", "lp-ft"]
     source = "data/builtin/animal-shape"
     unsure = seed_from_verdict(strategies, verdict_report("full", 0.7), source, drop_from=0.8)
-    assert unsure.order == ["full", "lp-ft", "norm", "partial", "auto"] and not unsure.dropped
+    assert (unsure.first, unsure.last, unsure.dropped) == (["full", "lp-ft"], ["norm", "partial", "auto"], [])
+    assert unsure.order == ["full", "lp-ft", "norm", "partial", "auto"]
+    assert unsure.note.endswith("ruled out, started last: norm, partial, auto")
     sure = seed_from_verdict(strategies, verdict_report("full", 0.87), source, drop_from=0.8)
-    assert sure.order == ["full", "lp-ft"] and sure.dropped == ["norm", "partial", "auto"]
+    assert (sure.first, sure.last, sure.dropped) == (["full", "lp-ft"], [], ["norm", "partial", "auto"])
     other_data = seed_from_verdict(strategies, verdict_report("full", 0.99, "data/builtin/digits"), source, 0.8)
-    assert other_data.order == ["norm", "partial", "auto", "full", "lp-ft"] and "ignored" in other_data.note
+    assert other_data.first == ["norm", "partial", "auto", "full", "lp-ft"] and "ignored" in other_data.note
     head_only = seed_from_verdict(["head", "full"], verdict_report("head", 0.99), source, drop_from=0.8)
-    assert head_only.order == ["full"] and not head_only.dropped  # never every strategy: the verdict is checked
+    # never every strategy: the comparison is there to check the verdict
+    assert (head_only.first, head_only.last, head_only.dropped) == (["full"], [], [])
+
+
+def test_a_race_stops_at_the_first_strategy_that_decides_and_runs_none_behind_it():
+    head = correctness([[1] * 80 + [0] * 20] * 3)
+    outcomes = {"lp-ft": correctness([[1] * 100] * 3), "full": correctness([[1] * 100] * 3), "norm": head}
+    ran = []
+
+    def correct_of(name):
+        ran.append(name)
+        return outcomes[name]
+
+    budget = compare_config()
+    correct, decided = race(["norm", "lp-ft", "full"], correct_of, head, ["full", "lp-ft", "norm"], budget, True)
+    assert ran == ["norm", "lp-ft"] and set(correct) == {"norm", "lp-ft"}  # full, behind lp-ft, never trained
+    assert (decided.leader, decided.decision) == ("lp-ft", WORTH_IT)
+    ran.clear()  # a screening rung runs every strategy, and its test of the leader decides nothing
+    correct, decided = race(["norm", "lp-ft", "full"], correct_of, head, ["full", "lp-ft", "norm"], budget, False)
+    assert ran == ["norm", "lp-ft", "full"] and decided.leader == "full"  # the tie goes to the verdict's order
 
 
 @pytest.mark.parametrize(
@@ -154,7 +176,7 @@ def test_the_shifted_copy_is_the_same_for_a_seed_and_differs_from_clean():
 @pytest.mark.slow
 def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearly_beats_the_head(tmp_path, monkeypatch):
     """Random-init features: a head on them is far behind a network that trains. The first rung, with one
-    seed, only screens; the second, with both, decides and the comparison stops there."""
+    seed, only screens; the second, with both, decides with its first strategy and the comparison stops there."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -186,14 +208,17 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
     screening, deciding = halving["rungs"]
     assert (screening["seeds"], screening["paired_test"]["seeds"]) == (1, 1)
     assert len(screening["kept"]) == 2  # the better half of norm, full and lp-ft
-    assert (deciding["seeds"], deciding["strategies"]) == (2, ["head", *screening["kept"]])
+    # a race, screening's leader first: it decides alone, and the other survivor is not run
+    first, behind = screening["kept"]
+    assert (deciding["seeds"], deciding["strategies"], deciding["not_run"]) == (2, ["head", first], [behind])
     decided = deciding["paired_test"]
     assert decided["decision"] == WORTH_IT and decided["low"] > 1.0 and decided["seeds"] == 2
     assert halving["stop"].startswith("Stopped at rung 1 of 2 (2 epochs): fine-tuning beats the head")
+    assert halving["stop"].endswith(f"Not run, behind it in the race: `{behind}`.")
     assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 2
-    assert set(report["summaries"]) == {"head", *screening["kept"]}
-    assert set(report["gain_per_minute"]) == set(screening["kept"])
+    assert set(report["summaries"]) == {"head", first} and set(report["gain_per_minute"]) == {first}
     leader = decided["leader"]
+    assert leader == first
     shifted = report["shifted_test"]["strategies"]
     assert shifted[leader]["by_corruption"] and set(shifted[leader]["by_corruption"]) <= set(CORRUPTIONS)
     assert shifted[leader]["clean"] == report["summaries"][leader]["mean"]
@@ -205,9 +230,9 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
         run.info.run_name: run for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
     }
     assert set(rungs) == {"rung 0: 1 epochs, 6 images, 1 seed", "rung 1: 2 epochs, 12 images, 2 seeds"}
-    for name, runs in (("rung 0: 1 epochs, 6 images, 1 seed", 4 * 1), ("rung 1: 2 epochs, 12 images, 2 seeds", 3 * 2)):
+    for name, runs in (("rung 0: 1 epochs, 6 images, 1 seed", 4 * 1), ("rung 1: 2 epochs, 12 images, 2 seeds", 2 * 2)):
         children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{rungs[name].info.run_id}'")
-        assert len(children) == runs  # every strategy of the rung, once per seed of the rung
+        assert len(children) == runs  # every strategy that ran in the rung, once per seed of the rung
     assert rungs["rung 1: 2 epochs, 12 images, 2 seeds"].data.tags["halving.decision"] == WORTH_IT
     # the stopping rung's runs are scored on test and on the shifted copy
     assert all("test/accuracy" in run.data.metrics and "shifted/all" in run.data.metrics for run in children)
