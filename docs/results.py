@@ -39,18 +39,18 @@ BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18"
 
 # Pieces of the notes below: the digits data set's setting, and where the grid/halving sitting's logs are.
 DIGITS = " and `data.source: data/builtin/digits`"
-ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14/`"
+ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14-shared/`"
 
 
 def side_by_side(method: str, data: str = "") -> str:
-    """The note of a grid or halving report made in the sitting halving, grid, halving (issue 14)."""
+    """The note of a grid or halving report of the sitting that measured them side by side (issue 14)."""
     made = (
         f"Made with `compare.method: {method}`{data} in a copy of the project after `python -m pipeline.prepare` "
         "and `python -m pipeline.verdict` there, "
     )
     if method == "grid":
-        return made + f"between two halving runs on the same data ({ISSUE14_RUNS})."
-    return made + f"right after the grid; the halving run before the grid and every log: {ISSUE14_RUNS}."
+        return made + f"with halving right after it on the same data ({ISSUE14_RUNS})."
+    return made + f"right after the grid; the sitting's other halving runs and every log: {ISSUE14_RUNS}."
 
 
 def calibration_case(name: str, how: str) -> str:
