@@ -299,7 +299,7 @@ def halving_lines(report: dict) -> list[str]:
         "## Successive halving",
         "",
         f"- {halving['stop']}",
-        f"- Seeded by the verdict: {halving['seeding']['note']}.",
+        f"- Seeding: {halving['seeding']['note']}.",
         f"- Training time of every rung's runs: {report['setup']['train_seconds']:.0f} s; the comparison took "
         f"{report['setup']['seconds']:.0f} s, decoding and scoring included, {load_text(report['setup'])}.",
         "",
