@@ -28,7 +28,7 @@ import argparse
 import csv
 import os
 import sys
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -45,10 +45,11 @@ CACHE_DIR = Path("data/shards-cache")  # each node's copies of fetched chunks, u
 DEFAULT_CHUNK_BYTES = "64MB"  # LitData's default: fewer, larger reads from an object store
 
 
-def ranged_local_reads():
-    """LitData's `local:` downloader, reading an item's own byte range as its S3, R2 and GCS ones do, where
-    LitData 0.2.76 copies the item's whole chunk into the cache first (Downloader.download_bytes)."""
-    from litdata.streaming.downloader import LocalDownloaderWithCache
+@cache  # once per process: LitData keeps the registration in a module-level table
+def use_ranged_local_reads() -> None:
+    """Register a `local:` downloader that reads an item's own byte range as LitData's S3, R2 and GCS ones do,
+    where LitData 0.2.76 copies the item's whole chunk into the cache first (Downloader.download_bytes)."""
+    from litdata.streaming.downloader import LocalDownloaderWithCache, register_downloader
 
     class RangedLocalReads(LocalDownloaderWithCache):
         def download_bytes(self, remote_chunkpath: str, offset: int, length: int, local_chunkpath: str) -> bytes:
@@ -56,7 +57,7 @@ def ranged_local_reads():
                 f.seek(offset)
                 return f.read(length)
 
-    return RangedLocalReads
+    register_downloader(LOCAL_AS_REMOTE, RangedLocalReads, overwrite=True)
 
 
 def folder_name(rows: list[dict], classes: list[str], size: int, what: str) -> str:
@@ -131,9 +132,8 @@ class ShardImages:
 
     def __init__(self, url: str, count: int, size: int):
         from litdata import StreamingDataset
-        from litdata.streaming.downloader import register_downloader
 
-        register_downloader(LOCAL_AS_REMOTE, ranged_local_reads(), overwrite=True)
+        use_ranged_local_reads()
         cache = project_root() / CACHE_DIR / f"node-{os.environ.get('GROUP_RANK', '0')}"  # torchrun's node rank
         try:
             self.dataset = StreamingDataset(url, cache_dir=str(cache))
