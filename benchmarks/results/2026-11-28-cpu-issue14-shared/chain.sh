@@ -1,5 +1,7 @@
 #!/bin/bash
-# Halving, the grid, halving again, on both built-in datasets, one after the other on a quiet machine.
+# Halving, the grid, halving again, on both built-in datasets, one after the other on a quiet machine,
+# with the first sitting's scripts in the scratch folder /tmp/halv2.
 set -u
-here=$(cd "$(dirname "$0")" && pwd)
-{ uptime; bash $here/setup.sh; bash $here/run.sh b; bash $here/grid.sh; bash $here/run.sh c; uptime; } 2>&1
+first=$(cd "$(dirname "$0")/../2026-11-28-cpu-issue14" && pwd)
+export HALV=/tmp/halv2
+{ uptime; bash $first/setup.sh; bash $first/run.sh b; bash $first/grid.sh; bash $first/run.sh c; uptime; } 2>&1
