@@ -25,12 +25,32 @@ from tests.conftest import ROOT, default_params, stage_env
 pytestmark = pytest.mark.slow
 
 
-def sh(project: Path, *command: str) -> str:
+def run(project: Path, *command: str) -> subprocess.CompletedProcess:
     env = os.environ | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True)
+
+
+def sh(project: Path, *command: str) -> str:
+    result = run(project, *command)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
+
+
+def queue_status(project: Path) -> str:
+    """`dvc queue status`, read again when it caught a worker's info file half-written.
+
+    DVC 3 rewrites a running experiment's info file in place (`dvc.utils.serialize._modify_data`
+    opens it for writing, then dumps), so a status read at that instant sees an empty file and fails
+    with "Expecting value". Any other failure, or this one five times in a row, fails the test."""
+    for _ in range(5):
+        result = run(project, "dvc", "queue", "status")
+        if result.returncode == 0:
+            return result.stdout
+        if "Expecting value" not in result.stdout + result.stderr:
+            break
+        time.sleep(1)
+    raise AssertionError(f"dvc queue status failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +221,7 @@ def test_queued_experiments_on_two_workers_do_not_clobber_each_other(project, tm
         subprocess.run(command, cwd=project, env=stage_env(), stdout=log, stderr=subprocess.STDOUT, check=True)
     try:
         deadline = time.monotonic() + 900
-        while any(word in (status := sh(project, "dvc", "queue", "status")) for word in ("Queued", "Running")):
+        while any(word in (status := queue_status(project)) for word in ("Queued", "Running")):
             assert time.monotonic() < deadline, status
             time.sleep(2)
     finally:
