@@ -8,8 +8,9 @@ budget of the `compare` section, plus a linear probe on random-init features per
 brings), each as a child of one MLflow parent run. `halving` starts every strategy at a small budget, drops
 the worse half at each rung and stops once a paired test decides whether fine-tuning is worth it
 (pipeline.halving); its parent run has a child per rung, whose children are the rung's runs. Both score
-every run on the test split and on a shifted copy of it (pipeline.shift). The report (pipeline.compare_report)
-goes to reports/compare.{md,png,json} (or --out) and to the parent run.
+every run on the test split and on a shifted copy of it (pipeline.shift); a run that trained only the head
+is scored on the features of the pretrained body, passed once for all such runs. The report
+(pipeline.compare_report) goes to reports/compare.{md,png,json} (or --out) and to the parent run.
 """
 
 import argparse
@@ -99,13 +100,19 @@ class Trial:
     """One trained run, before it is scored on test: what halving keeps between its training and its decision."""
 
     label: str
-    seed: int
+    params: Params
     trained: Trained
     seconds: float
     run_id: str
 
 
-def predicted(model, images: torch.Tensor) -> torch.Tensor:
+@torch.no_grad()
+def predicted(trial: Trial, images: torch.Tensor, frozen: FrozenFeatures) -> torch.Tensor:
+    """The class the trial's best epoch gives each image. A body that did not train is the one every run of
+    the comparison built, so its features of `images` are passed once for all such runs (`frozen`)."""
+    model = trial.trained.model
+    if trial.trained.body_as_built:
+        return model.head(frozen(trial.params, model, images, torch.device("cpu"))).argmax(1)
     return trained.predict_probabilities(model, images).argmax(1)
 
 
@@ -119,24 +126,24 @@ def train_run(params: Params, label: str, train: Split, val: Split, shared: Shar
         result = train_model(params, shared.classes, train, val, shared.data, callbacks, frozen=shared.frozen)
         seconds = time.perf_counter() - started
         tracking.log_metrics({"val/best_accuracy": result.best["val_accuracy"], "train/seconds": seconds})
-    return Trial(label, params.seed, result, seconds, run.info.run_id)
+    return Trial(label, params, result, seconds, run.info.run_id)
 
 
-def scored(trial: Trial, test: TestSplits) -> Result:
+def scored(trial: Trial, test: TestSplits, frozen: FrozenFeatures) -> Result:
     """The trial's best epoch on the test split and its shifted copy, logged on its run."""
-    accuracy = (predicted(trial.trained.model, test.clean.images) == test.clean.labels).float().mean().item()
-    shifted = shift.accuracies(predicted(trial.trained.model, test.shifted), test.clean.labels, test.corruptions)
+    accuracy = (predicted(trial, test.clean.images, frozen) == test.clean.labels).float().mean().item()
+    shifted = shift.accuracies(predicted(trial, test.shifted, frozen), test.clean.labels, test.corruptions)
     with mlflow.start_run(run_id=trial.run_id, nested=True):
         tracking.log_metrics(
             {"test/accuracy": accuracy, **{f"shifted/{k.replace(' ', '_')}": v for k, v in shifted.items()}}
         )
     print(
-        f"{trial.label:>20} seed {trial.seed}: test accuracy {accuracy:.4f} (shifted {shifted['all']:.4f}), "
+        f"{trial.label:>20} seed {trial.params.seed}: test accuracy {accuracy:.4f} (shifted {shifted['all']:.4f}), "
         f"{trial.trained.trainable_params:,} trained, {trial.seconds:.0f} s"
     )
     return Result(
         trial.label,
-        trial.seed,
+        trial.params.seed,
         accuracy,
         trial.trained.best["val_accuracy"],
         trial.seconds,
@@ -165,7 +172,7 @@ def grid(params: Params, splits: dict[str, Split], test: TestSplits, shared: Sha
         for label, weights in run_labels(params, params.compare.strategies):
             run = run_params(params, strategy_of(label), seed, weights)
             trial = train_run(run, label, splits["train"], splits["val"], shared)
-            results.append(scored(trial, test))
+            results.append(scored(trial, test, shared.frozen))
     return results
 
 
@@ -199,9 +206,9 @@ def race_rung(params: Params, queue: list[str], rung: Budget, index: int, train,
 
     def correct_of(label: str) -> torch.Tensor:
         trials.update(rung_trials(params, [(label, weights)], rung, index, train, val, shared))
-        return validation_correct(trials[label], val)
+        return validation_correct(trials[label], val, shared.frozen)
 
-    head_correct = validation_correct(trials["head"], val)
+    head_correct = validation_correct(trials["head"], val, shared.frozen)
     correct, decided = race(queue, correct_of, head_correct, order, params.compare, may_stop)
     return trials, head_correct, correct, decided
 
@@ -276,7 +283,7 @@ def halving(
             if final:
                 # the random-init probe says what pretraining brings: needed once, at the answer's budget
                 probes = rung_trials(params, run_labels(params, []), rung, index, train, val, shared)
-                results = [scored(t, test) for runs in (trials | probes).values() for t in runs]
+                results = [scored(t, test, shared.frozen) for runs in (trials | probes).values() for t in runs]
                 stop = stop_reason(decided, rung, index, len(budgets), not_run)
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}
                 strategy, lines = recommendation(summarize(results), decided)
@@ -296,9 +303,9 @@ def halving(
         contenders = kept
 
 
-def validation_correct(trials: list[Trial], val: Split) -> torch.Tensor:
+def validation_correct(trials: list[Trial], val: Split, frozen: FrozenFeatures) -> torch.Tensor:
     """Seeds x images: whether each run's best epoch classifies each validation image right."""
-    return torch.stack([predicted(trial.trained.model, val.images) == val.labels for trial in trials])
+    return torch.stack([predicted(trial, val.images, frozen) == val.labels for trial in trials])
 
 
 def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int, not_run: list[str]) -> str:

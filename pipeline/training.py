@@ -50,6 +50,7 @@ class Trained:
     trainable_params: int
     total_params: int
     seconds: float  # planning and training, across resumes
+    body_as_built: bool  # every phase trained the head on cached features: the body is the one build() made
 
 
 def pick_device(setting: str) -> torch.device:
@@ -139,11 +140,17 @@ class FrozenFeatures:
         return self._passes[key][1]
 
 
+def on_cached_features(params: Params, phase: Phase) -> bool:
+    """The phase trains the head alone on the frozen body's features, passed once (a body in train mode
+    would update its BatchNorm statistics with every batch: it cannot be cached)."""
+    return phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train"
+
+
 def phase_inputs(
     params: Params, model: Classifier, phase: Phase, train: Split, val: Split, device, frozen: FrozenFeatures
 ) -> Inputs:
     batch_size = params.train.batch_size
-    if phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train":
+    if on_cached_features(params, phase):
         features = {
             name: (frozen(params, model, split.images, device), split.labels.to(device))
             for name, split in (("train", train), ("val", val))
@@ -361,4 +368,5 @@ def train_model(
         data_source=params.data.source,
         data_fingerprint=data_fingerprint,
     )
-    return Trained(model.cpu().eval(), card, plan, best, final.history, trainable, total, final.seconds)
+    body_as_built = all(on_cached_features(params, phase) for phase in plan.phases)
+    return Trained(model.cpu().eval(), card, plan, best, final.history, trainable, total, final.seconds, body_as_built)

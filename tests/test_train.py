@@ -3,9 +3,11 @@ import torch
 
 from pipeline import training
 from pipeline.backbones import build
+from pipeline.compare import Trial, predicted
 from pipeline.decoded import load_split
 from pipeline.manifest import read_manifest
 from pipeline.prepare import prepare
+from pipeline.trained import predict_probabilities
 from pipeline.training import Callbacks, FrozenFeatures, Trained, train_model
 from tests.conftest import data_config, tiny_params
 
@@ -73,6 +75,35 @@ def test_runs_sharing_frozen_features_train_what_each_trains_alone(image_folder,
     for (result_alone, history_alone), (result_shared, history_shared) in zip(alone, shared, strict=True):
         assert [r["val_accuracy"] for r in history_shared] == [r["val_accuracy"] for r in history_alone]
         assert all(torch.equal(value, weights(result_alone)[key]) for key, value in weights(result_shared).items())
+
+
+def test_runs_whose_body_did_not_train_are_scored_from_the_shared_pass(image_folder, tmp_path, monkeypatch):
+    """compare predicts with the head of a run that trained nothing else on the shared features of its body:
+    the classes the whole model gives, with one pass of the pretrained body for all such runs."""
+    train, val = splits(image_folder, tmp_path)
+    frozen, trials = FrozenFeatures(), []
+    for strategy, seed, weights in [
+        ("head", 0, "DEFAULT"),
+        ("head", 1, "DEFAULT"),
+        ("lp-ft", 0, "DEFAULT"),
+        ("head", 0, "none"),
+    ]:
+        model = {"backbone": "efficientnet_lite0", "weights": weights}
+        params = tiny_params(
+            **{"finetune.strategy": strategy, "seed": seed} | {f"model.{k}": v for k, v in model.items()}
+        )
+        result, _ = run(params, train, val, frozen, **model)
+        trials.append(Trial(strategy, params, result, 0.0, "no run"))
+    assert [trial.trained.body_as_built for trial in trials] == [True, True, False, True]
+    passes, extract = [], training.extract_features
+    monkeypatch.setattr(training, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
+    unseen = torch.flip(val.images, dims=[0])  # a tensor no run passed
+    for trial in trials:
+        whole_model = predict_probabilities(trial.trained.model, unseen).argmax(1)
+        assert torch.equal(predicted(trial, unseen, frozen), whole_model)
+    # the pretrained body's features once for both head runs, the random-init body's for its own run;
+    # lp-ft's body trained, so its whole model predicts
+    assert passes == [len(unseen)] * 2
 
 
 def test_training_is_reproducible_from_the_seed_and_keeps_the_best_epoch(image_folder, tmp_path):
