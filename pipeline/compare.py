@@ -7,10 +7,11 @@
 budget of the `compare` section, plus a linear probe on random-init features per seed (what pretraining
 brings), each as a child of one MLflow parent run. `halving` starts every strategy at a small budget, drops
 the worse half at each rung and stops once a paired test decides whether fine-tuning is worth it
-(pipeline.halving); its parent run has a child per rung, whose children are the rung's runs. Both score
-every run on the test split and on a shifted copy of it (pipeline.shift); a run that trained only the head
-is scored on the features of the pretrained body, passed once for all such runs. The report
-(pipeline.compare_report) goes to reports/compare.{md,png,json} (or --out) and to the parent run.
+(pipeline.halving); its parent run has a child per rung, whose children are the rung's runs, and it runs the
+random-init probe once, with the first seed. Both score every run on the test split and on a shifted copy of
+it (pipeline.shift); a run that trained only the head is scored on the features of the pretrained body,
+passed once for all such runs. The report (pipeline.compare_report) goes to reports/compare.{md,png,json}
+(or --out) and to the parent run.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -281,8 +282,10 @@ def halving(
                 + ("" if final else f"; kept {', '.join(kept)}")
             )
             if final:
-                # the random-init probe says what pretraining brings: needed once, at the answer's budget
-                probes = rung_trials(params, run_labels(params, []), rung, index, train, val, shared)
+                # the random-init probe says what pretraining brings, which no decision waits for: at the
+                # answer's budget, with the first seed (the grid runs it with every seed)
+                probe_budget = replace(rung, seeds=1)
+                probes = rung_trials(params, run_labels(params, []), probe_budget, index, train, val, shared)
                 results = [scored(t, test, shared.frozen) for runs in (trials | probes).values() for t in runs]
                 stop = stop_reason(decided, rung, index, len(budgets), not_run)
                 full_budget = {"epochs": budget.epochs, "train_per_class": budget.train_per_class}

@@ -172,6 +172,12 @@ def plot(summaries: dict[str, Summary], path: Path) -> None:
     plt.close(fig)
 
 
+def test_accuracy(summary: dict) -> str:
+    """Mean ± std over the seeds; one seed has no spread to show."""
+    spread = f" ± {summary['std']:.3f}" if summary["runs"] > 1 else " (one seed)"
+    return f"{summary['mean']:.3f}{spread}"
+
+
 def markdown(report: dict) -> str:
     setup, summaries = report["setup"], report["summaries"]
     full = summaries.get("full")
@@ -211,8 +217,8 @@ def markdown(report: dict) -> str:
         "",
         *(
             [
-                f"- Linear probe on the pretrained features: {probe['mean']:.3f} ± {probe['std']:.3f}; on "
-                f"random-init features: {random_probe['mean']:.3f} ± {random_probe['std']:.3f}.",
+                f"- Linear probe on the pretrained features: {test_accuracy(probe)}; on "
+                f"random-init features: {test_accuracy(random_probe)}.",
                 "",
             ]
             if (probe := summaries.get("head")) and (random_probe := summaries.get(RANDOM_INIT_PROBE))

@@ -6,9 +6,10 @@ import json
 import mlflow
 import pytest
 import torch
+import torchvision
 
 from pipeline.compare import apply, compare
-from pipeline.compare_report import Summary
+from pipeline.compare_report import RANDOM_INIT_PROBE, Summary
 from pipeline.config import ConfigError, parse_params
 from pipeline.halving import (
     NOT_WORTH_IT,
@@ -175,8 +176,9 @@ def test_the_shifted_copy_is_the_same_for_a_seed_and_differs_from_clean():
 
 @pytest.mark.slow
 def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearly_beats_the_head(tmp_path, monkeypatch):
-    """Random-init features: a head on them is far behind a network that trains. The first rung, with one
-    seed, only screens; the second, with both, decides with its first strategy and the comparison stops there."""
+    """Random features (a checkpoint of a random-init network): a head on them is far behind a network that
+    trains. The first rung, with one seed, only screens; the second, with both, decides with its first strategy
+    and the comparison stops there. The random-init probe runs once, at the deciding rung's budget."""
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -191,7 +193,7 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
         "head_epochs": 2,
         "image_size": 32,
         "train_per_class": 4,
-        "random_init_probe": False,
+        "random_init_probe": True,
         "worth_it": 1.0,
         "halving": {
             "first_epochs": 1,
@@ -201,7 +203,9 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
             "verdict_drop": 0.8,
         },
     }
-    params = tiny_params(**{"model.backbone": "resnet18", "model.weights": "none", "compare": budget})
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18().state_dict(), checkpoint := tmp_path / "resnet18-random.pt")
+    params = tiny_params(**{"model.backbone": "resnet18", "model.weights": str(checkpoint), "compare": budget})
     report = compare(params, tmp_path / "prepared/manifest.csv", tmp_path / "reports", tmp_path / "no-verdict.json")
 
     halving = report["halving"]
@@ -216,7 +220,8 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
     assert halving["stop"].startswith("Stopped at rung 1 of 2 (2 epochs): fine-tuning beats the head")
     assert halving["stop"].endswith(f"Not run, behind it in the race: `{behind}`.")
     assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 2
-    assert set(report["summaries"]) == {"head", first} and set(report["gain_per_minute"]) == {first}
+    assert set(report["summaries"]) == {"head", first, RANDOM_INIT_PROBE} and set(report["gain_per_minute"]) == {first}
+    assert [run["seed"] for run in report["runs"] if run["strategy"] == RANDOM_INIT_PROBE] == [0]
     leader = decided["leader"]
     assert leader == first
     shifted = report["shifted_test"]["strategies"]
@@ -230,7 +235,8 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
         run.info.run_name: run for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
     }
     assert set(rungs) == {"rung 0: 1 epochs, 6 images, 1 seed", "rung 1: 2 epochs, 12 images, 2 seeds"}
-    for name, runs in (("rung 0: 1 epochs, 6 images, 1 seed", 4 * 1), ("rung 1: 2 epochs, 12 images, 2 seeds", 2 * 2)):
+    rung_runs = (("rung 0: 1 epochs, 6 images, 1 seed", 4 * 1), ("rung 1: 2 epochs, 12 images, 2 seeds", 2 * 2 + 1))
+    for name, runs in rung_runs:
         children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{rungs[name].info.run_id}'")
         assert len(children) == runs  # every strategy that ran in the rung, once per seed of the rung
     assert rungs["rung 1: 2 epochs, 12 images, 2 seeds"].data.tags["halving.decision"] == WORTH_IT
@@ -239,6 +245,8 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
 
     markdown = (tmp_path / "reports/compare.md").read_text()
     assert "## Successive halving" in markdown and "## Out of distribution" in markdown
+    probe = report["summaries"][RANDOM_INIT_PROBE]["mean"]
+    assert f"on random-init features: {probe:.3f} (one seed)." in markdown
     assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
     # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
     assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == leader
