@@ -59,7 +59,7 @@ class TrainingState:
     optimizer: dict
     scheduler: dict
     generator: torch.Tensor  # the batch order's generator state
-    best: dict  # the best epoch's record, its weights under "state_dict"
+    best: dict  # the best epoch's record, its weights under "state_dict", its validation classes under "val_predicted"
     history: list[dict]  # every epoch's record so far
     seconds: float  # training time so far, across resumes
     rng: list[dict] = field(default_factory=list)  # every rank's torch RNG states (dropout), set by save()

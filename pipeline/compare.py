@@ -207,9 +207,9 @@ def race_rung(params: Params, queue: list[str], rung: Budget, index: int, train,
 
     def correct_of(label: str) -> torch.Tensor:
         trials.update(rung_trials(params, [(label, weights)], rung, index, train, val, shared))
-        return validation_correct(trials[label], val, shared.frozen)
+        return validation_correct(trials[label], val)
 
-    head_correct = validation_correct(trials["head"], val, shared.frozen)
+    head_correct = validation_correct(trials["head"], val)
     correct, decided = race(queue, correct_of, head_correct, order, params.compare, may_stop)
     return trials, head_correct, correct, decided
 
@@ -306,9 +306,9 @@ def halving(
         contenders = kept
 
 
-def validation_correct(trials: list[Trial], val: Split, frozen: FrozenFeatures) -> torch.Tensor:
-    """Seeds x images: whether each run's best epoch classifies each validation image right."""
-    return torch.stack([predicted(trial, val.images, frozen) == val.labels for trial in trials])
+def validation_correct(trials: list[Trial], val: Split) -> torch.Tensor:
+    """Seeds x images: whether each run's best epoch classified each validation image right, as its training saw."""
+    return torch.stack([trial.trained.val_predicted == val.labels for trial in trials])
 
 
 def stop_reason(test_result: PairedTest, rung: Budget, index: int, rungs: int, not_run: list[str]) -> str:

@@ -50,6 +50,8 @@ class Trained:
     trainable_params: int
     total_params: int
     seconds: float  # planning and training, across resumes
+    # the best epoch's class of each validation image; None if it was before a resume from an older checkpoint
+    val_predicted: torch.Tensor | None
     body_as_built: bool  # every phase trained the head on cached features: the body is the one build() made
 
 
@@ -177,9 +179,12 @@ def phase_inputs(
     )
 
 
-def run_batches(net, batches: Batches, total: int, batch_size: int, device, loss_fn, optimizer=None, scheduler=None):
+def run_batches(
+    net, batches: Batches, total: int, batch_size: int, device, loss_fn, optimizer=None, scheduler=None, predicted=None
+):
     """One pass over `total` images in global batches of `batch_size`, of which `batches` holds this
-    process's shares; trains when given an optimizer. Returns (mean loss, accuracy) over all processes."""
+    process's shares; trains when given an optimizer. Returns (mean loss, accuracy) over all processes;
+    appends each batch's predicted classes to the list `predicted` when given one."""
     training = optimizer is not None
     # Summed on the device: reading them back every step would stall the GPU's queue.
     summed_loss = torch.zeros((), device=device)
@@ -200,6 +205,8 @@ def run_batches(net, batches: Batches, total: int, batch_size: int, device, loss
             scheduler.step()
         summed_loss += loss.detach()
         correct += (logits.argmax(1) == y).sum()
+        if predicted is not None:
+            predicted.append(logits.argmax(1))
     summed_loss, correct = distributed.all_sum(summed_loss.item(), correct.item())
     return summed_loss / total, correct / total
 
@@ -232,8 +239,18 @@ def start_phase(
     return PhaseRun(phase, inputs, net, optimizer, scheduler)
 
 
+def whole_split(shares: list[torch.Tensor], total: int, batch_size: int) -> torch.Tensor:
+    """Per image of a split passed in order, from this process's share of each global batch (all of them in one
+    process; under torchrun the ranks assemble the whole)."""
+    starts = range(0, total, batch_size)
+    positions = torch.cat([distributed.share(torch.arange(start, min(start + batch_size, total))) for start in starts])
+    whole = torch.zeros(total, dtype=torch.int64, device=shares[0].device)
+    whole[positions.to(whole.device)] = torch.cat(shares)
+    return distributed.assemble(whole)
+
+
 def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, order, val_images: int, device, loss_fn):
-    """Train on the images in `order`, then validate; the epoch's record."""
+    """Train on the images in `order`, then validate; the epoch's record and each validation image's class."""
     batch_size, images = params.train.batch_size, len(order)
     started = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
@@ -243,8 +260,11 @@ def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, orde
     )
     seconds = time.perf_counter() - started
     model.eval()
-    val_loss, val_acc = run_batches(run.net, run.inputs.val_batches(), val_images, batch_size, device, loss_fn)
-    return {
+    shares = []
+    val_loss, val_acc = run_batches(
+        run.net, run.inputs.val_batches(), val_images, batch_size, device, loss_fn, predicted=shares
+    )
+    record = {
         "epoch": epoch,
         "phase": run.phase.name,
         "train_loss": train_loss,
@@ -255,6 +275,7 @@ def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, orde
         "epoch_seconds": seconds,
         "images_per_second": images / seconds,
     }
+    return record, whole_split(shares, val_images, batch_size)
 
 
 def epoch_line(where: str, record: dict) -> str:
@@ -304,13 +325,15 @@ def fit(
         for phase_epoch in tqdm(range(done + 1, phase.epochs + 1), desc, unit="epoch", disable=None if show else True):
             set_train_mode(model, params.finetune.batchnorm)
             order = torch.randperm(len(train.labels), generator=generator)
-            record = run_epoch(params, model, run, len(history) + 1, order, len(val.labels), device, loss_fn)
+            record, val_predicted = run_epoch(
+                params, model, run, len(history) + 1, order, len(val.labels), device, loss_fn
+            )
             history.append(record)
             if show and not sys.stderr.isatty():  # no progress bar there: one plain line per epoch for the log
                 where = desc if phase.name != params.finetune.strategy else phase.name  # not "partial: partial"
                 print(epoch_line(f"{where} {phase_epoch}/{phase.epochs}", record), flush=True)
             if record["val_accuracy"] > best["val_accuracy"]:
-                best = {**record, "state_dict": copy.deepcopy(model.state_dict())}
+                best = {**record, "state_dict": copy.deepcopy(model.state_dict()), "val_predicted": val_predicted.cpu()}
             callbacks.on_epoch(record)
             state = TrainingState(
                 epoch=record["epoch"],
@@ -357,6 +380,7 @@ def train_model(
     final = fit(params, model, plan.phases, train, val, device, callbacks, resume, seconds_before, frozen)
     best = dict(final.best)
     model.load_state_dict(best.pop("state_dict"))
+    val_predicted = best.pop("val_predicted", None)
     card = ModelCard(
         classes=classes,
         image_size=params.train.image_size,
@@ -369,4 +393,15 @@ def train_model(
         data_fingerprint=data_fingerprint,
     )
     body_as_built = all(on_cached_features(params, phase) for phase in plan.phases)
-    return Trained(model.cpu().eval(), card, plan, best, final.history, trainable, total, final.seconds, body_as_built)
+    return Trained(
+        model.cpu().eval(),
+        card,
+        plan,
+        best,
+        final.history,
+        trainable,
+        total,
+        final.seconds,
+        val_predicted,
+        body_as_built,
+    )

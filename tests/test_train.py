@@ -117,6 +117,9 @@ def test_training_is_reproducible_from_the_seed_and_keeps_the_best_epoch(image_f
     assert best["val_accuracy"] == max(r["val_accuracy"] for r in history)
     assert best["epoch"] == next(r["epoch"] for r in history if r["val_accuracy"] == best["val_accuracy"])
     assert first.card.classes == ["0", "1", "2"] and first.card.strategy == "lp-ft" and first.card.image_size == 32
+    # the best epoch's validation classes, as its validation pass gave them: what compare's paired test uses
+    assert (first.val_predicted == val.labels).float().mean().item() == pytest.approx(best["val_accuracy"])
+    assert torch.equal(first.val_predicted, predict_probabilities(first.model, val.images).argmax(1))
 
 
 def test_pretrained_features_beat_random_ones_on_the_default_data(animal_shape_folder, tmp_path):

@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from pipeline.checkpoint import KILL_AFTER_EPOCH
+from pipeline.training import whole_split
 from tests.conftest import stage_env, stage_project
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 SINGLE = [sys.executable, "-m", "pipeline.train"]
@@ -161,3 +163,18 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(project, si
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     assert resumed["run_id"] == killed_run and client.get_run(killed_run).info.status == "FINISHED"
     assert sorted({m.step for m in client.get_metric_history(killed_run, "val/accuracy")}) == [1, 2, 3, 4]
+
+
+def pass_shares(rank: int, port: int, total: int, batch_size: int, results) -> None:
+    """One of two gloo processes: its share of each global batch of a pass over image numbers 0..total-1."""
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    shares = [torch.arange(start, min(start + batch_size, total))[rank::2] for start in range(0, total, batch_size)]
+    results[rank] = whole_split(shares, total, batch_size).tolist()
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_assemble_the_whole_split_from_their_shares_of_each_batch():
+    """Validation classes per image under torchrun: 11 images in batches of 4, split 2 + 2, 2 + 2, 2 + 1."""
+    results = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(pass_shares, args=(free_port(), 11, 4, results), nprocs=2)
+    assert results[0] == results[1] == list(range(11))
