@@ -39,7 +39,7 @@ BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18"
 
 # Pieces of the notes below: the digits data set's setting, and where the grid/halving sitting's logs are.
 DIGITS = " and `data.source: data/builtin/digits`"
-ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14-shared/`"
+ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14-overhead/`"
 
 
 def side_by_side(method: str, data: str = "") -> str:
@@ -49,8 +49,8 @@ def side_by_side(method: str, data: str = "") -> str:
         "and `python -m pipeline.verdict` there, "
     )
     if method == "grid":
-        return made + f"with halving right after it on the same data ({ISSUE14_RUNS})."
-    return made + f"right after the grid; the sitting's other halving runs and every log: {ISSUE14_RUNS}."
+        return made + f"with halving before and after it in the same sitting ({ISSUE14_RUNS})."
+    return made + f"after the grid in the same sitting; the sitting's other halving runs and every log: {ISSUE14_RUNS}."
 
 
 def calibration_case(name: str, how: str) -> str:
@@ -348,7 +348,13 @@ def halving_section(root: Path, path: Path, report: dict) -> list[str]:
             f"Against the grid at the same budget in `{grid_path.as_posix()}` ({grid['setup']['date']}"
             + (f", load average {' / '.join(fixed(v, 1) for v in load['before'])} at its start" if load else "")
             + f"): it trained for {fixed(grid_seconds, 0)} s, so halving took "
-            f"{fixed(100 * report['setup']['train_seconds'] / grid_seconds, 0)}% of its training time. In training "
+            f"{fixed(100 * report['setup']['train_seconds'] / grid_seconds, 0)}% of its training time"
+            + (
+                f" and {fixed(100 * report['setup']['seconds'] / whole, 0)}% of its whole time ({fixed(whole, 0)} s)"
+                if (whole := grid["setup"].get("seconds"))  # recorded since halving exists
+                else ""
+            )
+            + ". In training "
             f"images x epochs of the tuned strategies, which the machine's load does not change: "
             f"{count(tuned_image_epochs(report))} against {count(tuned_image_epochs(grid))}, "
             f"{fixed(100 * tuned_image_epochs(report) / tuned_image_epochs(grid), 0)}%. The grid recommended "
