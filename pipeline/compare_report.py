@@ -172,7 +172,7 @@ def plot(summaries: dict[str, Summary], path: Path) -> None:
     plt.close(fig)
 
 
-def test_accuracy(summary: dict) -> str:
+def accuracy_over_seeds(summary: dict) -> str:
     """Mean ± std over the seeds; one seed has no spread to show."""
     spread = f" ± {summary['std']:.3f}" if summary["runs"] > 1 else " (one seed)"
     return f"{summary['mean']:.3f}{spread}"
@@ -217,8 +217,8 @@ def markdown(report: dict) -> str:
         "",
         *(
             [
-                f"- Linear probe on the pretrained features: {test_accuracy(probe)}; on "
-                f"random-init features: {test_accuracy(random_probe)}.",
+                f"- Linear probe on the pretrained features: {accuracy_over_seeds(probe)}; on "
+                f"random-init features: {accuracy_over_seeds(random_probe)}.",
                 "",
             ]
             if (probe := summaries.get("head")) and (random_probe := summaries.get(RANDOM_INIT_PROBE))
