@@ -172,10 +172,11 @@ def plot(summaries: dict[str, Summary], path: Path) -> None:
     plt.close(fig)
 
 
-def accuracy_over_seeds(summary: dict) -> str:
-    """Mean ± std over the seeds; one seed has no spread to show."""
-    spread = f" ± {summary['std']:.3f}" if summary["runs"] > 1 else " (one seed)"
-    return f"{summary['mean']:.3f}{spread}"
+def over_seeds(summary: dict, prefix: str = "") -> str:
+    """A summary's test accuracy (validation's with prefix "val_"), mean ± std over the seeds; a single run has
+    no spread to show."""
+    mean = summary[f"{prefix}mean"]
+    return f"{mean:.3f} ± {summary[f'{prefix}std']:.3f}" if summary["runs"] > 1 else f"{mean:.3f} (one seed)"
 
 
 def markdown(report: dict) -> str:
@@ -206,7 +207,8 @@ def markdown(report: dict) -> str:
             else ("", "")
         )
         lines.append(
-            f"| `{s['strategy']}` | {s['val_mean']:.3f} ± {s['val_std']:.3f} | {s['mean']:.3f} ± {s['std']:.3f} | "
+            f"| `{s['strategy']}` | {over_seeds(s, 'val_')} | "
+            f"{over_seeds(s)} | "
             f"{s['runs']} | {s['trainable_params']:,} | "
             f"{s['train_seconds']:.1f} | {ratios[0]} | {ratios[1]} |"
         )
@@ -217,8 +219,8 @@ def markdown(report: dict) -> str:
         "",
         *(
             [
-                f"- Linear probe on the pretrained features: {accuracy_over_seeds(probe)}; on "
-                f"random-init features: {accuracy_over_seeds(random_probe)}.",
+                f"- Linear probe on the pretrained features: {over_seeds(probe)}; on "
+                f"random-init features: {over_seeds(random_probe)}.",
                 "",
             ]
             if (probe := summaries.get("head")) and (random_probe := summaries.get(RANDOM_INIT_PROBE))

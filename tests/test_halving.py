@@ -247,6 +247,7 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
     assert "## Successive halving" in markdown and "## Out of distribution" in markdown
     probe = report["summaries"][RANDOM_INIT_PROBE]["mean"]
     assert f"on random-init features: {probe:.3f} (one seed)." in markdown
+    assert f"| `{RANDOM_INIT_PROBE}` | " in markdown and f" | {probe:.3f} (one seed) | 1 | " in markdown
     assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
     # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
     assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == leader
