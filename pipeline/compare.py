@@ -60,7 +60,7 @@ from pipeline.halving import (
 )
 from pipeline.manifest import class_names, fingerprint, read_manifest
 from pipeline.paths import MANIFEST, REPORT_DIR, VERDICT_JSON
-from pipeline.training import Callbacks, FrozenFeatures, Trained, train_model
+from pipeline.training import Callbacks, FrozenFeatures, Trained, body_as_built, train_model
 
 
 def run_params(
@@ -112,7 +112,7 @@ def predicted(trial: Trial, images: torch.Tensor, frozen: FrozenFeatures) -> tor
     """The class the trial's best epoch gives each image. A body that did not train is the one every run of
     the comparison built, so its features of `images` are passed once for all such runs (`frozen`)."""
     model = trial.trained.model
-    if trial.trained.body_as_built:
+    if body_as_built(trial.params, trial.trained.plan):
         return model.head(frozen(trial.params, model, images, torch.device("cpu"))).argmax(1)
     return trained.predict_probabilities(model, images).argmax(1)
 

@@ -52,7 +52,6 @@ class Trained:
     seconds: float  # planning and training, across resumes
     # the best epoch's class of each validation image; None if it was before a resume from an older checkpoint
     val_predicted: torch.Tensor | None
-    body_as_built: bool  # every phase trained the head on cached features: the body is the one build() made
 
 
 def pick_device(setting: str) -> torch.device:
@@ -146,6 +145,11 @@ def on_cached_features(params: Params, phase: Phase) -> bool:
     """The phase trains the head alone on the frozen body's features, passed once (a body in train mode
     would update its BatchNorm statistics with every batch: it cannot be cached)."""
     return phase.head_only and params.finetune.cache_features and params.finetune.batchnorm != "train"
+
+
+def body_as_built(params: Params, plan: Plan) -> bool:
+    """Every phase of `plan` trains the head on cached features: the body stays the one build() made."""
+    return all(on_cached_features(params, phase) for phase in plan.phases)
 
 
 def phase_inputs(
@@ -250,7 +254,8 @@ def whole_split(shares: list[torch.Tensor], total: int, batch_size: int) -> torc
 
 
 def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, order, val_images: int, device, loss_fn):
-    """Train on the images in `order`, then validate; the epoch's record and each validation image's class."""
+    """Train on the images in `order`, then validate; the epoch's record and this process's share of the
+    validation classes (whole_split assembles them, for the epochs that become the best)."""
     batch_size, images = params.train.batch_size, len(order)
     started = time.perf_counter()
     lr = run.optimizer.param_groups[0]["lr"]
@@ -275,7 +280,7 @@ def run_epoch(params: Params, model: Classifier, run: PhaseRun, epoch: int, orde
         "epoch_seconds": seconds,
         "images_per_second": images / seconds,
     }
-    return record, whole_split(shares, val_images, batch_size)
+    return record, shares
 
 
 def epoch_line(where: str, record: dict) -> str:
@@ -325,15 +330,16 @@ def fit(
         for phase_epoch in tqdm(range(done + 1, phase.epochs + 1), desc, unit="epoch", disable=None if show else True):
             set_train_mode(model, params.finetune.batchnorm)
             order = torch.randperm(len(train.labels), generator=generator)
-            record, val_predicted = run_epoch(
+            record, val_shares = run_epoch(
                 params, model, run, len(history) + 1, order, len(val.labels), device, loss_fn
             )
             history.append(record)
             if show and not sys.stderr.isatty():  # no progress bar there: one plain line per epoch for the log
                 where = desc if phase.name != params.finetune.strategy else phase.name  # not "partial: partial"
                 print(epoch_line(f"{where} {phase_epoch}/{phase.epochs}", record), flush=True)
-            if record["val_accuracy"] > best["val_accuracy"]:
-                best = {**record, "state_dict": copy.deepcopy(model.state_dict()), "val_predicted": val_predicted.cpu()}
+            if record["val_accuracy"] > best["val_accuracy"]:  # the same on every rank: summed over them
+                val_predicted = whole_split(val_shares, len(val.labels), params.train.batch_size).cpu()
+                best = {**record, "state_dict": copy.deepcopy(model.state_dict()), "val_predicted": val_predicted}
             callbacks.on_epoch(record)
             state = TrainingState(
                 epoch=record["epoch"],
@@ -392,16 +398,4 @@ def train_model(
         data_source=params.data.source,
         data_fingerprint=data_fingerprint,
     )
-    body_as_built = all(on_cached_features(params, phase) for phase in plan.phases)
-    return Trained(
-        model.cpu().eval(),
-        card,
-        plan,
-        best,
-        final.history,
-        trainable,
-        total,
-        final.seconds,
-        val_predicted,
-        body_as_built,
-    )
+    return Trained(model.cpu().eval(), card, plan, best, final.history, trainable, total, final.seconds, val_predicted)

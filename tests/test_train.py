@@ -8,7 +8,7 @@ from pipeline.decoded import load_split
 from pipeline.manifest import read_manifest
 from pipeline.prepare import prepare
 from pipeline.trained import predict_probabilities
-from pipeline.training import Callbacks, FrozenFeatures, Trained, train_model
+from pipeline.training import Callbacks, FrozenFeatures, Trained, body_as_built, train_model
 from tests.conftest import data_config, tiny_params
 
 NO_AUGMENT = {"train.augment": {"hflip": False, "crop_scale_min": 1.0}}
@@ -94,7 +94,7 @@ def test_runs_whose_body_did_not_train_are_scored_from_the_shared_pass(image_fol
         )
         result, _ = run(params, train, val, frozen, **model)
         trials.append(Trial(strategy, params, result, 0.0, "no run"))
-    assert [trial.trained.body_as_built for trial in trials] == [True, True, False, True]
+    assert [body_as_built(t.params, t.trained.plan) for t in trials] == [True, True, False, True]
     passes, extract = [], training.extract_features
     monkeypatch.setattr(training, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
     unseen = torch.flip(val.images, dims=[0])  # a tensor no run passed

@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import torch
 
+from pipeline import distributed
 from pipeline.checkpoint import KILL_AFTER_EPOCH
 from pipeline.training import whole_split
 from tests.conftest import stage_env, stage_project
@@ -168,7 +169,9 @@ def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(project, si
 def pass_shares(rank: int, port: int, total: int, batch_size: int, results) -> None:
     """One of two gloo processes: its share of each global batch of a pass over image numbers 0..total-1."""
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    shares = [torch.arange(start, min(start + batch_size, total))[rank::2] for start in range(0, total, batch_size)]
+    shares = [
+        distributed.share(torch.arange(start, min(start + batch_size, total))) for start in range(0, total, batch_size)
+    ]
     results[rank] = whole_split(shares, total, batch_size).tolist()
     torch.distributed.destroy_process_group()
 
