@@ -1077,6 +1077,88 @@ def data_scale_all(root: Path, source: Path) -> str:
     return data_scale(root, source) + "\n".join(["", *other_modes(read_json(root, source))])
 
 
+# ---------------------------------------------------------------- halving against the grid (issue 14)
+
+ISSUE14 = BENCH / "2026-11-28-cpu-issue14-overhead"
+# Each halving run of the sitting with its grid: (data, halving report, its log, grid report, its log, when).
+HALVING_RUNS = [
+    (
+        "animal-shape",
+        ISSUE14 / "halving-f-animal-shape.json",
+        "f",
+        "reports/grid/compare.json",
+        "grid",
+        "before the grid",
+    ),
+    ("animal-shape", "reports/halving/compare.json", "g", "reports/grid/compare.json", "grid", "after the grids"),
+    ("digits", ISSUE14 / "halving-f-digits.json", "f", ISSUE14 / "grid-first-digits.json", "grid", "before the grid"),
+    ("digits", ISSUE14 / "halving-g-digits.json", "g", ISSUE14 / "grid-first-digits.json", "grid", "after the grid"),
+    (
+        "digits",
+        "reports/halving/digits/compare.json",
+        "h",
+        "reports/grid/digits/compare.json",
+        "grid2",
+        "right after grid2",
+    ),
+]
+
+
+def lp_ft_epoch_seconds(root: Path, log: Path, epochs: int) -> float:
+    """Mean seconds of `lp-ft`'s fine-tuning epochs of `epochs`-epoch runs in a comparison's log: the gauge of the
+    machine's speed during it (the work that dominates both methods, the same work in both)."""
+    pattern = rf"^lp-ft: fine-tune \d+/{epochs} .*, ([\d.]+) s$"
+    seconds = [float(value) for value in re.findall(pattern, (root / log).read_text(encoding="utf-8"), re.M)]
+    return sum(seconds) / len(seconds)
+
+
+def halving_vs_grid(root: Path) -> str:
+    rows, plain, equal = [], [], []
+    cores = read_json(root, HALVING_RUNS[0][3])["setup"]["load_average"]["cores"]
+    for data, halving_path, tag, grid_path, grid_tag, when in HALVING_RUNS:
+        halving, grid = read_json(root, halving_path), read_json(root, grid_path)
+        h, g = halving["setup"], grid["setup"]
+        h_gauge = lp_ft_epoch_seconds(root, ISSUE14 / f"{tag}-{data}.log", h["epochs"])
+        g_gauge = lp_ft_epoch_seconds(root, ISSUE14 / f"{grid_tag}-{data}.log", g["epochs"])
+        plain.append(100 * h["seconds"] / g["seconds"])
+        equal.append(100 * (h["seconds"] / h_gauge) / (g["seconds"] / g_gauge))
+        rows.append(
+            [
+                data,
+                f"{grid_tag}: {count(g['seconds'])} / {count(g['train_seconds'])}",
+                f"{tag}, {when}",
+                f"{count(h['seconds'])} / {count(h['train_seconds'])}",
+                f"{fixed(plain[-1], 1)}% ({fixed(100 * h['train_seconds'] / g['train_seconds'], 1)}%)",
+                f"{fixed(h_gauge, 1)} / {fixed(g_gauge, 1)}",
+                f"{fixed(equal[-1], 1)}%",
+                f"`{recommended_strategy(grid)}` / `{recommended_strategy(halving)}`",
+            ]
+        )
+    return "\n".join(
+        [
+            f"**{cores} cores, this project's CPU sandbox.** From `{ISSUE14.as_posix()}/` "
+            "(the halving JSON and logs there, the grids and the committed halving runs in `reports/`).",
+            "",
+            table(
+                [
+                    "data",
+                    "grid: whole / training s",
+                    "halving run",
+                    "halving: whole / training s",
+                    "of the grid: whole (training)",
+                    "`lp-ft` epoch s, halving / grid",
+                    "whole, at equal speed",
+                    "recommended, grid / halving",
+                ],
+                rows,
+            ),
+            "",
+            f"Halving took {fixed(min(equal), 1)}-{fixed(max(equal), 1)}% of the grid's whole time at equal machine "
+            f"speed (goal: at most 25%), {fixed(min(plain), 1)}-{fixed(max(plain), 1)}% plain.",
+        ]
+    )
+
+
 GENERATORS: dict[str, Callable[[Path], str]] = {
     "machines": machines,
     "bench-total": bench_total,
@@ -1097,6 +1179,7 @@ GENERATORS: dict[str, Callable[[Path], str]] = {
     "data-scale-shards": data_scale_shards,
     "data-scale-224": lambda root: data_scale_all(root, DATA_SCALE_224),
     "data-scale-224-100k": lambda root: data_scale_all(root, DATA_SCALE_224_100K),
+    "halving": halving_vs_grid,
 }
 
 
