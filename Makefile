@@ -1,9 +1,8 @@
 # The two commands of the README: `make run` and `make test`. Both set up .venv first.
 SHELL := /bin/bash
-export MLFLOW_DISABLE_TELEMETRY := true
-export BENTOML_DO_NOT_TRACK := True
-export ORT_DISABLE_TELEMETRY := 1
-export DVC_NO_ANALYTICS := 1
+# The telemetry opt-outs, from their one list (pipeline/telemetry.env: NAME=value lines)
+include pipeline/telemetry.env
+export $(shell sed -n 's/^\([A-Z_]*\)=.*/\1/p' pipeline/telemetry.env)
 # DVC runs the stages' `python` from PATH: make it the project's.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
@@ -59,7 +58,7 @@ screenshots: setup
 # Every strategy x seed at the budget of params.yaml `compare`: reports/compare.md, MLflow parent run.
 compare: setup
 	dvc repro prepare
-	python -m pipeline.compare
+	python -m pipeline.commands.compare
 
 # The model in SERVING_MODEL (default: the registry's champion, see params.yaml `serving`).
 # Keep-alive longer than clients' own (5 s in httpx, requests, aiohttp): no request is sent on a closing connection.

@@ -5,11 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image
 
-from pipeline.config import Params, parse_params, with_overrides
-from pipeline.decoded import Split, load_split
+from pipeline.config import Params, parse_params, read_yaml, with_overrides
+from pipeline.data.splits import Split, load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +34,7 @@ def folder_split(folder: Path, image_size: int) -> Split:
 
 def bench_params(**overrides) -> Params:
     """params.yaml with `section.key` overrides (the benchmarks' runs differ only where they say)."""
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_yaml(ROOT / "params.yaml")
     return parse_params(with_overrides(raw, overrides), "benchmark settings")
 
 

@@ -1,14 +1,14 @@
-"""Data larger than memory: the in-memory path against the decoded cache on disk (pipeline.decoded)
-and LitData shards (pipeline.shards), side by side, on synthetic JPEG folders of growing size (issue 15).
+"""Data larger than memory: the in-memory path against the decoded cache on disk (pipeline.data.decoded)
+and LitData shards (pipeline.data.shards), side by side, on synthetic JPEG folders of growing size (issue 15).
 
     python -m benchmarks.data_scale --images 2000,20000 --out benchmarks/results/DATE-cpu-issue15
     python -m benchmarks.data_scale --images 200 --modes memory,shards   # a quick check
 
 For each folder size, each of `data.decoded: memory` and `disk` runs in a fresh process (so its
 memory is its own) that: decodes the training split (disk: builds the cache, then maps it again as a
-later run would); passes over the whole split once through the training loader (pipeline.loader:
+later run would); passes over the whole split once through the training loader (pipeline.finetune.batches:
 per-image augmentation, batching), twice for disk, the first pass with the cache evicted from the page
-cache (cold: read from the disk); trains a few batches of a random-init network (pipeline.training's
+cache (cold: read from the disk); trains a few batches of a random-init network (pipeline.finetune.loop's
 step); and records its peak resident memory: in all (VmHWM), private (anonymous) and mapped from
 files (shared with the page cache: one copy per machine, whatever the number of processes).
 `shards` writes the split as shards into a local folder (its build), then reads them again as a later
@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 from benchmarks.common import ROOT, bench_params, machine, write_photo_folder
-from pipeline.backbones import build
-from pipeline.decoded import load_split
-from pipeline.loader import AugmentedImages, ImageBatches
-from pipeline.manifest import read_manifest, write_manifest
+from pipeline.data.manifest import read_manifest, write_manifest
+from pipeline.data.splits import load_split
+from pipeline.finetune.batches import AugmentedImages, ImageBatches
+from pipeline.finetune.loop import make_augment, make_optimizer, run_batches, seed_everything, warmup_cosine
+from pipeline.finetune.strategies import apply_phase, full
+from pipeline.model.backbones import build
 from pipeline.paths import DECODED_DIR
-from pipeline.strategies import apply_phase, full
-from pipeline.training import make_augment, make_optimizer, run_batches, seed_everything, warmup_cosine
 
 CLASSES = 10
 MAX_PIXELS = 40_000_000

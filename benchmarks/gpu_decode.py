@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nvidia import nvimgcodec
 
 from benchmarks.common import write_photo_folder
-from pipeline.images import load_rgb, resize_square
+from pipeline.data.images import load_rgb, resize_square
 
 
 def on_cpu(blobs: list[bytes], size: int, pool: ThreadPoolExecutor) -> np.ndarray:

@@ -25,7 +25,7 @@ set -u
 out=${1:?usage: gpu_session.sh OUT_DIR}
 load_seconds=${LOAD_SECONDS:-15}
 exec > >(tee "$out/session.log") 2>&1  # one log: what comes back from the machine is at most 8 files
-export MLFLOW_DISABLE_TELEMETRY=true BENTOML_DO_NOT_TRACK=True ORT_DISABLE_TELEMETRY=1 DVC_NO_ANALYTICS=1
+set -a; . pipeline/telemetry.env; set +a  # the telemetry opt-outs
 export PYTHONUNBUFFERED=1
 
 if [ -z "${SKIP_INSTALL:-}" ]; then

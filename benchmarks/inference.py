@@ -3,7 +3,7 @@
     python -m benchmarks.inference                              # CPU, the sizes of `make bench`
     python -m benchmarks.inference --device cuda --batches 1,32,64 --repeat-seconds 3   # `make bench-gpu`
 
-Each backbone is exported by the pipeline's own `pipeline.onnx_graph.export_onnx` (float32, and float16 as with
+Each backbone is exported by the pipeline's own `pipeline.release.onnx_export.export_onnx` (float32, and float16 as with
 `export.fp16`), then timed on the same random batch: PyTorch eager (float32; on CUDA also float16
 and channels_last), ONNX Runtime CPU, and on a GPU machine ONNX Runtime's CUDA provider (input
 bound on the device) and TensorRT when they load. Softmax is part of both sides. Images/s is
@@ -24,9 +24,9 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import machine, sync
-from pipeline.backbones import build
-from pipeline.card import ModelCard
-from pipeline.onnx_graph import WithSoftmax, export_onnx
+from pipeline.model.backbones import build
+from pipeline.model.card import ModelCard
+from pipeline.release.onnx_export import WithSoftmax, export_onnx
 
 CLASSES = 10
 NOT_LOADED: dict[str, str] = {}  # provider: why it does not run here, as ONNX Runtime said

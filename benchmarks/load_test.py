@@ -35,8 +35,16 @@ from PIL import Image
 
 from benchmarks.common import write_photo_folder
 from pipeline import paths
-from pipeline.images import load_rgb, resize_square
-from pipeline.onnx_model import INPUT, OUTPUT, PROVIDERS, classify_files, decode_files, open_session, probabilities
+from pipeline.data.images import load_rgb, resize_square
+from pipeline.release.onnx_runtime import (
+    INPUT,
+    OUTPUT,
+    PROVIDERS,
+    classify_files,
+    decode_files,
+    open_session,
+    probabilities,
+)
 from tests.servers import running_service
 
 CPU = ["CPUExecutionProvider"]

@@ -16,7 +16,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import bench_params, folder_split, machine, write_photo_folder
-from pipeline.training import Callbacks, train_model
+from pipeline.finetune.loop import Callbacks, train_model
 
 
 def main() -> None:

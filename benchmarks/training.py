@@ -27,10 +27,8 @@ from torch import nn
 
 from benchmarks import baseline
 from benchmarks.common import bench_params, folder_split, machine, seconds_of, write_photo_folder
-from pipeline.backbones import build
-from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
-from pipeline.strategies import apply_phase, full
-from pipeline.training import (
+from pipeline.finetune.batches import AugmentedImages, ImageBatches, resolve_workers
+from pipeline.finetune.loop import (
     Callbacks,
     make_augment,
     make_optimizer,
@@ -39,6 +37,8 @@ from pipeline.training import (
     train_model,
     warmup_cosine,
 )
+from pipeline.finetune.strategies import apply_phase, full
+from pipeline.model.backbones import build
 
 CLASSES = 10
 
@@ -187,7 +187,7 @@ def throughput(args, name: str, folder: Path, train, val, device) -> dict:
 
 
 def ours(args, params, train, val, device, steps: int) -> dict:
-    """The pipeline's loader (pipeline.loader), its step (training.run_batches) and its epochs (train_model)."""
+    """The pipeline's loader (pipeline.finetune.batches), its step (loop.run_batches) and its epochs (train_model)."""
     seed_everything(params)
     backbone = build(params.model.backbone, "none", CLASSES)
     net = backbone.model.to(device)

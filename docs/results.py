@@ -45,8 +45,9 @@ ISSUE14_RUNS = "`benchmarks/results/2026-11-28-cpu-issue14-overhead/`"
 def side_by_side(method: str, data: str = "") -> str:
     """The note of a grid or halving report of the sitting that measured them side by side (issue 14)."""
     made = (
-        f"Made with `compare.method: {method}`{data} in a copy of the project after `python -m pipeline.prepare` "
-        "and `python -m pipeline.verdict` there, "
+        f"Made with `compare.method: {method}`{data} in a copy of the project after "
+        "`python -m pipeline.stages.prepare` "
+        "and `python -m pipeline.stages.verdict` there, "
     )
     if method == "grid":
         return made + f"with halving before and after it in the same sitting ({ISSUE14_RUNS})."
@@ -56,8 +57,8 @@ def side_by_side(method: str, data: str = "") -> str:
 def calibration_case(name: str, how: str) -> str:
     return (
         f"A case of the verdict's calibration (`reports/verdict/calibration.csv`), made with {how} by "
-        "`bash reports/calibration/make_cases.sh` (in a copy of the project, `python -m pipeline.prepare`, then "
-        f"`python -m pipeline.compare --out reports/calibration/{name}`)."
+        "`bash reports/calibration/make_cases.sh` (in a copy of the project, `python -m pipeline.stages.prepare`, then "
+        f"`python -m pipeline.commands.compare --out reports/calibration/{name}`)."
     )
 
 

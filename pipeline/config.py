@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
 
 from pipeline.atomic import atomic_path
 
@@ -221,15 +221,32 @@ def with_overrides(raw: dict, overrides: Mapping[str, object]) -> dict:
     return raw
 
 
+def read_yaml(path: Path):
+    """A YAML file as plain values (YAML 1.2, ruamel.yaml's safe loader). A key given twice in one mapping is
+    refused, naming both lines, instead of the last one silently winning."""
+    try:
+        return YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or exc
+        first = getattr(exc, "context_mark", None)
+        also = f" (first at line {first.line + 1})" if first is not None and "duplicate" in str(problem) else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{also}") from None
+
+
+def write_yaml(path: Path, data) -> None:
+    """Plain values as block-style YAML, keys in their order."""
+    writer = YAML(typ="safe", pure=True)
+    writer.default_flow_style = False
+    with atomic_path(path) as partial, open(partial, "w") as f:
+        writer.dump(data, f)
+
+
 def load_params(path: Path = PARAMS_FILE) -> Params:
     if not path.is_file():
         raise ConfigError(f"{path} not found: run the stages from the project root")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys to values")
     return parse_params(raw, str(path))

@@ -4,15 +4,19 @@ which the stages meet (dvc.yaml declares the same paths as deps and outs)."""
 import os
 from pathlib import Path
 
+DVC_FILE = Path("dvc.yaml")
+BUILTIN_DIR = Path("data/builtin")  # the built-in datasets as class folders (the builtin stage)
 PREPARED_DIR = Path("data/prepared")
 MANIFEST = PREPARED_DIR / "manifest.csv"
 PREPARE_REPORT = PREPARED_DIR / "report.json"
-DECODED_DIR = Path("data/decoded")  # the decoded cache (pipeline.decoded), under project_root(); not in git nor DVC
+DECODED_DIR = Path(
+    "data/decoded"
+)  # the decoded cache (pipeline.data.decoded), under project_root(); not in git nor DVC
 
 MODELS_DIR = Path("models")
-MODEL_FILE = MODELS_DIR / "model.pt"  # best weights and the model card (pipeline.trained)
+MODEL_FILE = MODELS_DIR / "model.pt"  # best weights and the model card (pipeline.model.model_file)
 RUN_FILE = MODELS_DIR / "run.json"  # the MLflow run that evaluate and export log to
-CHECKPOINT_FILE = MODELS_DIR / "checkpoint.pt"  # not a DVC output: see pipeline.checkpoint
+CHECKPOINT_FILE = MODELS_DIR / "checkpoint.pt"  # not a DVC output: see pipeline.finetune.checkpoint
 ONNX_FILE = MODELS_DIR / "model.onnx"
 
 METRICS_DIR = Path("metrics")
@@ -30,6 +34,8 @@ VERDICT_JSON = VERDICT_DIR / "verdict.json"
 VERDICT_MD = VERDICT_DIR / "verdict.md"
 VERDICT_GALLERY = VERDICT_DIR / "label_issues.png"
 VERDICT_CALIBRATION = VERDICT_DIR / "calibration.csv"
+COMPARE_JSON = REPORT_DIR / "compare.json"  # `make compare` (pipeline.commands.compare --out: elsewhere)
+CALIBRATION_CASES = REPORT_DIR / "calibration" / "cases.yaml"  # the comparisons the verdict is fitted on
 
 
 def project_root() -> Path:

@@ -11,7 +11,7 @@ The graph normalises its uint8 input itself, so the service needs Pillow and ONN
 
 Which model is served and the limits come from params.yaml's `serving` section, each overridable by
 SERVING_<KEY>; SERVING_MODEL is `models:/NAME@ALIAS`, `models:/NAME/VERSION` or an .onnx path.
-Class names and input size come from the model card in the model's metadata (pipeline.card).
+Class names and input size come from the model card in the model's metadata (pipeline.model.card).
 """
 
 import asyncio
@@ -39,10 +39,10 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.routing import Route
 from starlette.staticfiles import StaticFiles
 
-from pipeline import onnx_model
 from pipeline.config import ServingConfig, load_serving_config
-from pipeline.images import BadImage, load_rgb, resize_square
-from pipeline.onnx_model import ModelLoadError
+from pipeline.data.images import BadImage, load_rgb, resize_square
+from pipeline.release import onnx_runtime
+from pipeline.release.onnx_runtime import ModelLoadError
 
 logger = logging.getLogger("bentoml.serving")
 
@@ -74,30 +74,30 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from pipeline import tracking
+    from pipeline.tracking import store
 
     try:
-        tracking.check_reachable()  # MLflow's client would retry a dead server for minutes
-    except tracking.TrackingServerUnreachable as exc:
+        store.check_reachable()  # MLflow's client would retry a dead server for minutes
+    except store.TrackingServerUnreachable as exc:
         raise ModelLoadError(f"SERVING_MODEL={spec}: {exc}") from None
     reference = spec.removeprefix("models:/")
     name, alias = reference.split("@", 1) if "@" in reference else (reference.rsplit("/", 1)[0], None)
-    client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    client = MlflowClient(tracking_uri=store.tracking_uri())
     try:
         if alias:
             version = client.get_model_version_by_alias(name, alias)
         else:
             version = client.get_model_version(name, reference.rsplit("/", 1)[-1])
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}/{version.version}", tracking_uri=tracking.tracking_uri()
+            artifact_uri=f"models:/{name}/{version.version}", tracking_uri=store.tracking_uri()
         )
     except MlflowException as exc:
-        hint = " (set it with `python -m pipeline.promote`)" if alias else ""
-        raise ModelLoadError(f"SERVING_MODEL={spec} on {tracking.shown_uri()}: {exc.message}{hint}") from None
+        hint = " (set it with `python -m pipeline.commands.promote`)" if alias else ""
+        raise ModelLoadError(f"SERVING_MODEL={spec} on {store.shown_uri()}: {exc.message}{hint}") from None
     files = sorted(Path(local).glob("*.onnx"))
     if not files:
         raise ModelLoadError(f"SERVING_MODEL={spec}: the registered model holds no .onnx file")
-    accuracy = version.tags.get("test_accuracy")  # tagged by export (pipeline.registry)
+    accuracy = version.tags.get("test_accuracy")  # tagged by export (pipeline.tracking.registry)
     return files[0], {
         "name": name,
         "version": int(version.version),
@@ -108,7 +108,7 @@ def resolve_model(spec: str) -> tuple[Path, dict]:
 
 
 def provider_order(tensorrt: bool) -> list[str]:
-    return ["TensorrtExecutionProvider", *onnx_model.PROVIDERS] if tensorrt else onnx_model.PROVIDERS
+    return ["TensorrtExecutionProvider", *onnx_runtime.PROVIDERS] if tensorrt else onnx_runtime.PROVIDERS
 
 
 # BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age`
@@ -130,13 +130,13 @@ class OnnxModel:
     def check_model() -> None:
         """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
         the server there, instead of each worker failing and being respawned forever."""
-        _, card = onnx_model.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
+        _, card = onnx_runtime.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
         if SETTINGS.top_k > len(card.classes):
             raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
 
     def __init__(self) -> None:
         path, _ = resolve_model(SETTINGS.model)
-        self.session, _ = onnx_model.open_session(path, provider_order(SETTINGS.tensorrt))
+        self.session, _ = onnx_runtime.open_session(path, provider_order(SETTINGS.tensorrt))
         logger.info("serving %s (%s) on %s", SETTINGS.model, path, ", ".join(self.session.get_providers()))
 
     @bentoml.api(
@@ -147,8 +147,8 @@ class OnnxModel:
     def predict(self, images: np.ndarray) -> np.ndarray:
         # I/O binding: on CUDA the batch is copied to the device once and the probabilities back once.
         binding = self.session.io_binding()
-        binding.bind_cpu_input(onnx_model.INPUT, images)
-        binding.bind_output(onnx_model.OUTPUT)
+        binding.bind_cpu_input(onnx_runtime.INPUT, images)
+        binding.bind_output(onnx_runtime.OUTPUT)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -327,7 +327,7 @@ class ImageClassifier:
         self._decoders: anyio.CapacityLimiter | None = None
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
-        _, self.card = onnx_model.open_session(path, ["CPUExecutionProvider"])
+        _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
         source = self.source
         served = f"{source['name']} v{source['version']}" if source["version"] else str(path)
         alias = f" @{source['alias']}" if source["alias"] else ""

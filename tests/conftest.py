@@ -11,9 +11,9 @@ import yaml
 from PIL import Image
 
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
-from pipeline.card import ModelCard
 from pipeline.config import DataConfig, parse_params, with_overrides
-from pipeline.prepare import prepare
+from pipeline.data.class_folder import prepare
+from pipeline.model.card import ModelCard
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -79,7 +79,7 @@ def image_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def animal_shape_folder(tmp_path_factory) -> Path:
     """The first 60 images of each class of the built-in animal-shape data (as the builtin stage writes them)."""
-    from pipeline.builtin import animal_shape
+    from pipeline.data.builtin_sets import animal_shape
 
     folder = tmp_path_factory.mktemp("builtin") / "animal-shape"
     written: dict[str, int] = {}
@@ -95,7 +95,8 @@ def animal_shape_folder(tmp_path_factory) -> Path:
 def in_tmp_project(tmp_path, monkeypatch) -> Path:
     """A working directory laid out like the project (stages use relative paths)."""
     monkeypatch.chdir(tmp_path)
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
 
 
@@ -119,8 +120,9 @@ def stage_env(**extra: str) -> dict[str, str]:
 
 def stage_project(folder: Path, **overrides) -> Path:
     """A folder laid out like the project, with this checkout's pipeline/, a tiny params.yaml (plus
-    `section.key` overrides) and synthetic class images, prepared: ready for `python -m pipeline.train`."""
+    `section.key` overrides) and synthetic class images, prepared: ready for `python -m pipeline.stages.train`."""
     shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", folder / "dvc.yaml")  # the train stage's params: what its checkpoint must match
     write_class_images(folder / "images", per_class=10)
     settings = {
         "data.source": "images",
@@ -131,7 +133,7 @@ def stage_project(folder: Path, **overrides) -> Path:
         "train.device": "cpu",
     }
     (folder / "params.yaml").write_text(yaml.safe_dump(default_params(**(settings | overrides)), sort_keys=False))
-    subprocess.run([sys.executable, "-m", "pipeline.prepare"], cwd=folder, env=stage_env(), check=True)
+    subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], cwd=folder, env=stage_env(), check=True)
     return folder
 
 

@@ -4,10 +4,10 @@ from PIL import Image
 from sklearn.datasets import load_sample_images
 from torchvision.models import ResNet18_Weights
 
-from pipeline import trained
-from pipeline.backbones import Classifier, build, efficientnet_lite0
-from pipeline.card import ModelCardError
-from pipeline.images import resize_square
+from pipeline.data.images import resize_square
+from pipeline.model import model_file
+from pipeline.model.backbones import Classifier, build, efficientnet_lite0
+from pipeline.model.card import ModelCardError
 from tests.conftest import model_card
 
 IMAGENET_CLASSES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
@@ -70,8 +70,8 @@ CARD = model_card(classes=["a", "b"])
 
 def test_trained_model_file_roundtrip_carries_the_card_and_normalises_with_it(tmp_path):
     backbone = build("resnet18", "none", num_classes=2)
-    trained.save(tmp_path / "model.pt", backbone.model.state_dict(), CARD)
-    model, card = trained.load(tmp_path / "model.pt")
+    model_file.save(tmp_path / "model.pt", backbone.model.state_dict(), CARD)
+    model, card = model_file.load(tmp_path / "model.pt")
     assert card == CARD and not model.training
     assert torch.equal(model.head.weight, backbone.model.head.weight)
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
@@ -87,7 +87,7 @@ def test_trained_model_file_roundtrip_carries_the_card_and_normalises_with_it(tm
 def test_a_model_file_without_a_card_is_refused_by_name(tmp_path):
     torch.save({"state_dict": {}, "meta": {}}, tmp_path / "model.pt")
     with pytest.raises(ModelCardError, match="model.pt has no model card"):
-        trained.load(tmp_path / "model.pt")
+        model_file.load(tmp_path / "model.pt")
 
 
 def test_bad_backbone_and_weights_are_named():

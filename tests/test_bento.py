@@ -63,7 +63,7 @@ def test_bentoml_build_packs_the_service_offline_without_data_or_runs(tmp_path):
     (manifest,) = (tmp_path / "bentoml/bentos/image-classifier").glob("*/bento.yaml")
     bento = manifest.parent
     packed = sorted(str(path.relative_to(bento / "src")) for path in (bento / "src").rglob("*") if path.is_file())
-    assert {"serving/service.py", "pipeline/images.py", "params.yaml"} <= set(packed)
+    assert {"serving/service.py", "pipeline/data/images.py", "params.yaml"} <= set(packed)
     assert all(
         path.startswith(("serving/", "pipeline/")) or path in ("params.yaml", "bentofile.yaml") for path in packed
     ), packed

@@ -2,10 +2,10 @@
 
 import torch
 
-from pipeline.backbones import build
-from pipeline.block_choice import choose_blocks
-from pipeline.decoded import Split
-from pipeline.strategies import STRATEGIES, count_parameters
+from pipeline.data.splits import Split
+from pipeline.finetune.block_choice import choose_blocks
+from pipeline.finetune.strategies import STRATEGIES, count_parameters
+from pipeline.model.backbones import build
 from tests.conftest import tiny_params
 
 

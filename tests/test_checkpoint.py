@@ -1,15 +1,17 @@
-"""Checkpoints as pipeline.train writes them: a training resumed from one ends as the uninterrupted one
+"""Checkpoints as pipeline.stages.train writes them: a training resumed from one ends as the uninterrupted one
 did, and a checkpoint of another configuration is never resumed."""
+
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from pipeline import checkpoint
-from pipeline.checkpoint import TrainingState
-from pipeline.decoded import load_split
-from pipeline.manifest import read_manifest
-from pipeline.prepare import prepare
-from pipeline.training import Callbacks, train_model
+from pipeline.data.class_folder import prepare
+from pipeline.data.manifest import read_manifest
+from pipeline.data.splits import load_split
+from pipeline.finetune import checkpoint
+from pipeline.finetune.checkpoint import TrainingState
+from pipeline.finetune.loop import Callbacks, train_model
 from tests.conftest import data_config, tiny_params
 
 TIMING = ("epoch_seconds", "images_per_second")
@@ -27,7 +29,7 @@ def run(params, train, val, **kwargs):
         Callbacks(on_epoch=history.append, **kwargs.pop("callbacks", {})),
         **kwargs,
     )
-    return result, [{k: v for k, v in r.items() if k not in TIMING} for r in history]
+    return result, [{k: v for k, v in asdict(r).items() if k not in TIMING} for r in history]
 
 
 def test_a_training_resumed_mid_phase_ends_like_the_uninterrupted_one(image_folder, tmp_path):
@@ -50,14 +52,12 @@ def test_a_training_resumed_mid_phase_ends_like_the_uninterrupted_one(image_fold
         checkpoint.save(state, "test", tmp_path / f"epoch-{state.epoch}.pt")
 
     uninterrupted, history = run(params, train, val, callbacks={"on_state": save})
-    saved = torch.load(tmp_path / "epoch-2.pt", weights_only=True)  # one epoch into the fine-tune phase
-    saved.pop("fingerprint")
-    state = TrainingState(**saved)
+    _, state = checkpoint.read(tmp_path / "epoch-2.pt")  # one epoch into the fine-tune phase
     assert (state.phase, state.phase_epoch, len(state.history)) == ("fine-tune", 1, 2)
     resumed, resumed_history = run(params, train, val, resume=state)
     assert resumed_history == history[2:]
-    assert resumed.best["epoch"] == uninterrupted.best["epoch"]
-    assert [r["val_loss"] for r in resumed.history] == [r["val_loss"] for r in uninterrupted.history]
+    assert resumed.best.epoch == uninterrupted.best.epoch
+    assert [r.val_loss for r in resumed.history] == [r.val_loss for r in uninterrupted.history]
     resumed_weights = resumed.model.state_dict()
     assert all(torch.equal(resumed_weights[k], v) for k, v in uninterrupted.model.state_dict().items())
 
@@ -65,7 +65,7 @@ def test_a_training_resumed_mid_phase_ends_like_the_uninterrupted_one(image_fold
 def test_only_a_checkpoint_of_the_same_run_is_resumed(in_tmp_project, image_folder, capsys):
     prepare(data_config(image_folder), seed=0)
     params = tiny_params()
-    state = TrainingState(1, "partial", 0, 1, {}, {}, {}, torch.zeros(1), {}, [], 0.0)
+    state = TrainingState(1, "partial", 0, 1, {}, {}, {}, torch.zeros(1), None, [], 0.0)
     checkpoint.save(state, checkpoint.fingerprint(params))
     loaded = checkpoint.load(params)
     assert (loaded.epoch, loaded.phase, loaded.phase_index, loaded.run_id) == (1, "partial", 0, None)
@@ -80,5 +80,5 @@ def test_only_a_checkpoint_of_the_same_run_is_resumed(in_tmp_project, image_fold
 
 @pytest.mark.parametrize(("phase_index", "expected"), [(0, 4), (1, 2), (2, 0)])
 def test_epochs_done_skips_finished_phases_and_continues_the_current_one(phase_index, expected):
-    state = TrainingState(3, "b", 1, 2, {}, {}, {}, torch.zeros(1), {}, [], 0.0)
+    state = TrainingState(3, "b", 1, 2, {}, {}, {}, torch.zeros(1), None, [], 0.0)
     assert state.epochs_done(phase_index, 4) == expected

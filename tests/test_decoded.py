@@ -1,4 +1,4 @@
-"""The decoded cache on disk (pipeline.decoded, data.decoded: disk) against the in-memory path: the same
+"""The decoded cache on disk (pipeline.data.decoded, data.decoded: disk) against the in-memory path: the same
 pixels and batches, rebuilt whenever what it was decoded from changes, never left half-written, shared
 by torchrun ranks."""
 
@@ -13,15 +13,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from pipeline import decoded
 from pipeline.config import ConfigError, parse_params
-from pipeline.decoded import chosen_mode, load_split
-from pipeline.images import BadImage
-from pipeline.loader import AugmentedImages, ImageBatches
-from pipeline.manifest import read_manifest
+from pipeline.data import decoded, splits
+from pipeline.data.class_folder import prepare
+from pipeline.data.images import BadImage
+from pipeline.data.manifest import read_manifest
+from pipeline.data.splits import chosen_mode, load_split
+from pipeline.finetune.batches import AugmentedImages, ImageBatches
+from pipeline.finetune.phase import make_augment
 from pipeline.paths import DECODED_DIR
-from pipeline.prepare import prepare
-from pipeline.training import make_augment
 from tests.conftest import ROOT, data_config, default_params, stage_env, stage_project, tiny_params, write_class_images
 from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, TWO_GLOO, max_difference, train
 
@@ -72,7 +72,7 @@ def test_a_stale_cache_is_never_reused(prepared_folder, monkeypatch):
     # another image size, another decoder: other folders, the same pixels as decoding in memory
     resized = load_split(rows, "train", 24, MAX_PIXELS, "disk")
     assert torch.equal(resized.images, load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
-    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/images.py, edited")
+    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/data/images.py, edited")
     load_split(rows, "train", 32, MAX_PIXELS, "disk")
     assert len(cache_folders(prepared_folder)) == 3
 
@@ -102,15 +102,16 @@ def test_a_build_failing_on_a_real_broken_image_leaves_nothing_and_the_next_run_
 SLOW_BUILD = textwrap.dedent(
     """
     import sys, time
-    from pipeline import decoded
-    from pipeline.manifest import read_manifest
+    from pipeline.data import decoded
+    from pipeline.data.manifest import read_manifest
 
     resize = decoded.resize_square
     def slowly(image, size):  # a build long enough to be killed in the middle
         time.sleep(0.2)
         return resize(image, size)
     decoded.resize_square = slowly
-    decoded.load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "disk")
+    from pipeline.data.splits import load_split
+    load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "disk")
     """
 )
 
@@ -138,7 +139,7 @@ def test_a_build_killed_mid_way_leaves_nothing_half_written(prepared_folder):
 def test_auto_keeps_small_data_in_memory_and_counts_every_local_process(monkeypatch):
     assert chosen_mode("auto", 1000, 96) == "memory" and chosen_mode("disk", 1000, 96) == "disk"
     decoded_bytes = 1000 * 3 * 96 * 96
-    monkeypatch.setattr(decoded.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * decoded_bytes))
+    monkeypatch.setattr(splits.psutil, "virtual_memory", lambda: SimpleNamespace(available=8 * decoded_bytes))
     assert chosen_mode("auto", 1000, 96) == "memory"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four copies on this machine under torchrun
     assert chosen_mode("auto", 1000, 96) == "disk"

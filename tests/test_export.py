@@ -3,9 +3,9 @@ import onnx
 import pytest
 import torch
 
-from pipeline import onnx_model
-from pipeline.backbones import build
-from pipeline.onnx_graph import ParityError, export_checked
+from pipeline.model.backbones import build
+from pipeline.release import onnx_runtime
+from pipeline.release.onnx_export import ParityError, export_checked
 from tests.conftest import model_card
 
 CARD = model_card()
@@ -29,7 +29,7 @@ def test_export_takes_uint8_normalises_inside_and_carries_the_card(model_and_ima
     saved = onnx.load(str(path))
     onnx.checker.check_model(saved)
     assert session.get_inputs()[0].type == "tensor(uint8)"
-    _, card = onnx_model.open_session(path)
+    _, card = onnx_runtime.open_session(path)
     assert card == CARD
     # the graph's own normalisation is the card's: the same network fed pre-normalised floats agrees
     mean, std = torch.tensor(CARD.mean).view(1, 3, 1, 1), torch.tensor(CARD.std).view(1, 3, 1, 1)
@@ -42,9 +42,9 @@ def test_export_takes_uint8_normalises_inside_and_carries_the_card(model_and_ima
 def test_batch_axis_is_dynamic(model_and_images, tmp_path):
     model, images = model_and_images
     export_checked(model, CARD, images, tmp_path / "model.onnx", opset=18, tolerance=1e-4)
-    session, _ = onnx_model.open_session(tmp_path / "model.onnx")
+    session, _ = onnx_runtime.open_session(tmp_path / "model.onnx")
     for batch in (1, 4):
-        assert onnx_model.probabilities(session, images[:batch].numpy()).shape == (batch, 3)
+        assert onnx_runtime.probabilities(session, images[:batch].numpy()).shape == (batch, 3)
 
 
 def test_parity_gate_fails_and_leaves_no_file(model_and_images, tmp_path):
@@ -87,5 +87,5 @@ def test_a_model_that_does_not_fit_its_card_is_refused(model_and_images, tmp_pat
         if prop.key == "model_card":
             prop.value = wrong.to_json()
     onnx.save(proto, str(tmp_path / "wrong.onnx"))
-    with pytest.raises(onnx_model.ModelLoadError, match=r"\[batch, 3, 28, 28\].*\[batch, 4\]"):
-        onnx_model.open_session(tmp_path / "wrong.onnx")
+    with pytest.raises(onnx_runtime.ModelLoadError, match=r"\[batch, 3, 28, 28\].*\[batch, 4\]"):
+        onnx_runtime.open_session(tmp_path / "wrong.onnx")

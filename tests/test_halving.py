@@ -1,21 +1,17 @@
 """compare.method: halving: the worse half dropped at each rung, a stop as soon as the paired test decides,
 the verdict's order; and the shifted test copy every comparison scores."""
 
-import json
-
 import mlflow
 import pytest
 import torch
 import torchvision
 
-from pipeline.compare import apply, compare
-from pipeline.compare_report import RANDOM_INIT_PROBE, Summary
-from pipeline.config import ConfigError, parse_params
-from pipeline.halving import (
+from pipeline.choice.compare_report import RANDOM_INIT_PROBE, Budget, CompareReport, Summary
+from pipeline.choice.comparison import compare
+from pipeline.choice.halving import (
     NOT_WORTH_IT,
     UNDECIDED,
     WORTH_IT,
-    Budget,
     paired_test,
     race,
     recommendation,
@@ -23,8 +19,11 @@ from pipeline.halving import (
     seed_from_verdict,
     survivors,
 )
-from pipeline.prepare import prepare
-from pipeline.shift import CORRUPTIONS, accuracies, shifted_copy
+from pipeline.choice.verdict_report import VerdictReport
+from pipeline.commands.apply import apply_comparison
+from pipeline.config import ConfigError, parse_params
+from pipeline.data.class_folder import prepare
+from pipeline.data.corruptions import CORRUPTIONS, accuracies, shifted_copy
 from tests.conftest import ROOT, data_config, default_params, tiny_params, write_class_images
 
 
@@ -32,12 +31,22 @@ def compare_config(**overrides):
     return parse_params(default_params(**{f"compare.{key}": value for key, value in overrides.items()})).compare
 
 
+def budget(epochs: int, train_per_class: int | None, seeds: int) -> Budget:
+    return Budget(epochs=epochs, train_per_class=train_per_class, seeds=seeds)
+
+
+def summary(name: str, mean: float, std: float, params: int, seconds: float) -> Summary:
+    """A summary whose validation accuracy is its test accuracy."""
+    fields = {"runs": 3, "mean": mean, "std": std, "trainable_params": params, "train_seconds": seconds}
+    return Summary(strategy=name, val_mean=mean, val_std=std, **fields)
+
+
 def test_rungs_double_epochs_and_images_up_to_the_compare_budget():
-    assert rung_budgets(compare_config()) == [Budget(2, 50, 1), Budget(4, 100, 3), Budget(6, 100, 3)]
+    assert rung_budgets(compare_config()) == [budget(2, 50, 1), budget(4, 100, 3), budget(6, 100, 3)]
     every_image = compare_config(**{"train_per_class": None, "halving.first_epochs": 3, "halving.first_seeds": 2})
-    assert rung_budgets(every_image) == [Budget(3, 50, 2), Budget(6, None, 3)]
+    assert rung_budgets(every_image) == [budget(3, 50, 2), budget(6, None, 3)]
     one_rung = compare_config(**{"halving.first_epochs": 6, "halving.first_train_per_class": 100})
-    assert rung_budgets(one_rung) == [Budget(6, 100, 3)]  # the only rung decides: every seed
+    assert rung_budgets(one_rung) == [budget(6, 100, 3)]  # the only rung decides: every seed
 
 
 def test_the_worse_half_is_dropped_and_ties_go_to_the_earlier_strategy():
@@ -66,8 +75,8 @@ def test_the_paired_test_decides_either_way_and_says_when_it_cannot():
 
 def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_not():
     summaries = {
-        "head": Summary("head", 3, 0.948, 0.006, 12_810, 3.0, 0.948, 0.006),
-        "lp-ft": Summary("lp-ft", 3, 0.955, 0.006, 3_383_818, 40.0, 0.955, 0.006),
+        "head": summary("head", 0.948, 0.006, 12_810, 3.0),
+        "lp-ft": summary("lp-ft", 0.955, 0.006, 3_383_818, 40.0),
     }
     head = correctness([[1] * 90 + [0] * 10] * 3)
     better = correctness([[1] * 100] * 3)
@@ -82,13 +91,18 @@ def test_a_decided_paired_test_recommends_where_the_seeds_spread_on_test_would_n
     assert strategy == "head" and lines[0].endswith("this is the grid's rule, on the seeds' spread.)")  # tied
 
 
-def verdict_report(strategy: str, confidence: float, source: str = "data/builtin/animal-shape") -> dict:
+def verdict_report(strategy: str, confidence: float, source: str = "data/builtin/animal-shape") -> VerdictReport:
+    """The committed verdict report with another source, strategy and confidence."""
+    committed = VerdictReport.read(ROOT / "reports/verdict/verdict.json")
     decision = {"full": "fine-tune everything", "head": "the head is enough"}[strategy]
     certainty = "sure" if confidence >= 0.9 else "fairly sure"
-    return {
-        "setup": {"data_source": source},
-        "verdict": {"decision": decision, "strategy": strategy, "confidence": confidence, "certainty": certainty},
-    }
+    verdict = {"decision": decision, "strategy": strategy, "confidence": confidence, "certainty": certainty}
+    return committed.model_copy(
+        update={
+            "setup": committed.setup.model_copy(update={"data_source": source}),
+            "verdict": committed.verdict.model_copy(update=verdict),
+        }
+    )
 
 
 def test_the_verdict_starts_what_it_rules_out_last_and_drops_it_when_sure():
@@ -208,28 +222,28 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
     params = tiny_params(**{"model.backbone": "resnet18", "model.weights": str(checkpoint), "compare": budget})
     report = compare(params, tmp_path / "prepared/manifest.csv", tmp_path / "reports", tmp_path / "no-verdict.json")
 
-    halving = report["halving"]
-    screening, deciding = halving["rungs"]
-    assert (screening["seeds"], screening["paired_test"]["seeds"]) == (1, 1)
-    assert len(screening["kept"]) == 2  # the better half of norm, full and lp-ft
+    halving = report.halving
+    screening, deciding = halving.rungs
+    assert (screening.seeds, screening.paired_test.seeds) == (1, 1)
+    assert len(screening.kept) == 2  # the better half of norm, full and lp-ft
     # a race, screening's leader first: it decides alone, and the other survivor is not run
-    first, behind = screening["kept"]
-    assert (deciding["seeds"], deciding["strategies"], deciding["not_run"]) == (2, ["head", first], [behind])
-    decided = deciding["paired_test"]
-    assert decided["decision"] == WORTH_IT and decided["low"] > 1.0 and decided["seeds"] == 2
-    assert halving["stop"].startswith("Stopped at rung 1 of 2 (2 epochs): fine-tuning beats the head")
-    assert halving["stop"].endswith(f"Not run, behind it in the race: `{behind}`.")
-    assert report["setup"]["method"] == "halving" and report["setup"]["epochs"] == 2
-    assert set(report["summaries"]) == {"head", first, RANDOM_INIT_PROBE} and set(report["gain_per_minute"]) == {first}
-    assert [run["seed"] for run in report["runs"] if run["strategy"] == RANDOM_INIT_PROBE] == [0]
-    leader = decided["leader"]
+    first, behind = screening.kept
+    assert (deciding.seeds, deciding.strategies, deciding.not_run) == (2, ["head", first], [behind])
+    decided = deciding.paired_test
+    assert decided.decision == WORTH_IT and decided.low > 1.0 and decided.seeds == 2
+    assert halving.stop.startswith("Stopped at rung 1 of 2 (2 epochs): fine-tuning beats the head")
+    assert halving.stop.endswith(f"Not run, behind it in the race: `{behind}`.")
+    assert report.setup.method == "halving" and report.setup.epochs == 2
+    assert set(report.summaries) == {"head", first, RANDOM_INIT_PROBE} and set(report.gain_per_minute) == {first}
+    assert [run.seed for run in report.runs if run.strategy == RANDOM_INIT_PROBE] == [0]
+    leader = decided.leader
     assert leader == first
-    shifted = report["shifted_test"]["strategies"]
-    assert shifted[leader]["by_corruption"] and set(shifted[leader]["by_corruption"]) <= set(CORRUPTIONS)
-    assert shifted[leader]["clean"] == report["summaries"][leader]["mean"]
+    shifted = report.shifted_test.strategies
+    assert shifted[leader].by_corruption and set(shifted[leader].by_corruption) <= set(CORRUPTIONS)
+    assert shifted[leader].clean == report.summaries[leader].mean
 
     client = mlflow.MlflowClient(uri)
-    parent = report["setup"]["parent_run_id"]
+    parent = report.setup.parent_run_id
     experiment = client.get_run(parent).info.experiment_id
     rungs = {
         run.info.run_name: run for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent}'")
@@ -245,20 +259,20 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
 
     markdown = (tmp_path / "reports/compare.md").read_text()
     assert "## Successive halving" in markdown and "## Out of distribution" in markdown
-    probe = report["summaries"][RANDOM_INIT_PROBE]["mean"]
+    probe = report.summaries[RANDOM_INIT_PROBE].mean
     assert f"on random-init features: {probe:.3f} (one seed)." in markdown
     assert f"| `{RANDOM_INIT_PROBE}` | " in markdown and f" | {probe:.3f} (one seed) | 1 | " in markdown
-    assert json.loads((tmp_path / "reports/compare.json").read_text()) == report
-    # --apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
-    assert apply(tmp_path / "reports/compare.json") == report["halving"]["recommended"] == leader
-    assert report["recommendation"][0].startswith(f"**Use `{leader}`**: it beats the head by more than compare.")
+    assert CompareReport.read(tmp_path / "reports/compare.json") == report
+    # apply sets what the paired test decided: the leader, which the grid's rule on test need not pick
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    assert apply_comparison(tmp_path / "reports/compare.json") == report.halving.recommended == leader
+    assert report.recommendation[0].startswith(f"**Use `{leader}`**: it beats the head by more than compare.")
 
 
-def test_verdict_calibration_leaves_halving_reports_out(tmp_path):
+def test_verdict_calibration_refuses_a_halving_report(tmp_path):
     """A halving report's summaries are of the rung it stopped at, not of the budget the rule is fitted for."""
-    from pipeline.verdict import calibrate_from_reports
+    from pipeline.commands.calibrate import measured_case
 
-    report = tmp_path / "reports/halving/compare.json"
-    report.parent.mkdir(parents=True)
-    report.write_text(json.dumps({"setup": {"method": "halving"}}))
-    assert calibrate_from_reports(tiny_params(), tmp_path / "reports", tmp_path / "calibration.csv") == []
+    with pytest.raises(ConfigError, match="halving.compare.json is a halving comparison"):
+        measured_case(tiny_params(), ROOT / "reports/halving/compare.json", tmp_path)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import onnx_model
-from pipeline.backbones import Classifier, build
 from pipeline.config import ConfigError, load_params
-from pipeline.images import BadImage, load_rgb, resize_square
-from pipeline.onnx_graph import export_checked
-from pipeline.prepare import prepare
+from pipeline.data.class_folder import prepare
+from pipeline.data.images import BadImage, load_rgb, resize_square
+from pipeline.model.backbones import Classifier, build
+from pipeline.release import onnx_runtime
+from pipeline.release.onnx_export import export_checked
 from tests.conftest import ROOT, data_config, model_card
 
 MiB = 2**20
@@ -38,7 +38,7 @@ def peak_rss_of(code: str, *args: str) -> int:
     VmHWM, not ru_maxrss: the latter keeps the high-water mark of the process that forked it."""
     script = (
         "import re, sys\n"
-        "from pipeline.images import load_rgb, resize_square\n"
+        "from pipeline.data.images import load_rgb, resize_square\n"
         "def peak():\n"
         "    return int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)) * 1024\n"
         "before = peak()\n"
@@ -150,14 +150,14 @@ BROKEN = {  # row 4: each variant "ready" and then 500 (or wrong labels) on ever
 @pytest.mark.parametrize("case", BROKEN)
 def test_row4_a_model_that_does_not_fit_its_card_is_refused_at_load(exported, tmp_path, case):
     edit, message = BROKEN[case]
-    with pytest.raises(onnx_model.ModelLoadError) as error:
-        onnx_model.open_session(variant(exported, tmp_path / "broken.onnx", edit))
+    with pytest.raises(onnx_runtime.ModelLoadError) as error:
+        onnx_runtime.open_session(variant(exported, tmp_path / "broken.onnx", edit))
     assert message in str(error.value)
 
 
 def test_row4_loading_runs_a_batch_through_the_graph(exported):
-    session, card = onnx_model.open_session(exported)
-    assert onnx_model.probabilities(session, np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape == (2, 3)
+    session, card = onnx_runtime.open_session(exported)
+    assert onnx_runtime.probabilities(session, np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape == (2, 3)
 
 
 def test_row9_undecodable_file_names_are_skipped_and_named(image_folder, tmp_path):

@@ -1,7 +1,7 @@
 import torch
 
-from pipeline.loader import AugmentedImages, ImageBatches, resolve_workers
-from pipeline.training import make_augment
+from pipeline.finetune.batches import AugmentedImages, ImageBatches, resolve_workers
+from pipeline.finetune.phase import make_augment
 from tests.conftest import tiny_params
 
 

@@ -17,9 +17,9 @@ import mlflow
 import pytest
 import yaml
 
-from pipeline import onnx_model
-from pipeline.decoded import load_split
-from pipeline.manifest import read_manifest
+from pipeline.data.manifest import read_manifest
+from pipeline.data.splits import load_split
+from pipeline.release import onnx_runtime
 from tests.conftest import ROOT, default_params, stage_env
 
 pytestmark = pytest.mark.slow
@@ -141,9 +141,9 @@ def test_the_version_is_tagged_described_and_champion_as_the_first(project):
 
 def test_onnx_model_reproduces_the_evaluated_accuracy_and_carries_the_card(project, monkeypatch):
     monkeypatch.chdir(project)
-    session, card = onnx_model.open_session(project / "models/model.onnx")
+    session, card = onnx_runtime.open_session(project / "models/model.onnx")
     test = load_split(read_manifest(), "test", card.image_size, 10**7, "memory")
-    probabilities = onnx_model.probabilities(session, test.images.numpy())
+    probabilities = onnx_runtime.probabilities(session, test.images.numpy())
     accuracy = float((probabilities.argmax(1) == test.labels.numpy()).mean())
     assert accuracy == pytest.approx(json.loads((project / "metrics/evaluate.json").read_text())["accuracy"])
     assert card.classes == [str(d) for d in range(10)] and (card.strategy, card.image_size) == ("partial", 32)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.builtin import ANIMAL_SHAPE_CLASSES, animal_shape, load_numpy_pickle
 from pipeline.config import ConfigError
-from pipeline.images import load_rgb
-from pipeline.prepare import prepare
+from pipeline.data.builtin_sets import ANIMAL_SHAPE_CLASSES, animal_shape, load_numpy_pickle
+from pipeline.data.class_folder import prepare
+from pipeline.data.images import load_rgb
 from tests.conftest import data_config
 
 

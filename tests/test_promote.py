@@ -1,4 +1,4 @@
-"""pipeline.promote on a real sqlite registry whose versions carry the tags export writes."""
+"""pipeline.commands.promote on a real sqlite registry whose versions carry the tags export writes."""
 
 import json
 import re
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import registry
-from pipeline.promote import PromotionError, choose
+from pipeline.tracking import registry
+from pipeline.tracking.promotion import PromotionError, choose
 from tests.conftest import ROOT, stage_env
 
 NAME = "animal-shape-classifier"
@@ -111,7 +111,7 @@ def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_o
     env = stage_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def promote(*arguments: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "pipeline.promote", *arguments]
+        command = [sys.executable, "-m", "pipeline.commands.promote", *arguments]
         return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
 
     best = promote()

@@ -27,10 +27,10 @@ import torch
 from PIL import Image
 
 from benchmarks import load_test
-from pipeline.backbones import Classifier, build
-from pipeline.card import ModelCard
-from pipeline.onnx_graph import export_checked, onnx_metadata
-from pipeline.onnx_model import classify_files
+from pipeline.model.backbones import Classifier, build
+from pipeline.model.card import ModelCard
+from pipeline.release.onnx_export import export_checked, onnx_metadata
+from pipeline.release.onnx_runtime import classify_files
 from tests.conftest import ROOT, model_card
 from tests.servers import free_port, resident_by_process, running_service, serve_command, serving_process
 

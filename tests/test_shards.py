@@ -1,4 +1,4 @@
-"""LitData shards (pipeline.shards, data.decoded: shards) against the in-memory path: the same pixels and
+"""LitData shards (pipeline.data.shards, data.decoded: shards) against the in-memory path: the same pixels and
 batches, rewritten whenever what they were decoded from changes, never readable half-written, and read
 by torchrun ranks on 2 "nodes" (2 processes on this machine, a local folder standing in for the object
 store) that train the weights of one in-memory process."""
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline import decoded
 from pipeline.config import ConfigError, parse_params, set_param
-from pipeline.decoded import load_split
-from pipeline.shards import CACHE_DIR, LOCAL_AS_REMOTE
+from pipeline.data import decoded
+from pipeline.data.shards import CACHE_DIR, LOCAL_AS_REMOTE
+from pipeline.data.splits import load_split
 from tests.conftest import ROOT, default_params, stage_env, stage_project
 from tests.test_decoded import MAX_PIXELS, all_batches, manifest
 from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, max_difference, outputs
@@ -55,7 +55,7 @@ def test_stale_shards_are_never_read(prepared_folder, monkeypatch):
     load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
     resized = load_split(rows, "train", 24, MAX_PIXELS, "shards", str(store))
     assert torch.equal(resized.images[:], load_split(rows, "train", 24, MAX_PIXELS, "memory").images)
-    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/images.py, edited")
+    monkeypatch.setattr(decoded, "DECODER_SOURCE", b"pipeline/data/images.py, edited")
     load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
     assert len(shard_folders(store)) == 3
 
@@ -63,8 +63,9 @@ def test_stale_shards_are_never_read(prepared_folder, monkeypatch):
 SLOW_WRITE = textwrap.dedent(
     """
     import sys, time
-    from pipeline import decoded, shards
-    from pipeline.manifest import read_manifest
+    from pipeline.data import shards
+    from pipeline.data.manifest import read_manifest
+    from pipeline.data.splits import load_split
 
     item = shards.decoded_item
     def slowly(row_and_label, size, max_pixels):  # a write long enough to be killed in the middle
@@ -72,7 +73,7 @@ SLOW_WRITE = textwrap.dedent(
         time.sleep(1)
         return item(row_and_label, size, max_pixels)
     shards.decoded_item = slowly
-    decoded.load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "shards", "store")
+    load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "shards", "store")
     """
 )
 
@@ -130,7 +131,10 @@ def test_two_nodes_read_the_shards_from_a_store_and_train_the_weights_of_one_in_
     set_param("data.shards", f"{LOCAL_AS_REMOTE}{store}", staged / "params.yaml")
     # written once before the job, in small chunks so that there are several to share out
     subprocess.run(
-        [sys.executable, "-m", "pipeline.shards", "--chunk-bytes", "8kb"], cwd=staged, env=stage_env(), check=True
+        [sys.executable, "-m", "pipeline.commands.shards", "--chunk-bytes", "8kb"],
+        cwd=staged,
+        env=stage_env(),
+        check=True,
     )
     port = str(free_port())
     nodes = [
@@ -148,7 +152,7 @@ def test_two_nodes_read_the_shards_from_a_store_and_train_the_weights_of_one_in_
                 "--master-port",
                 port,
                 "-m",
-                "pipeline.train",
+                "pipeline.stages.train",
             ],
             cwd=staged,
             env=stage_env(),

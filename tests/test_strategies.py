@@ -1,9 +1,9 @@
 import pytest
 from torch import nn
 
-from pipeline.backbones import build
 from pipeline.config import ConfigError
-from pipeline.strategies import STRATEGIES, apply_phase, count_parameters, set_train_mode
+from pipeline.finetune.strategies import STRATEGIES, apply_phase, count_parameters, set_train_mode
+from pipeline.model.backbones import build
 from tests.conftest import tiny_params
 
 

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import tracking
-from pipeline.onnx_model import classify_files
+from pipeline.release.onnx_runtime import classify_files
+from pipeline.tracking import store
 from tests.conftest import stage_env, stage_project
 from tests.servers import free_port, running_service
 
@@ -79,7 +79,7 @@ def _healthy(url: str) -> bool:
 
 def stage(project: Path, name: str, uri: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", f"pipeline.{name}"],
+        [sys.executable, "-m", f"pipeline.stages.{name}"],
         cwd=project,
         env=stage_env(MLFLOW_TRACKING_URI=uri),
         capture_output=True,
@@ -90,10 +90,10 @@ def stage(project: Path, name: str, uri: str) -> subprocess.CompletedProcess:
 def test_unreachable_server_stops_a_stage_naming_it(in_tmp_project, monkeypatch):
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    with pytest.raises(tracking.TrackingServerUnreachable, match=f"MLFLOW_TRACKING_URI={uri} is unreachable"):
-        tracking.check_reachable()
+    with pytest.raises(store.TrackingServerUnreachable, match=f"MLFLOW_TRACKING_URI={uri} is unreachable"):
+        store.check_reachable()
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    tracking.check_reachable()  # the local sqlite store needs no server
+    store.check_reachable()  # the local sqlite store needs no server
 
 
 @pytest.mark.slow
@@ -155,7 +155,7 @@ def test_row5_a_server_lost_mid_training_stops_it_within_a_minute_with_a_checkpo
     (tmp_path / "server").mkdir()
     with mlflow_server(tmp_path / "server") as (url, process):
         training = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.train"],
+            [sys.executable, "-m", "pipeline.stages.train"],
             cwd=project,
             env=stage_env(MLFLOW_TRACKING_URI=url),
             stdout=subprocess.PIPE,
@@ -180,7 +180,7 @@ def test_row5_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.promote"],
+        [sys.executable, "-m", "pipeline.commands.promote"],
         env=stage_env(MLFLOW_TRACKING_URI=uri),
         capture_output=True,
         text=True,
@@ -195,7 +195,7 @@ def test_row5_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
 def test_row7_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
     project = stage_project(tmp_path, **{"finetune.strategy": "head"})
     trained = subprocess.run(
-        [sys.executable, "-m", "pipeline.train"], cwd=project, env=stage_env(), capture_output=True
+        [sys.executable, "-m", "pipeline.stages.train"], cwd=project, env=stage_env(), capture_output=True
     )
     assert trained.returncode == 0  # on the local sqlite store
     result = stage(project, name, f"http://127.0.0.1:{free_port()}")
@@ -212,10 +212,10 @@ def test_row7_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
 def test_row8_credentials_in_the_uri_work_and_are_never_printed(server, monkeypatch):
     with_credentials = server["url"].replace("http://", "http://alice:s3cret@")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", with_credentials)
-    tracking.check_reachable()  # urllib alone cannot open such a URL
+    store.check_reachable()  # urllib alone cannot open such a URL
     assert mlflow.MlflowClient(with_credentials).search_experiments()  # nor does MLflow mind it
     dead = f"http://alice:s3cret@127.0.0.1:{free_port()}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", dead)
-    with pytest.raises(tracking.TrackingServerUnreachable) as error:
-        tracking.check_reachable()
+    with pytest.raises(store.TrackingServerUnreachable) as error:
+        store.check_reachable()
     assert "alice:***@127.0.0.1" in str(error.value) and "s3cret" not in str(error.value)

@@ -1,14 +1,17 @@
 import pytest
 import torch
 
-from pipeline import training
-from pipeline.backbones import build
-from pipeline.compare import Trial, predicted
-from pipeline.decoded import load_split
-from pipeline.manifest import read_manifest
-from pipeline.prepare import prepare
-from pipeline.trained import predict_probabilities
-from pipeline.training import Callbacks, FrozenFeatures, Trained, body_as_built, train_model
+from pipeline.choice.trials import Trial, predicted
+from pipeline.data.class_folder import prepare
+from pipeline.data.manifest import read_manifest
+from pipeline.data.splits import load_split
+from pipeline.finetune.loop import Callbacks, Trained, train_model
+from pipeline.finetune.phase import body_as_built
+from pipeline.finetune.records import EpochRecord
+from pipeline.model import features
+from pipeline.model.backbones import build
+from pipeline.model.features import FrozenFeatures
+from pipeline.model.model_file import predict_probabilities
 from tests.conftest import data_config, tiny_params
 
 NO_AUGMENT = {"train.augment": {"hflip": False, "crop_scale_min": 1.0}}
@@ -20,7 +23,7 @@ def splits(folder, tmp_path, size=32, **data):
     return [load_split(rows, split, size, 10**7, "memory") for split in ("train", "val")]
 
 
-def run(params, train, val, frozen=None, **model) -> tuple[Trained, list[dict]]:
+def run(params, train, val, frozen=None, **model) -> tuple[Trained, list[EpochRecord]]:
     """Train through the pipeline's one entry point; a random-init ResNet-18 unless `model` says otherwise."""
     settings = {"backbone": "resnet18", "weights": "none"} | model
     params = params.model_copy(update={"model": params.model.model_copy(update=settings)})
@@ -67,13 +70,13 @@ def test_runs_sharing_frozen_features_train_what_each_trains_alone(image_folder,
         ]
 
     alone = each(None)
-    passes, extract = [], training.extract_features
-    monkeypatch.setattr(training, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
+    passes, extract = [], features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
     shared = each(FrozenFeatures())
     # the pretrained body's: train and val once for four runs; the random-init bodies': train and val per run
     assert passes == [len(train.labels), len(val.labels)] * 3
     for (result_alone, history_alone), (result_shared, history_shared) in zip(alone, shared, strict=True):
-        assert [r["val_accuracy"] for r in history_shared] == [r["val_accuracy"] for r in history_alone]
+        assert [r.val_accuracy for r in history_shared] == [r.val_accuracy for r in history_alone]
         assert all(torch.equal(value, weights(result_alone)[key]) for key, value in weights(result_shared).items())
 
 
@@ -95,8 +98,8 @@ def test_runs_whose_body_did_not_train_are_scored_from_the_shared_pass(image_fol
         result, _ = run(params, train, val, frozen, **model)
         trials.append(Trial(strategy, params, result, 0.0, "no run"))
     assert [body_as_built(t.params, t.trained.plan) for t in trials] == [True, True, False, True]
-    passes, extract = [], training.extract_features
-    monkeypatch.setattr(training, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
+    passes, extract = [], features.extract_features
+    monkeypatch.setattr(features, "extract_features", lambda *args: passes.append(len(args[1])) or extract(*args))
     unseen = torch.flip(val.images, dims=[0])  # a tensor no run passed
     for trial in trials:
         whole_model = predict_probabilities(trial.trained.model, unseen).argmax(1)
@@ -114,11 +117,11 @@ def test_training_is_reproducible_from_the_seed_and_keeps_the_best_epoch(image_f
     assert all(torch.equal(weights(first)[k], weights(second)[k]) for k in weights(first))
     assert len(history) == params.finetune.head_epochs + params.train.epochs
     best = first.best
-    assert best["val_accuracy"] == max(r["val_accuracy"] for r in history)
-    assert best["epoch"] == next(r["epoch"] for r in history if r["val_accuracy"] == best["val_accuracy"])
+    assert best.val_accuracy == max(r.val_accuracy for r in history)
+    assert best.epoch == next(r.epoch for r in history if r.val_accuracy == best.val_accuracy)
     assert first.card.classes == ["0", "1", "2"] and first.card.strategy == "lp-ft" and first.card.image_size == 32
     # the best epoch's validation classes, as its validation pass gave them: what compare's paired test uses
-    assert (first.val_predicted == val.labels).float().mean().item() == pytest.approx(best["val_accuracy"])
+    assert (first.val_predicted == val.labels).float().mean().item() == pytest.approx(best.val_accuracy)
     assert torch.equal(first.val_predicted, predict_probabilities(first.model, val.images).argmax(1))
 
 
@@ -127,8 +130,8 @@ def test_pretrained_features_beat_random_ones_on_the_default_data(animal_shape_f
     params = tiny_params(**{"finetune.strategy": "head", "finetune.head_epochs": 30, "train.batch_size": 32})
     pretrained, _ = run(params, train, val, weights="DEFAULT", backbone="efficientnet_lite0")
     random_init, _ = run(params, train, val, weights="none", backbone="efficientnet_lite0")
-    assert pretrained.best["val_accuracy"] >= 0.7
-    assert pretrained.best["val_accuracy"] > random_init.best["val_accuracy"] + 0.2
+    assert pretrained.best.val_accuracy >= 0.7
+    assert pretrained.best.val_accuracy > random_init.best.val_accuracy + 0.2
 
 
 def test_batchnorm_policies_keep_or_update_the_statistics_they_say(image_folder, tmp_path):
@@ -152,10 +155,8 @@ def test_compiled_training_matches_eager(image_folder, tmp_path):
     settings = {"finetune.strategy": "partial", "finetune.unfreeze_blocks": 1, "model.backbone": "resnet18"}
     eager, eager_history = run(tiny_params(**settings), train, val)
     compiled, compiled_history = run(tiny_params(**settings, **{"train.compile": True}), train, val)
-    assert [r["train_loss"] for r in compiled_history] == pytest.approx(
-        [r["train_loss"] for r in eager_history], rel=1e-3
-    )
-    assert compiled.best["val_accuracy"] == eager.best["val_accuracy"]
+    assert [r.train_loss for r in compiled_history] == pytest.approx([r.train_loss for r in eager_history], rel=1e-3)
+    assert compiled.best.val_accuracy == eager.best.val_accuracy
     for key, value in weights(eager).items():
         torch.testing.assert_close(weights(compiled)[key], value, atol=1e-4, rtol=1e-3)
     assert not any(key.startswith("_orig_mod") for key in weights(compiled))  # the model's own names
@@ -166,5 +167,5 @@ def test_loader_workers_change_nothing_but_speed(image_folder, tmp_path):
     settings = {"finetune.strategy": "partial", "model.backbone": "resnet18", "train.epochs": 2}
     in_process, history = run(tiny_params(**settings), train, val)
     with_workers, workers_history = run(tiny_params(**settings, **{"train.loader_workers": 2}), train, val)
-    assert [r["train_loss"] for r in workers_history] == [r["train_loss"] for r in history]
+    assert [r.train_loss for r in workers_history] == [r.train_loss for r in history]
     assert all(torch.equal(value, weights(with_workers)[key]) for key, value in weights(in_process).items())

@@ -1,6 +1,6 @@
 """The train stage as real processes: `torchrun` with 2 gloo processes against one process, and runs
-killed right after a checkpoint (checkpoint.KILL_AFTER_EPOCH: a known point, not a race with a
-signal sent from here), then resumed, against uninterrupted ones."""
+killed right after a checkpoint (tests/killed_training.py: a known point, not a race with a signal sent
+from here), then resumed, against uninterrupted ones."""
 
 import csv
 import json
@@ -14,15 +14,14 @@ import mlflow
 import pytest
 import torch
 
-from pipeline import distributed
-from pipeline.checkpoint import KILL_AFTER_EPOCH
-from pipeline.training import whole_split
-from tests.conftest import stage_env, stage_project
+from pipeline.finetune import distributed
+from pipeline.finetune.loop import whole_split
+from tests.conftest import ROOT, stage_env, stage_project
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
-SINGLE = [sys.executable, "-m", "pipeline.train"]
-TWO_GLOO = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.train"]
+SINGLE = [sys.executable, "-m", "pipeline.stages.train"]
+TWO_GLOO = ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "pipeline.stages.train"]
 # Two phases (cached-feature head, then the whole network) and batches of 17 over 18 training images,
 # split unevenly between 2 processes: 9 + 8, then 1 + none. SGD: AdamW divides each step by sqrt(v),
 # which magnifies float rounding on near-zero gradients (README: Multi-GPU).
@@ -63,8 +62,9 @@ def train(project: Path, command: list[str], **env: str) -> dict:
 def killed_after_epoch(project: Path, command: list[str], epoch: int, **env: str) -> subprocess.CompletedProcess:
     """Train until the checkpoint of `epoch` is written, where every process kills itself (SIGKILL)."""
     (project / "models/model.pt").unlink()  # as DVC does before it reruns a stage
-    env = stage_env(**env, **{KILL_AFTER_EPOCH: str(epoch)})
-    result = subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, timeout=600)
+    killer = [*command[:-1], "tests.killed_training", str(epoch)]  # the stage's module, run by the test's
+    env = stage_env(**env, PYTHONPATH=str(ROOT))  # tests/ from the checkout, pipeline/ from the project copy
+    result = subprocess.run(killer, cwd=project, env=env, capture_output=True, text=True, timeout=600)
     assert torch.load(project / "models/checkpoint.pt", weights_only=True)["epoch"] == epoch
     return result
 

@@ -1,23 +1,25 @@
 """The verdict: its scores (LogME, label issues) on cases with a known answer, its rule, and the stage end to end."""
 
 import csv
-import json
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 
+from pipeline.choice.assessment import assess
+from pipeline.choice.compare_report import CompareReport
+from pipeline.choice.transferability import class_evidence, logme
+from pipeline.choice.verdict_report import VerdictReport, summary_lines
+from pipeline.choice.verdict_rule import Case, calibrate, decide, read_cases
+from pipeline.commands.apply import apply_verdict
 from pipeline.config import load_params
-from pipeline.prepare import prepare
-from pipeline.strategies import STRATEGIES
-from pipeline.transferability import class_evidence, logme
-from pipeline.verdict import apply, assess
-from pipeline.verdict_report import summary_lines
-from pipeline.verdict_rule import Case, calibrate, decide, read_cases
+from pipeline.data.class_folder import prepare
+from pipeline.finetune.strategies import STRATEGIES
 from tests.conftest import ROOT, data_config, stage_env, stage_project, tiny_params, with_strategy, write_class_images
 
 CALIBRATION = ROOT / "reports/verdict/calibration.csv"
@@ -108,25 +110,25 @@ def test_the_label_noise_step_finds_planted_label_errors(tmp_path, monkeypatch):
 
 def case(report: str, probe: float, gain: float, epochs: int = 6, shifts: str = "stem=0.3 mid=0.3 top=0.5") -> Case:
     return Case(
-        report,
-        "data",
-        "efficientnet_lite0",
-        64,
-        100,
-        epochs,
-        1000,
-        probe,
-        probe,
-        0.0,
-        probe,
-        0.0,
-        shifts,
-        probe,
-        "full",
-        probe + gain / 100,
-        gain,
-        "full",
-        "full lp-ft",
+        report=report,
+        data_source="data",
+        backbone="efficientnet_lite0",
+        image_size=64,
+        train_per_class=100,
+        epochs=epochs,
+        images=1000,
+        probe_accuracy=probe,
+        knn_accuracy=probe,
+        logme=0.0,
+        multi_depth_accuracy=probe,
+        label_issue_rate=0.0,
+        batchnorm_shift=shifts,
+        measured_head=probe,
+        measured_best_strategy="full",
+        measured_best=probe + gain / 100,
+        measured_gain=gain,
+        measured_recommended="full",
+        measured_within_spread="full lp-ft",
     )
 
 
@@ -136,7 +138,7 @@ def test_the_rule_is_fitted_on_the_budget_nearest_the_run_and_scored_on_cases_le
     # least squares through the origin of gain on error (10 and 5 points) for the 6-epoch cases
     assert calibration.recovery == pytest.approx((10 * 5.0 + 5 * 2.0) / (10**2 + 5**2))
     assert calibration.fitted_on == ["a", "b"]
-    held_out = {row["report"]: row["held_out_gain"] for row in calibration.cases}
+    held_out = {row.report: row.held_out_gain for row in calibration.cases}
     assert held_out == pytest.approx({"a": 10 * 2.0 / 5, "b": 5 * 5.0 / 10, "c": 10 * 0.2 / 5, "d": 5 * 1.0 / 10})
     errors = [4.0 - 5.0, 2.5 - 2.0, 0.4 - 1.0, 0.5 - 0.2]
     assert calibration.gain_sd == pytest.approx(np.sqrt(np.mean(np.square(errors))))
@@ -174,8 +176,8 @@ def test_the_committed_calibration_reads_and_every_case_names_its_comparison():
     cases = read_cases(CALIBRATION)
     assert len(cases) >= 4
     for row in cases:
-        report = json.loads((ROOT / row.report).read_text())
-        assert report["setup"]["data_source"] == row.data_source and report["setup"]["epochs"] == row.epochs
+        report = CompareReport.read(ROOT / row.report)
+        assert report.setup.data_source == row.data_source and report.setup.epochs == row.epochs
         assert row.measured_best_strategy in row.measured_within_spread.split()
 
 
@@ -185,21 +187,25 @@ def test_the_verdict_stage_writes_its_report_and_logs_an_mlflow_run(tmp_path):
     (project / "reports/verdict").mkdir(parents=True)
     shutil.copy(CALIBRATION, project / "reports/verdict/calibration.csv")
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.verdict"], cwd=project, env=stage_env(), capture_output=True, text=True
+        [sys.executable, "-m", "pipeline.stages.verdict"],
+        cwd=project,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stderr
     print(result.stdout)
-    report = json.loads((project / "reports/verdict/verdict.json").read_text())
+    report = VerdictReport.read(project / "reports/verdict/verdict.json")
     assert result.stdout.startswith("\n".join(summary_lines(report)))
-    assert report["verdict"]["strategy"] in STRATEGIES
-    assert 0 <= report["scores"]["probe_accuracy"] <= 1 and report["setup"]["images"] == 24  # train + val, not test
+    assert report.verdict.strategy in STRATEGIES
+    assert 0 <= report.scores.probe_accuracy <= 1 and report.setup.images == 24  # train + val, not test
     assert (project / "reports/verdict/label_issues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## Calibration" in (project / "reports/verdict/verdict.md").read_text()
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    run = client.get_run(report["setup"]["run_id"])
-    assert run.data.tags["kind"] == "verdict" and run.data.tags["verdict.decision"] == report["verdict"]["decision"]
-    assert run.data.metrics["verdict/probe_accuracy"] == pytest.approx(report["scores"]["probe_accuracy"], abs=1e-4)
+    run = client.get_run(report.setup.run_id)
+    assert run.data.tags["kind"] == "verdict" and run.data.tags["verdict.decision"] == report.verdict.decision
+    assert run.data.metrics["verdict/probe_accuracy"] == pytest.approx(report.scores.probe_accuracy, abs=1e-4)
     assert run.data.tags["mlflow.note.content"].startswith("Verdict: ")
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "verdict")}
     assert logged == {
@@ -211,24 +217,20 @@ def test_apply_sets_the_verdicts_strategy_in_params_yaml_keeping_its_comments(tm
     monkeypatch.chdir(tmp_path)
     original = (ROOT / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(original)
+    committed = VerdictReport.read(ROOT / "reports/verdict/verdict.json")
+
+    def with_verdict(**verdict) -> Path:
+        committed.model_copy(update={"verdict": committed.verdict.model_copy(update=verdict)}).write(report)
+        return report
+
     report = tmp_path / "verdict.json"
-    verdict = {
-        "decision": "fine-tune the last 3 blocks",
-        "strategy": "partial",
-        "unfreeze_blocks": 3,
-        "blocks": ["a", "b", "c"],
-        "expected_gain": 2.0,
-        "confidence": 0.8,
-        "certainty": "fairly sure",
-    }
-    report.write_text(json.dumps({"verdict": verdict}))
-    assert apply(report).strategy == "partial"
+    partial = {"decision": "fine-tune the last 3 blocks", "strategy": "partial", "unfreeze_blocks": 3}
+    assert apply_verdict(with_verdict(**partial)) == "partial (fine-tune the last 3 blocks)"
     params = load_params(tmp_path / "params.yaml")
     assert (params.finetune.strategy, params.finetune.unfreeze_blocks) == ("partial", 3)
     expected = with_strategy(original, "partial").replace("unfreeze_blocks: 2 ", "unfreeze_blocks: 3 ")
     assert (tmp_path / "params.yaml").read_text() == expected
-    report.write_text(json.dumps({"verdict": verdict | {"strategy": "head", "unfreeze_blocks": None}}))
-    apply(report)
+    apply_verdict(with_verdict(strategy="head", unfreeze_blocks=None))
     assert "  strategy: head       " in (tmp_path / "params.yaml").read_text()
 
 
@@ -237,5 +239,5 @@ def test_readme_shows_the_committed_verdict():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Is the head enough? Ask first", 1)[1]
     shown = re.search(r"```text\n(.*?)```", section, re.DOTALL).group(1).strip().splitlines()
-    report = json.loads((ROOT / "reports/verdict/verdict.json").read_text())
+    report = VerdictReport.read(ROOT / "reports/verdict/verdict.json")
     assert shown == summary_lines(report)

@@ -1,0 +1,121 @@
+"""A user's folder of images, one sub-folder per class, validated and split: data/prepared/manifest.csv.
+
+Every candidate file is decoded; the ones that fail are skipped and listed with the reason in
+data/prepared/report.json. The split is seeded and stratified (pipeline.stages.prepare runs it).
+"""
+
+import hashlib
+import io
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.atomic import atomic_dir, write_json
+from pipeline.config import ConfigError, DataConfig
+from pipeline.data.images import BadImage, load_rgb
+from pipeline.data.manifest import SPLITS, write_manifest
+from pipeline.paths import MANIFEST, PREPARE_REPORT, PREPARED_DIR
+
+
+def printable(path: Path) -> str:
+    """The path as text, with bytes that are not UTF-8 shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(path: Path) -> bool:
+    return printable(path) == str(path)
+
+
+def hidden(path: Path, folder: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
+def list_classes(source: Path) -> dict[str, list[Path]]:
+    """Class name -> its files (sorted; hidden files and folders ignored); errors name what is wrong."""
+    if not source.is_dir():
+        raise ConfigError(f"data.source: folder {source} does not exist")
+    folders = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    for folder in folders:
+        if not is_utf8(folder):
+            raise ConfigError(f"data.source: the class folder name {printable(folder)} is not valid UTF-8; rename it")
+    classes = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and not hidden(f, d)) for d in folders}
+    if len(classes) < 2:
+        raise ConfigError(f"data.source: {source} needs at least 2 class sub-folders, found {len(classes)}")
+    return classes
+
+
+def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Random):
+    """Decode files in seeded order until `cap` are good; return (good [(path, sha256)], skipped)."""
+    order = files[:]
+    rng.shuffle(order)
+    good, skipped = [], []
+    for path in order:
+        if cap is not None and len(good) == cap:
+            break
+        if not is_utf8(path):  # the manifest and report are UTF-8 text
+            skipped.append({"path": printable(path), "reason": "the file name is not valid UTF-8"})
+            continue
+        data = path.read_bytes()
+        try:
+            if not data:
+                raise BadImage("empty file")
+            load_rgb(io.BytesIO(data), max_pixels)
+        except BadImage as exc:
+            skipped.append({"path": str(path), "reason": str(exc)})
+            continue
+        good.append((path, hashlib.sha256(data).hexdigest()))
+    return sorted(good), skipped
+
+
+def split_class(items: list, val_fraction: float, test_fraction: float, rng: random.Random) -> dict[str, list]:
+    """Seeded split of one class; every split gets at least one item."""
+    if len(items) < 3:
+        raise ValueError("needs at least 3 images, one for each of train, val and test")
+    order = items[:]
+    rng.shuffle(order)
+    n_test = max(1, round(len(order) * test_fraction))
+    n_val = max(1, round(len(order) * val_fraction))
+    if n_test + n_val >= len(order):
+        n_test, n_val = 1, 1
+    return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+
+
+def manifest_path(path: Path) -> str:
+    """Relative to the project when inside it, so DVC's temp copies of the workspace still work."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()
+
+
+def prepare(data: DataConfig, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
+    source = Path(data.source)
+    classes = list_classes(source)
+    rows, skipped, per_class = [], [], {}
+    for label, files in tqdm(classes.items(), desc="validating classes", disable=None):
+        rng = random.Random(f"{seed}-{label}")
+        good, bad = validate(files, data.max_per_class, data.max_image_pixels, rng)
+        skipped += bad
+        if not good:
+            raise ConfigError(f"data.source: class folder {source / label} has no readable images")
+        try:
+            splits = split_class(good, data.val_fraction, data.test_fraction, rng)
+        except ValueError as exc:
+            raise ConfigError(f"data.source: class folder {source / label} {exc}; it has {len(good)}") from None
+        per_class[label] = {split: len(items) for split, items in splits.items()}
+        rows += [(manifest_path(p), label, split, digest) for split, items in splits.items() for p, digest in items]
+
+    with atomic_dir(out_dir) as partial:
+        write_manifest(partial / MANIFEST.name, rows)
+        write_json(partial / PREPARE_REPORT.name, {"source": str(source), "classes": per_class, "skipped": skipped})
+
+    split_counts = Counter(split for _, _, split, _ in rows)
+    return {
+        "images": len(rows),
+        "classes": len(classes),
+        "skipped": len(skipped),
+        **{f"{s}_images": split_counts[s] for s in SPLITS},
+    }

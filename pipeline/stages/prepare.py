@@ -1,0 +1,26 @@
+"""The `prepare` stage: validate the images of `data.source` and write a seeded, stratified split.
+
+    python -m pipeline.stages.prepare
+
+Writes data/prepared/manifest.csv, data/prepared/report.json (the skipped files and why) and
+metrics/prepare.json; the rules are in pipeline.data.class_folder.
+"""
+
+from pipeline.atomic import write_json
+from pipeline.config import load_params
+from pipeline.data.class_folder import prepare
+from pipeline.paths import PREPARE_METRICS, PREPARE_REPORT
+
+
+def main() -> None:
+    params = load_params()
+    metrics = prepare(params.data, params.seed)
+    write_json(PREPARE_METRICS, metrics)
+    print(
+        f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "
+        f"(listed in {PREPARE_REPORT})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""MLflow: the store, the runs every stage logs to, and the model registry with its promotion rule."""
