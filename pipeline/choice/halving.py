@@ -1,24 +1,6 @@
-"""`compare.method: halving`: the decisions of successive halving, apart from the training itself.
-
-All fine-tuning strategies start at a small budget (rung 0: `compare.halving.first_epochs` epochs on
-`first_train_per_class` images per class, with the first `first_seeds` seeds); after each rung the worse
-half by mean validation accuracy is dropped and the budget doubles, up to the `compare` section's, every
-later rung with every seed. Rung 0 only screens: at its budget nothing is decided that more seeds would
-not have to confirm (racing, as in SMAC's intensification: the runs that survive get more seeds), so it
-stops early only when it has every seed. The head trains at every rung before them: it costs seconds on
-cached features and is the reference of the paired test, which asks whether the leading strategy beats
-the head by more than `compare.worth_it` points on the validation split.
-
-A rung with every seed is a race: its strategies run one after the other, the previous rung's best first,
-and the paired test follows each, so the rung stops as soon as one decides "worth it" and the strategies
-behind it do not run. The strategies the verdict rules out (without being sure enough to drop them) start
-last: rung 0 does not screen them, and a rung with every seed runs them after the others, so they run only
-when the strategies it expects to win have not decided.
-
-The decisions use the validation split, not test: the test split then stays out of every choice, so the
-test accuracies in the report are not picked for being high. Only "worth it" stops early: a strategy
-that is not yet ahead at a smaller budget may still be at the full one (the committed digits comparisons
-recommend the head at 3 epochs and `full` at 6), so "not worth it" is decided at the last rung alone.
+"""`compare.method: halving`: the decisions of successive halving, apart from the training itself (which is
+pipeline.choice.halving_race's): the rungs' budgets, the paired test against the head, the race, the
+verdict's seeding and the recommendation. How and why: docs/strategies.md#stopping-when-the-answer-is-clear.
 """
 
 import math

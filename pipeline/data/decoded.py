@@ -1,18 +1,7 @@
-"""Decoding the prepared images into uint8 arrays: in memory, or once into a cache on disk that every
-process maps (`data.decoded: disk`; pipeline.data.splits chooses).
-
-Both decode with the same `load_rgb`/`resize_square` as prepare and the service, into the same
-N x 3 x size x size uint8 layout, so training sees the same pixels, batches and augmentation either way.
+"""Decoding the prepared images into uint8 arrays: in memory, or once into a content-addressed cache folder on
+disk that every process maps (`data.decoded: disk`; pipeline.data.splits chooses). Why a cache folder and not
+a DVC output, and how concurrent builders wait for one build: docs/teams.md#data-larger-than-memory-the-decoded-cache.
 Decoding runs on a thread per core: Pillow lets go of the GIL while it works.
-
-The cache is content-addressed rather than a DVC output: a folder's name is a hash of what its pixels
-depend on (the chosen manifest rows, each with its file's SHA-256, the class list, the image size and
-the decoding code), so a changed file, split or image size gives another folder and a stale array is
-never found, whichever stage, `compare` size or benchmark asks. As a DVC output it would be copied
-into DVC's cache and pushed to remotes (a derived array the size of the data), it could serve only
-one image size (compare and verdict ask for others), and `data.decoded: memory` would still build it.
-A folder appears by an atomic rename once complete; a file lock makes concurrent builders (torchrun
-ranks, queued experiments) wait for one build instead of racing. Deleting data/decoded is always safe.
 """
 
 import csv
