@@ -14,7 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from pipeline.model.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from pipeline.model.backbones import Backbone
+from pipeline.model.sources import IMAGENET_MEAN, IMAGENET_STD
 
 
 def folder_loader(root: Path, image_size: int, batch_size: int, workers: int, train: bool) -> DataLoader:

@@ -34,7 +34,8 @@ from benchmarks.common import ROOT, bench_params, machine, write_photo_folder
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.data.splits import load_split
 from pipeline.finetune.batches import AugmentedImages, ImageBatches
-from pipeline.finetune.loop import make_augment, make_optimizer, run_batches, seed_everything, warmup_cosine
+from pipeline.finetune.loop import run_batches, seed_everything
+from pipeline.finetune.phase import make_augment, make_optimizer, warmup_cosine
 from pipeline.finetune.strategies import apply_phase, full
 from pipeline.model.backbones import build
 from pipeline.paths import DECODED_DIR

@@ -28,15 +28,8 @@ from torch import nn
 from benchmarks import baseline
 from benchmarks.common import bench_params, folder_split, machine, seconds_of, write_photo_folder
 from pipeline.finetune.batches import AugmentedImages, ImageBatches, resolve_workers
-from pipeline.finetune.loop import (
-    Callbacks,
-    make_augment,
-    make_optimizer,
-    run_batches,
-    seed_everything,
-    train_model,
-    warmup_cosine,
-)
+from pipeline.finetune.loop import Callbacks, run_batches, seed_everything, train_model
+from pipeline.finetune.phase import make_augment, make_optimizer, warmup_cosine
 from pipeline.finetune.strategies import apply_phase, full
 from pipeline.model.backbones import build
 
@@ -64,7 +57,7 @@ def fit_epoch_times(params, train, val) -> tuple[list[float], list[float]]:
 
     def on_epoch(record):
         marks.append(time.perf_counter())
-        rates.append(record["images_per_second"])
+        rates.append(record.images_per_second)
 
     classes = [str(i) for i in range(CLASSES)]
     callbacks = Callbacks(on_plan=lambda *_: marks.append(time.perf_counter()), on_epoch=on_epoch)

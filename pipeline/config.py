@@ -46,7 +46,16 @@ class ModelConfig(Strict):
     weights: str
 
 
-Strategy = Literal["head", "full", "partial", "lp-ft", "norm", "auto"]
+Strategy = Literal["head", "full", "partial", "lp-ft", "norm", "bitfit", "lora", "auto"]
+
+
+class LoraConfig(Strict):
+    rank: int = Field(ge=1, le=256)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+    # auto: every Linear of the body and its pointwise (1x1) convolutions; or module names / regexes (peft's
+    # target_modules), e.g. [qkv, proj, fc1, fc2]
+    targets: Literal["auto"] | list[str] = Field(min_length=1)
 
 
 class FinetuneConfig(Strict):
@@ -56,8 +65,10 @@ class FinetuneConfig(Strict):
     auto_samples: int = Field(ge=8)
     auto_probe_enough: float = Field(gt=0, le=1)
     backbone_lr_mult: float = Field(gt=0, le=1)
+    layer_decay: float | None = Field(gt=0, le=1)
     batchnorm: Literal["pretrained", "frozen", "train"]
     cache_features: bool
+    lora: LoraConfig
 
 
 class AugmentConfig(Strict):

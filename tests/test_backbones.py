@@ -6,8 +6,9 @@ from torchvision.models import ResNet18_Weights
 
 from pipeline.data.images import resize_square
 from pipeline.model import model_file
-from pipeline.model.backbones import Classifier, build, efficientnet_lite0
+from pipeline.model.backbones import Classifier, build
 from pipeline.model.card import ModelCardError
+from pipeline.model.sources import lite0_imagenet
 from tests.conftest import model_card
 
 IMAGENET_CLASSES = ResNet18_Weights.IMAGENET1K_V1.meta["categories"]
@@ -22,8 +23,8 @@ def top5(net, image, mean, std) -> list[str]:
 
 
 def test_offline_lite0_weights_load_strictly_and_recognise_photos():
-    net, mean, std = efficientnet_lite0("DEFAULT")
-    net.eval()
+    net = lite0_imagenet("DEFAULT").eval()
+    mean, std = net.pretrained_cfg["mean"], net.pretrained_cfg["std"]
     assert mean == std == (0.5, 0.5, 0.5)  # the normalisation Google trained these weights with
     photos = dict(
         zip((p.split("/")[-1] for p in load_sample_images().filenames), load_sample_images().images, strict=True)

@@ -19,6 +19,7 @@ from pipeline.config import Params
 from pipeline.data.manifest import class_names, read_manifest
 from pipeline.data.splits import Split, cap_per_class, load_rows
 from pipeline.model.backbones import Backbone, block_label, build
+from pipeline.model.blocks import modules_of
 from pipeline.model.features import extract_features, pick_device
 
 BATCH = 64  # images per forward pass: eval mode, so it changes the speed, not the features
@@ -33,23 +34,34 @@ class Pass:
     batchnorm_shift: dict[str, float]
 
 
+def pooled_output(output) -> torch.Tensor:
+    """A block's output as one vector per image: averaged over space (N x C x H x W, or N x H x W x C as Swin's
+    stages give it) or over tokens (N x T x C, a transformer block's)."""
+    output = output[0] if isinstance(output, tuple) else output
+    if output.ndim == 4:
+        channels_last = output.shape[1] == output.shape[2] != output.shape[3]
+        return output.mean(dim=(1, 2) if channels_last else (2, 3))
+    return output.mean(dim=1) if output.ndim == 3 else output.flatten(1)
+
+
 @torch.no_grad()
 def backbone_pass(backbone: Backbone, images: torch.Tensor, device: torch.device) -> Pass:
     """The feature cache's pass (pipeline.model.features.extract_features), also recording every block's output
-    pooled over space and the BatchNorm inputs' statistics."""
+    pooled (on its last module: a block of parameters alone, a ViT's position embedding, has none) and the
+    BatchNorm inputs' statistics."""
     model = backbone.model.to(device)
-    pooled: dict[str, list[torch.Tensor]] = {block_label(block): [] for block in backbone.blocks}
+    last_modules = {
+        block_label(block): modules_of(model, block)[-1] for block in backbone.blocks if modules_of(model, block)
+    }
+    pooled: dict[str, list[torch.Tensor]] = {label: [] for label in last_modules}
 
     def keep(label: str):
         def hook(module, inputs, output):
-            flat = output.mean(dim=(2, 3)) if output.ndim == 4 else output.flatten(1)
-            pooled[label].append(flat.float().cpu())
+            pooled[label].append(pooled_output(output).float().cpu())
 
         return hook
 
-    hooks = [
-        model.get_submodule(block[-1]).register_forward_hook(keep(block_label(block))) for block in backbone.blocks
-    ]
+    hooks = [module.register_forward_hook(keep(label)) for label, module in last_modules.items()]
     try:
         with recording_batchnorm_shift(backbone) as shifts:
             final = extract_features(model, images, BATCH, device)
@@ -86,7 +98,7 @@ def assess(params: Params, manifest: Path, image_size: int, train_per_class: int
     """Every score of the verdict on the prepared split of `manifest`."""
     torch.manual_seed(params.seed)
     split, classes = scored_images(params, manifest, image_size, train_per_class)
-    backbone = build(params.model.backbone, params.model.weights, len(classes))
+    backbone = build(params.model.backbone, params.model.weights, len(classes), image_size)
     features = backbone_pass(backbone, split.images, pick_device(params.train.device))
     labels = split.labels.numpy()
     settings = params.verdict

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pipeline.model.backbones import Backbone, block_label
+from pipeline.model.blocks import modules_of
 
 
 @contextmanager
@@ -17,8 +18,8 @@ def recording_batchnorm_shift(backbone: Backbone) -> Iterator[Callable[[], dict[
     layers = {
         block_label(block): [
             module
-            for name in block
-            for module in backbone.model.get_submodule(name).modules()
+            for part in modules_of(backbone.model, block)
+            for module in part.modules()
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None
         ]
         for block in backbone.blocks

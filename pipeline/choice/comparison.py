@@ -116,7 +116,7 @@ def assemble(params: Params, outcome: Outcome, splits: dict[str, Split], shared:
         worth_it=budget.worth_it,
     )
     summaries = summarize(outcome.results)
-    pretrained = build(params.model.backbone, params.model.weights, len(shared.classes))
+    pretrained = build(params.model.backbone, params.model.weights, len(shared.classes), budget.image_size)
     fields = {
         "setup": setup,
         "recommendation": outcome.recommendation,

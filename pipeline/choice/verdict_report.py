@@ -79,8 +79,6 @@ def summary_lines(report: VerdictReport) -> list[str]:
         f", finetune.unfreeze_blocks: {verdict.unfreeze_blocks}" if verdict.unfreeze_blocks else ""
     )
     multi_gain = 100 * (scores.multi_depth_accuracy - scores.probe_accuracy)
-    shifts = scores.batchnorm_shift
-    first_block, first_shift = next(iter(shifts.items()))
     cases = len(calibration.cases)
     return [
         f"Verdict: {verdict.decision} (set {to_set}); {verdict.certainty}, {percent(verdict.confidence)}.",
@@ -90,8 +88,7 @@ def summary_lines(report: VerdictReport) -> list[str]:
         f"({setup.images:,} train + val images at {setup.image_size} px, {setup.folds}-fold).",
         f"Every block's features together: {scores.multi_depth_accuracy:.3f} ({multi_gain:+.1f} points over "
         "the last layer's)" + (": the top of the network has more to give." if multi_gain >= setup.worth_it else "."),
-        f"BatchNorm shift at the first block ({first_block}): {first_shift:.2f} std; "
-        f"tune from {verdict.blocks[0] if verdict.blocks else 'none'}.",
+        shift_line(report),
         f"Label issues: {report.label_issue_count:,} images ({100 * scores.label_issue_rate:.1f}%) look "
         f"mislabelled: {setup.gallery_file}.",
         f"Calibration, each of {cases} measured comparisons left out of the fit in turn: its strategy within the "
@@ -99,6 +96,15 @@ def summary_lines(report: VerdictReport) -> list[str]:
         f"{calibration.head_enough_agreement}, gain off by {calibration.gain_sd:.1f} points (root mean square).",
         f"{setup.seconds:.0f} s, decoding included.",
     ]
+
+
+def shift_line(report: VerdictReport) -> str:
+    shifts, blocks = report.scores.batchnorm_shift, report.verdict.blocks
+    tune_from = f"tune from {blocks[0] if blocks else 'none'}."
+    if not shifts:
+        return f"No BatchNorm layer in {report.setup.backbone}: no statistics shift to measure; {tune_from}"
+    first_block, first_shift = next(iter(shifts.items()))
+    return f"BatchNorm shift at the first block ({first_block}): {first_shift:.2f} std; {tune_from}"
 
 
 def markdown(report: VerdictReport) -> str:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.model.backbones import Backbone, block_label
+from pipeline.model.blocks import parameters_of
 
 BATCH = 64
 
@@ -80,7 +81,7 @@ def choose_blocks(
                 correct += (logits.argmax(1) == labels[rows]).sum().item()
         norms = {}
         for block in backbone.blocks:
-            weights = [p for name in block for p in model.get_submodule(name).parameters() if p.grad is not None]
+            weights = [p for p in parameters_of(model, block) if p.grad is not None]
             gradient = torch.sqrt(sum(p.grad.pow(2).sum() for p in weights))
             size = torch.sqrt(sum(p.detach().pow(2).sum() for p in weights))
             norms[block_label(block)] = float(gradient / size)

@@ -229,17 +229,18 @@ def train_model(
     started = time.perf_counter() - (resume.seconds if resume else 0.0)
     device = distributed.local(pick_device(params.train.device))
     seed_everything(params)
-    backbone: Backbone = build(params.model.backbone, params.model.weights, len(classes))
+    backbone: Backbone = build(params.model.backbone, params.model.weights, len(classes), params.train.image_size)
     model = backbone.model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    total = sum(p.numel() for p in model.parameters())  # the network's own: adapters are merged into it
     plan = STRATEGIES[params.finetune.strategy](params, backbone, train)
     trainable = count_parameters(model, plan.trained_modules)
-    total = sum(p.numel() for p in model.parameters())
     callbacks.on_plan(plan, trainable, total)
     seconds_before = time.perf_counter() - started
     final = fit(params, model, plan.phases, train, val, callbacks, resume, seconds_before, frozen)
     model.load_state_dict(final.best.state_dict)
+    model = plan.finalize(model)
     card = ModelCard(
         classes=classes,
         image_size=params.train.image_size,
@@ -250,6 +251,8 @@ def train_model(
         strategy=params.finetune.strategy,
         data_source=params.data.source,
         data_fingerprint=data_fingerprint,
+        pretrained_size=backbone.pretrained_size,
+        pretrained_interpolation=backbone.interpolation,
     )
     best = final.best
     return Trained(

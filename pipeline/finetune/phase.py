@@ -120,7 +120,8 @@ def start_phase(
 ) -> PhaseRun:
     """Set up `phase`; `done` epochs of it are in `resume`, whose optimizer and schedule it continues."""
     steps = math.ceil(len(train.labels) / params.train.batch_size)
-    optimizer = make_optimizer(params, apply_phase(model, phase), device)
+    groups = apply_phase(model, phase, params.finetune.layer_decay, params.train.weight_decay)
+    optimizer = make_optimizer(params, groups, device)
     inputs = phase_inputs(params, model, phase, train, val, device, frozen)
     scheduler = warmup_cosine(optimizer, round(params.train.warmup_epochs * steps), steps * phase.epochs)
     if done:

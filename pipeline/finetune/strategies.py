@@ -1,27 +1,31 @@
 """Fine-tuning strategies: a registry of planners that turn the config into a `Plan` of phases.
 
-A `Phase` says which modules train, at which learning rates, for how many epochs; the training
-loop runs phases and knows nothing of strategy names. With `finetune.batchnorm: frozen` every
-module whose weights are all frozen runs in eval mode, so BatchNorm statistics of frozen parts
-keep their pretrained values (and dropout in them is off), the same as in the feature cache.
+A `Phase` says which modules (or parameters) train, at which learning rates, for how many epochs; the
+training loop runs phases and knows nothing of strategy names. With `finetune.batchnorm: frozen` every
+module whose weights are all frozen runs in eval mode, so BatchNorm statistics of frozen parts keep their
+pretrained values (and dropout in them is off), the same as in the feature cache. What each strategy trains
+on which architecture: docs/strategies.md#the-strategies-finetunestrategy.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from pipeline.config import ConfigError, Params
 from pipeline.data.splits import Split
 from pipeline.finetune.block_choice import BlockChoice, choose_blocks
-from pipeline.model.backbones import Backbone, block_label
+from pipeline.finetune.lora import add_adapters, merge_adapters
+from pipeline.model.backbones import Backbone, Classifier, block_label
+from pipeline.model.blocks import parts_of
 
 
 @dataclass(frozen=True)
 class Phase:
     name: str
     epochs: int
-    trainable: tuple[str, ...]  # module names of the Classifier: "head", "body", "body.layer4", ...
+    trainable: tuple[str, ...]  # module or parameter names of the Classifier: "head", "body", "body.layer4", ...
     head_lr: float
     body_lr: float
 
@@ -30,10 +34,16 @@ class Phase:
         return self.trainable == ("head",)
 
 
+def unchanged(model: Classifier) -> Classifier:
+    return model
+
+
 @dataclass(frozen=True)
 class Plan:
     phases: tuple[Phase, ...]
     block_choice: BlockChoice | None = None  # `auto`: what its probe measured and chose
+    # the trained model as it is saved and exported: `lora` merges its adapters into the weights
+    finalize: Callable[[Classifier], Classifier] = unchanged
 
     @property
     def trained_modules(self) -> set[str]:
@@ -88,6 +98,23 @@ def norm(params: Params, backbone: Backbone, train: Split) -> Plan:
     return Plan((Phase("norm", params.train.epochs, (*names, "head"), lr, lr),))
 
 
+def bitfit(params: Params, backbone: Backbone, train: Split) -> Plan:
+    """Only the body's biases, plus the head (BitFit, Ben Zaken et al. 2022), at the full rate as `norm`. A
+    network whose convolutions have no bias (ResNet) keeps its biases in BatchNorm: they train here too."""
+    names = tuple(f"body.{name}" for name, _ in backbone.model.body.named_parameters() if name.endswith("bias"))
+    lr = params.train.lr
+    return Plan((Phase("bitfit", params.train.epochs, (*names, "head"), lr, lr),))
+
+
+def lora(params: Params, backbone: Backbone, train: Split) -> Plan:
+    """Low-rank adapters beside the body's linear layers and pointwise convolutions (pipeline.finetune.lora,
+    Hu et al. 2022), plus the head; the adapters train at the full rate, and are merged into the weights once
+    trained, so what is saved and exported is the plain network."""
+    names = add_adapters(backbone.model, params.finetune.lora)
+    lr = params.train.lr
+    return Plan((Phase("lora", params.train.epochs, (*names, "head"), lr, lr),), finalize=merge_adapters)
+
+
 def lp_ft(params: Params, backbone: Backbone, train: Split) -> Plan:
     """Linear probe, then everything at the lower rate (Kumar et al. 2022): a trained head
     sends small gradients into the backbone, so the pretrained features are not distorted."""
@@ -121,21 +148,27 @@ STRATEGIES: dict[str, Callable[[Params, Backbone, Split], Plan]] = {
     "partial": partial,
     "lp-ft": lp_ft,
     "norm": norm,
+    "bitfit": bitfit,
+    "lora": lora,
     "auto": auto,
 }
 
 
-def apply_phase(model: nn.Module, phase: Phase) -> list[dict]:
-    """Set requires_grad for the phase; return optimizer parameter groups (head, body)."""
+def apply_phase(model: Classifier, phase: Phase, layer_decay: float | None = None, weight_decay: float = 0.0):
+    """Set requires_grad for the phase; return optimizer parameter groups: the head's, and the body's (with
+    `layer_decay`, one per depth, each block at that times the rate of the one above: timm's
+    param_groups_layer_decay, which also leaves biases and norm weights out of `weight_decay`)."""
     model.requires_grad_(False)
-    for name in phase.trainable:
-        model.get_submodule(name).requires_grad_(True)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in trainable if n.startswith("head.")], "lr": phase.head_lr},
-        {"params": [p for n, p in trainable if not n.startswith("head.")], "lr": phase.body_lr},
-    ]
-    return [g for g in groups if g["params"]]
+    for part in parts_of(model, list(phase.trainable)):
+        part.requires_grad_(True)
+    head = {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": phase.head_lr}
+    if layer_decay is None:
+        body = [{"params": [p for p in model.body.parameters() if p.requires_grad], "lr": phase.body_lr}]
+    else:
+        body = param_groups_layer_decay(model.body, weight_decay=weight_decay, layer_decay=layer_decay)
+        for group in body:
+            group["lr"] = phase.body_lr * group.pop("lr_scale")
+    return [group for group in (head, *body) if group["params"]]
 
 
 def set_train_mode(model: nn.Module, batchnorm: str) -> None:

@@ -26,6 +26,10 @@ class ModelCard(BaseModel):
     strategy: str
     data_source: str
     data_fingerprint: str  # SHA-256 of the prepared manifest: which images, labels and splits
+    # what the pretrained weights were trained at (timm's pretrained_cfg, torchvision's transforms), where known:
+    # for the record only, the pipeline resizes bilinearly to image_size everywhere
+    pretrained_size: int | None = None
+    pretrained_interpolation: str | None = None
 
     @field_validator("classes")
     @classmethod

@@ -20,7 +20,7 @@ def load(path: Path) -> tuple[Classifier, ModelCard]:
     if "card" not in saved:
         raise ModelCardError(f"{path} has no model card: it was written by an older version; run `dvc repro train`")
     card = ModelCard.model_validate(saved["card"])
-    backbone = build(card.backbone, "none", len(card.classes))
+    backbone = build(card.backbone, "none", len(card.classes), card.image_size)
     model = Classifier(backbone.model.body, backbone.model.head, card.mean, card.std)
     model.load_state_dict(saved["state_dict"])
     return model.eval(), card
