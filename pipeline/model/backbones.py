@@ -3,7 +3,7 @@
 A `Classifier` takes uint8 RGB images, normalises them with its backbone's mean and std, and runs `body` (the
 pretrained network with its head removed) then `head` (a new nn.Linear), so every strategy, the feature cache
 and the exported graph see the same parts whatever the architecture, and no caller normalises. Where the names
-come from (efficientnet_lite0 offline, any torchvision or timm model) is pipeline.model.sources; the blocks,
+come from (efficientnet_lite0, 1 and 2 offline, any torchvision or timm model) is pipeline.model.sources; the blocks,
 pipeline.model.blocks; which to pick: docs/strategies.md#backbones-and-weights.
 """
 

