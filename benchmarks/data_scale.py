@@ -1,7 +1,7 @@
 """Data larger than memory: the in-memory path against the decoded cache on disk (pipeline.data.decoded)
 and LitData shards (pipeline.data.shards), side by side, on synthetic JPEG folders of growing size (issue 15).
 
-    python -m benchmarks.data_scale --images 2000,20000 --out benchmarks/results/DATE-cpu-issue15
+    python -m benchmarks.data_scale --images 2000,20000 --out benchmarks/results/cpu-data-scale
     python -m benchmarks.data_scale --images 200 --modes memory,shards   # a quick check
 
 For each folder size, each of `data.decoded: memory` and `disk` runs in a fresh process (so its
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import ROOT, bench_params, machine, write_photo_folder
+from benchmarks.report import write_result
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.data.splits import load_split
 from pipeline.finetune.batches import AugmentedImages, ImageBatches
@@ -287,11 +288,7 @@ def main() -> None:
             f"path: x{last['peak_private_mib'] / first['peak_private_mib']:.2f}"
         )
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "data_scale.json").write_text(
-            json.dumps({"machine": about, "args": vars(args) | {"out": str(args.out)}, "results": results}, indent=2)
-            + "\n"
-        )
+        write_result(args.out / "data_scale.json", {"args": vars(args) | {"out": str(args.out)}, "results": results})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from nvidia import nvimgcodec
 
 from benchmarks.common import write_photo_folder
+from benchmarks.report import write_result
 from pipeline.data.images import load_rgb, resize_square
 
 
@@ -88,7 +89,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.out:
-        args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "rows": rows}, indent=2) + "\n")
+        write_result(args.out, {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -12,9 +12,7 @@ batch size over the median time of one call, after warm-up, repeated for --repea
 
 import argparse
 import copy
-import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +22,7 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import machine, sync
+from benchmarks.report import write_result
 from pipeline.model.backbones import build
 from pipeline.model.card import ModelCard
 from pipeline.release.onnx_export import WithSoftmax, export_onnx
@@ -147,14 +146,7 @@ def main() -> None:
                 name, args.image_size, [int(b) for b in args.batches.split(",")], device, args.repeat_seconds, Path(tmp)
             )
             if args.out:  # after each backbone: a run cut short keeps what it measured
-                figures = {
-                    "command": "python -m benchmarks.inference " + " ".join(sys.argv[1:]),
-                    "machine": machine(device),
-                    "onnxruntime": ort.__version__,
-                    "not_loaded": NOT_LOADED,
-                    "rows": rows,
-                }
-                args.out.write_text(json.dumps(figures, indent=2) + "\n")
+                write_result(args.out, {"not_loaded": NOT_LOADED, "rows": rows})
     columns = [key for key in rows[0] if key not in ("backbone", "batch")]
     print("\nimages/s (model-side; '-' where the provider does not load here)")
     print("| backbone | batch | " + " | ".join(columns) + " | ONNX Runtime fp32 / torch fp32 |")

@@ -18,10 +18,7 @@ import argparse
 import asyncio
 import csv
 import io
-import json
 import multiprocessing
-import os
-import platform
 import re
 import sys
 import tempfile
@@ -34,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import write_photo_folder
+from benchmarks.report import write_result
 from pipeline import paths
 from pipeline.data.images import load_rgb, resize_square
 from pipeline.release.onnx_runtime import (
@@ -72,21 +70,6 @@ def sample_images(count: int, photo_size: int | None = None) -> list[bytes]:
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="PNG")
         blobs.append(buffer.getvalue())
     return blobs
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def run_record(module: str, argv: list[str] | None, model: str) -> dict:
-    """What every benchmark JSON starts with: where its figures come from (read by docs/results.py)."""
-    return {
-        "source": f"written by this run of `python -m {module}`",
-        "command": f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine(),
-        "model": model,
-    }
 
 
 def expected_labels(onnx_file: Path, blobs: list[bytes], providers: list[str] = CPU) -> list[str]:
@@ -319,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         for error in r["errors"][:5]:
             print(f"  {name} error: {error}")
     if args.out:
-        figures = run_record("benchmarks.load_test", argv, args.model) | {
+        figures = {
+            "model": args.model,
             "providers": served_providers,
             "clients": args.clients,
             "client_processes": args.client_processes,
@@ -336,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 for name, r in results.items()
             },
         }
-        args.out.write_text(json.dumps(figures, indent=2) + "\n")
+        write_result(args.out, figures, argv)
     failed = any(r["errors"] for r in results.values()) or (agreement is not None and agreement < len(blobs))
     return 1 if failed else 0
 

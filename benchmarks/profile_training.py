@@ -5,7 +5,8 @@
         --images 2048 --batch-size 256 --trace trace.json            # open the trace in Perfetto
 
 Prints the operators with the most time on the host (the main process: data waits show as
-`enumerate(DataLoader)...`) and, on CUDA, on the device. Run it when a benchmark misses its goal.
+`enumerate(DataLoader)...`) and, on CUDA, on the device; `--out` writes them as JSON with the run's
+environment (read by docs/results.py). Run it when a benchmark misses its goal.
 """
 
 import argparse
@@ -16,7 +17,29 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import bench_params, folder_split, machine, write_photo_folder
+from benchmarks.report import write_result
 from pipeline.finetune.loop import Callbacks, train_model
+
+
+def top_operators(profiler: profile, rows: int) -> list[dict]:
+    """The `rows` operators with the most self time on the host, then on the device, as the printed tables
+    show them: each one's share of all self time, in percent, and its calls."""
+    events = list(profiler.key_averages())
+    cpu_total = sum(event.self_cpu_time_total for event in events) or 1
+    device_total = sum(event.self_device_time_total for event in events) or 1
+    ranked = sorted(events, key=lambda event: -event.self_cpu_time_total)[:rows]
+    if any(event.self_device_time_total for event in events):  # a CPU run has no device table
+        ranked += sorted(events, key=lambda event: -event.self_device_time_total)[:rows]
+    chosen = {event.key: event for event in ranked}
+    return [
+        {
+            "name": name,
+            "self_cpu_percent": round(100 * event.self_cpu_time_total / cpu_total, 2),
+            "self_cuda_percent": round(100 * event.self_device_time_total / device_total, 2),
+            "calls": event.count,
+        }
+        for name, event in chosen.items()
+    ]
 
 
 def main() -> None:
@@ -36,6 +59,7 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=15)
     parser.add_argument("--trace", type=Path, help="write a Chrome/Perfetto trace here")
+    parser.add_argument("--out", type=Path, help="write the epochs' rates and the top operators as JSON here")
     args = parser.parse_args()
     overrides = {key: yaml_value for key, _, yaml_value in (item.partition("=") for item in args.set)}
     params = bench_params(
@@ -63,12 +87,20 @@ def main() -> None:
         f"# benchmarks.profile_training on {machine(device)}: {args.backbone}, {args.strategy}, "
         f"{args.images} images of {args.image_size} px, batch {args.batch_size}, {overrides or 'defaults'}"
     )
-    print("training pass images/s per epoch:", ", ".join(f"{r['images_per_second']:,.0f}" for r in records))
+    print("training pass images/s per epoch:", ", ".join(f"{r.images_per_second:,.0f}" for r in records))
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
     if device.type == "cuda":
         print(profiler.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows))
     if args.trace:
         profiler.export_chrome_trace(str(args.trace))
+    if args.out:
+        settings = ("backbone", "strategy", "images", "image_size", "batch_size")
+        figures = {
+            "args": {key: getattr(args, key) for key in settings} | {"overrides": overrides},
+            "images_per_second": [round(record.images_per_second) for record in records],
+            "operators": top_operators(profiler, args.rows),
+        }
+        write_result(args.out, figures)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from benchmarks.load_test import expected_labels, run_record, sample_images
+from benchmarks.load_test import expected_labels, sample_images
+from benchmarks.report import write_result
 from pipeline import paths
 from tests.servers import resident_by_process, resident_bytes, serving_process
 
@@ -189,10 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         memory = memory_attack(url, process, args.attack_rounds)
         print(f"soak: {args.clients} clients, 30% bad requests, {args.seconds:.0f} s ...", flush=True)
         figures = soak(url, process, args.clients, args.seconds, Path(args.model))
-    result = run_record("benchmarks.soak", argv, args.model) | {"memory_attack": memory, "soak": figures}
+    result = {"model": args.model, "memory_attack": memory, "soak": figures}
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_result(args.out, result, argv)
     failed = figures["errors"] or any(code >= 500 for codes in memory["statuses"].values() for code in codes)
     return 1 if failed else 0
 

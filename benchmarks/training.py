@@ -16,7 +16,6 @@ Bounded by --images and --epochs; weights are random (speed does not depend on t
 """
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ from torch import nn
 
 from benchmarks import baseline
 from benchmarks.common import bench_params, folder_split, machine, seconds_of, write_photo_folder
+from benchmarks.report import write_result
 from pipeline.finetune.batches import AugmentedImages, ImageBatches, resolve_workers
 from pipeline.finetune.loop import Callbacks, run_batches, seed_everything, train_model
 from pipeline.finetune.phase import make_augment, make_optimizer, warmup_cosine
@@ -267,17 +267,7 @@ def main() -> None:
                     flush=True,
                 )
     if args.out:
-        args.out.write_text(
-            json.dumps(
-                {
-                    "machine": machine(device),
-                    "args": vars(args) | {"out": str(args.out)},
-                    "head_only": head,
-                    "full": rows,
-                },
-                indent=2,
-            )
-        )
+        write_result(args.out, {"args": vars(args) | {"out": str(args.out)}, "head_only": head, "full": rows})
 
 
 if __name__ == "__main__":

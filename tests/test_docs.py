@@ -1,8 +1,11 @@
-"""The docs cannot drift from the committed results: every figure is generated (`make docs`), the README
-stays a short guide, and its links resolve. Fast: no network, no torch, no pipeline run."""
+"""The docs cannot drift from the committed results: every figure is generated (`make docs`) from result files
+that say where they were measured, every result file is read by a doc, the README stays a short guide, and its
+links resolve. Fast: no network, no torch, no pipeline run."""
 
 import importlib.util
 import json
+import os
+import platform
 import re
 import shutil
 import subprocess
@@ -10,11 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from ruamel.yaml import YAML
+
+from benchmarks.report import RECORDED, Result, write_result
+from pipeline.choice.compare_report import CompareReport
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "docs" / "results.py"
 GENERATED = ("docs/results.md", "BENCHMARKS.md")
-INPUTS = ("metrics", "reports", "benchmarks/results", "BENCHMARKS.md")
+INPUTS = ("metrics", "reports", "benchmarks/results", "BENCHMARKS.md", "dvc.lock")
+RESULTS = ROOT / "benchmarks" / "results"
+INDEX = RESULTS / "index.yaml"
 # Hand-written pages: prose only, every measured figure lives in a generated page or block.
 HAND_WRITTEN = ("README.md", "BENCHMARKS.md", *(path.relative_to(ROOT).as_posix() for path in ROOT.glob("docs/*.md")))
 FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
@@ -70,7 +79,7 @@ def test_generator_reproduces_the_committed_docs(project_copy):
         assert (project_copy / name).read_bytes() == (ROOT / name).read_bytes(), (
             f"{name} is not what the committed result files give: run `make docs` and commit the result"
         )
-    assert not list(project_copy.rglob("*.tmp")), "a temporary file of the atomic write was left behind"
+    assert not list(project_copy.rglob("*.partial")), "a temporary file of the atomic write was left behind"
 
 
 def test_generator_is_deterministic_and_leaves_up_to_date_files_alone(project_copy):
@@ -99,10 +108,12 @@ def test_a_changed_metric_or_a_hand_edited_figure_shows_up(project_copy, results
     assert results.outputs(project_copy)[results.BENCHMARKS_MD] == committed
 
 
-def test_every_generated_block_has_a_generator_and_every_generator_a_block(results):
+def test_every_generated_block_has_an_index_entry_and_every_entry_a_block(results):
     text = (ROOT / "BENCHMARKS.md").read_text()
     names = GENERATED_BLOCK.findall(text)
-    assert sorted(names) == sorted(results.GENERATORS)
+    blocks = results.read_index(ROOT).blocks
+    assert sorted(names) == sorted(blocks)
+    assert {str(block.get("render", name)) for name, block in blocks.items()} == set(results.RENDERERS)
     with pytest.raises(SystemExit, match="unknown"):
         results.render_benchmarks(ROOT, text + "\n<!-- generated:nothing --><!-- /generated:nothing -->\n")
     first = names[0]
@@ -111,13 +122,107 @@ def test_every_generated_block_has_a_generator_and_every_generator_a_block(resul
         results.render_benchmarks(ROOT, without)
 
 
-def test_generator_needs_only_the_standard_library():
+def test_generator_needs_no_ml_stack():
+    """`make docs` reads JSON and YAML: no torch or numpy, and of the pipeline only the comparison's typed report."""
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1], run_name='docs_results'); "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'numpy', 'yaml', 'pipeline'}))"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'numpy', 'pipeline'}))"
     )
     out = subprocess.run([sys.executable, "-c", code, str(GENERATOR)], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.strip() == str(sorted(["pipeline", "pipeline.atomic", "pipeline.choice", COMPARE_REPORT]))
+
+
+COMPARE_REPORT = "pipeline.choice.compare_report"
+
+
+def index_text(root: Path) -> dict:
+    return YAML(typ="safe").load(root / "benchmarks/results/index.yaml")
+
+
+def write_index(root: Path, index: dict) -> None:
+    with (root / "benchmarks/results/index.yaml").open("w") as file:
+        YAML(typ="safe").dump(index, file)
+
+
+def test_a_block_naming_a_missing_file_or_parameter_stops_the_generator_with_its_name(project_copy, results):
+    index = index_text(project_copy)
+    index["blocks"]["soak"] = {"soak": "benchmarks/results/cpu-soak/nothing.json"}
+    write_index(project_copy, index)
+    with pytest.raises(SystemExit, match="cpu-soak/nothing.json"):
+        results.outputs(project_copy)
+    index["blocks"]["soak"] = {"soak_file": "benchmarks/results/cpu-soak/soak.json"}
+    write_index(project_copy, index)
+    with pytest.raises(SystemExit, match=r"(?s)block soak: .*soak_file"):
+        results.outputs(project_copy)
+
+
+def test_a_gpu_run_of_another_strategy_is_labelled_as_such(project_copy, results):
+    """The committed default run and the H200 run trained different strategies: the table says so, and stops
+    saying it once they are the same."""
+    run = project_copy / "benchmarks/results/h200-default-pipeline/run.json"
+    block = GENERATED_BLOCK.pattern.replace("([a-z0-9-]+)", "default-gpu").replace("\\1", "default-gpu")
+    shown = re.search(block, results.outputs(project_copy)[results.BENCHMARKS_MD], re.DOTALL)[0]
+    assert "| `full` |" in shown and "| `partial` |" in shown and "trained different strategies" in shown
+    run.write_text(json.dumps(json.loads(run.read_text()) | {"strategy": "full"}))
+    shown = re.search(block, results.outputs(project_copy)[results.BENCHMARKS_MD], re.DOTALL)[0]
+    assert "| `partial` |" not in shown and "Both runs trained `full`." in shown
+
+
+def result_files() -> list[Path]:
+    return sorted(path for path in RESULTS.rglob("*") if path.is_file() and path != INDEX)
+
+
+def test_every_result_file_is_read_by_the_generator_or_named_by_a_doc(project_copy, results, monkeypatch):
+    read = set()
+    original = Path.read_text
+
+    def recording(path, *args, **kwargs):
+        read.add(Path(path).resolve())
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", recording)
+    results.outputs(project_copy)
+    monkeypatch.undo()
+    named = "\n".join((ROOT / page).read_text() for page in HAND_WRITTEN)
+    orphans = [
+        path.relative_to(ROOT).as_posix()
+        for path in result_files()
+        if (project_copy / path.relative_to(ROOT)).resolve() not in read
+        and path.relative_to(ROOT).as_posix() not in named
+    ]
+    assert not orphans, f"result files no doc reads or names (delete them, or say in BENCHMARKS.md why kept): {orphans}"
+    assert not [path for path in result_files() if path.suffix != ".json"], "logs and notes belong in the JSON"
+
+
+def test_the_index_describes_every_result_folder_and_only_those(results):
+    folders = {path.name for path in RESULTS.iterdir() if path.is_dir()}
+    assert set(results.read_index(ROOT).folders) == folders
+
+
+@pytest.mark.parametrize("path", [path.relative_to(ROOT).as_posix() for path in result_files()])
+def test_every_result_says_where_and_how_it_was_measured(path):
+    data = json.loads((ROOT / path).read_text())
+    if "setup" in data:  # a comparison report, with its own date, git commit and load average
+        assert CompareReport.read(ROOT / path).setup.date
+        return
+    environment = Result.read(ROOT / path).environment
+    assert environment.date and (environment.cpu_count or environment.gpu), environment
+    if environment.source != RECORDED:  # an older result, given what its own files recorded
+        assert environment.not_recorded, f"{path}: say which fields its run did not record"
+
+
+def test_a_benchmark_result_carries_the_environment_of_its_run(tmp_path):
+    path = tmp_path / "result.json"
+    write_result(path, {"rows": [1, 2]}, ["--out", str(path)])
+    written = Result.read(path)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    environment = written.environment
+    assert written.figures == {"rows": [1, 2]}
+    assert (environment.cpu_count, environment.python) == (os.cpu_count(), platform.python_version())
+    assert environment.command.endswith(f"--out {path}") and environment.git_commit.startswith(head)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", environment.date)
+    assert environment.not_recorded == [] and environment.source == RECORDED
+    assert not list(tmp_path.glob(".*")), "a temporary file of the atomic write was left behind"
 
 
 def test_readme_is_a_short_guide():
