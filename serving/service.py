@@ -5,7 +5,7 @@
 
 Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's
 images (serving.request_images: a bad image is refused with a 4xx on its own request, never failing a
-batch of others), then calls `OnnxModel.predict`, which is batchable: BentoML merges concurrent
+batch of others), then calls `ModelRunner.predict`, which is batchable: BentoML merges concurrent
 requests into one ONNX Runtime call (adaptive batching). The graph normalises its uint8 input itself,
 so the service needs Pillow and ONNX Runtime, not torch.
 
@@ -53,7 +53,7 @@ TEN_YEARS_S = 10 * 365 * 24 * 3600.0
     traffic={"timeout": 120},
     runner_connection={"max_requests": 2**62, "max_age": TEN_YEARS_S},
 )
-class OnnxModel:
+class ModelRunner:
     """Owns the ONNX Runtime session; `predict` takes uint8 NCHW images and returns probabilities."""
 
     @bentoml.on_deployment
@@ -112,7 +112,7 @@ class ImageClassifier:
     field, an unexpected binary field) with a 500, and fetches URLs given in place of files.
     """
 
-    model = bentoml.depends(OnnxModel)
+    model = bentoml.depends(ModelRunner)
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
