@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.model.startswith("models:/"):
-        from serving.service import resolve_model
+        from serving.model_source import resolve_model
 
         onnx_file = resolve_model(args.model)[0]
     else:

@@ -232,7 +232,7 @@ def run_asgi(middleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
 
 
 def test_row2_the_body_limit_counts_the_bytes_received_not_the_declared_length():
-    from serving.service import RequestLimits
+    from serving.limits import RequestLimits
 
     def limits(app):
         return RequestLimits(app, max_bytes=1000, body_timeout_s=5)

@@ -401,7 +401,7 @@ def test_the_front_and_the_model_run_as_many_processes_as_set(registry):
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             responses = list(pool.map(classify, blobs))
-    assert (roles["ImageClassifier"], roles["OnnxModel"]) == (2, 3), roles
+    assert (roles["ImageClassifier"], roles["ModelRunner"]) == (2, 3), roles
     assert [r.status_code for r in responses] == [200] * len(blobs)
     np.testing.assert_allclose(np.stack([as_array(r.json()) for r in responses]), expected, atol=1e-5)
 
