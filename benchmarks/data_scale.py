@@ -18,7 +18,6 @@ of one machine map it (each passes over the whole split, not half): their peak m
 
 import argparse
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -31,7 +30,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import ROOT, bench_params, machine, write_photo_folder
-from benchmarks.report import write_result
+from benchmarks.figures import DataScaleArgs, DataScaleResult, ModeFigures, ScaleEntry, TwoRanks
+from benchmarks.report import capture
 from pipeline.data.manifest import read_manifest, write_manifest
 from pipeline.data.splits import load_split
 from pipeline.finetune.batches import AugmentedImages, ImageBatches
@@ -125,7 +125,7 @@ def evict(folder: Path) -> None:
             os.close(fd)
 
 
-def measure(mode: str, manifest: Path, image_size: int, batch_size: int, steps: int, backbone: str) -> dict:
+def measure(mode: str, manifest: Path, image_size: int, batch_size: int, steps: int, backbone: str) -> ModeFigures:
     """One process's figures for `mode` (run in the working directory whose data/decoded is the cache,
     and data/shards the shards)."""
     memory = PeakMemory()
@@ -153,7 +153,7 @@ def measure(mode: str, manifest: Path, image_size: int, batch_size: int, steps: 
         figures["loader_cold_images_per_s"] = loader_pass(split, params, 1)
     figures["loader_images_per_s"] = loader_pass(split, params, 2)
     figures["train_images_per_s"] = training_rate(split, params, steps)
-    return figures | memory.stop()
+    return ModeFigures(**figures | memory.stop())
 
 
 def write_split(folder: Path, manifest: Path) -> None:
@@ -175,66 +175,63 @@ def child(mode: str, manifest: Path, workdir: Path, args) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def figures_of(process: subprocess.Popen) -> dict:
+def figures_of(process: subprocess.Popen) -> ModeFigures:
     stdout, stderr = process.communicate()
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(process.args)} failed:\n{stderr[-3000:]}")
-    return json.loads(stdout.strip().splitlines()[-1])
+    return ModeFigures.model_validate_json(stdout.strip().splitlines()[-1])
 
 
-def run_mode(mode: str, manifest: Path, workdir: Path, args) -> dict:
+def run_mode(mode: str, manifest: Path, workdir: Path, args) -> ModeFigures | TwoRanks:
     """One mode's figures; for disk-2ranks, both processes' (started together, after disk built the cache)."""
     if mode == "disk-2ranks":
         ranks = [child("disk", manifest, workdir, args) for _ in range(2)]
-        return {"ranks": [figures_of(rank) for rank in ranks]}
+        return TwoRanks(ranks=[figures_of(rank) for rank in ranks])
     return figures_of(child(mode, manifest, workdir, args))
 
 
-def side_by_side(count: int, memory: dict, disk: dict) -> list[str]:
-    ratio = {key: disk[key] / memory[key] for key in memory}
+def side_by_side(count: int, memory: ModeFigures, disk: ModeFigures) -> list[str]:
+    ratio = disk.over(memory)
     return [
-        f"| {count:,} | decode, s per image (disk: building the cache) | {memory['decode_s_per_image'] * 1e3:.3f} ms "
-        f"| {disk['decode_s_per_image'] * 1e3:.3f} ms | x{ratio['decode_s_per_image']:.2f} |",
-        f"| {count:,} | later runs: open the decoded split | decode again | {disk['reopen_s'] * 1e3:.1f} ms | |",
-        f"| {count:,} | loader pass, images/s (warm) | {memory['loader_images_per_s']:,.0f} "
-        f"| {disk['loader_images_per_s']:,.0f} | x{ratio['loader_images_per_s']:.2f} |",
-        f"| {count:,} | loader pass, images/s (disk: cold, evicted) | | {disk['loader_cold_images_per_s']:,.0f} | |",
-        f"| {count:,} | training, images/s | {memory['train_images_per_s']:,.1f} "
-        f"| {disk['train_images_per_s']:,.1f} | x{ratio['train_images_per_s']:.2f} |",
-        f"| {count:,} | peak RSS, MiB | {memory['peak_rss_mib']:,.0f} | {disk['peak_rss_mib']:,.0f} "
+        f"| {count:,} | decode, s per image (disk: building the cache) | {memory.decode_ms:.3f} ms "
+        f"| {disk.decode_ms:.3f} ms | x{ratio['decode_s_per_image']:.2f} |",
+        f"| {count:,} | later runs: open the decoded split | decode again | {disk.reopen_ms:.1f} ms | |",
+        f"| {count:,} | loader pass, images/s (warm) | {memory.loader_images_per_s:,.0f} "
+        f"| {disk.loader_images_per_s:,.0f} | x{ratio['loader_images_per_s']:.2f} |",
+        f"| {count:,} | loader pass, images/s (disk: cold, evicted) | | {disk.loader_cold_images_per_s:,.0f} | |",
+        f"| {count:,} | training, images/s | {memory.train_images_per_s:,.1f} "
+        f"| {disk.train_images_per_s:,.1f} | x{ratio['train_images_per_s']:.2f} |",
+        f"| {count:,} | peak RSS, MiB | {memory.peak_rss_mib:,.0f} | {disk.peak_rss_mib:,.0f} "
         f"| x{ratio['peak_rss_mib']:.2f} |",
-        f"| {count:,} | peak private RSS, MiB | {memory['peak_private_mib']:,.0f} | {disk['peak_private_mib']:,.0f} "
+        f"| {count:,} | peak private RSS, MiB | {memory.peak_private_mib:,.0f} | {disk.peak_private_mib:,.0f} "
         f"| x{ratio['peak_private_mib']:.2f} |",
-        f"| {count:,} | peak file-mapped RSS, MiB | {memory['peak_file_mapped_mib']:,.0f} "
-        f"| {disk['peak_file_mapped_mib']:,.0f} | |",
+        f"| {count:,} | peak file-mapped RSS, MiB | {memory.peak_file_mapped_mib:,.0f} "
+        f"| {disk.peak_file_mapped_mib:,.0f} | |",
     ]
 
 
-def others(count: int, figures: dict) -> list[str]:
+def others(entry: ScaleEntry) -> list[str]:
     """Shards against memory, and two processes on the cache against one."""
-    lines, memory = [], figures.get("memory")
-    if "shards" in figures:
-        shards = figures["shards"]
-        against = (lambda key: f"x{shards[key] / memory[key]:.2f}") if memory else (lambda key: "")
+    lines, count, shards = [], entry.images, entry.shards
+    if shards:
+        against = (lambda key: f"x{entry.shards_vs_memory[key]:.2f}") if entry.memory else (lambda key: "")
         lines += [
-            f"| {count:,} | shards: write, s per image | {shards['decode_s_per_image'] * 1e3:.3f} ms "
+            f"| {count:,} | shards: write, s per image | {shards.decode_ms:.3f} ms "
             f"| {against('decode_s_per_image')} of decoding in memory |",
-            f"| {count:,} | shards: open again | {shards['reopen_s'] * 1e3:.1f} ms | |",
-            f"| {count:,} | shards: loader pass, images/s (warm) | {shards['loader_images_per_s']:,.0f} "
+            f"| {count:,} | shards: open again | {shards.reopen_ms:.1f} ms | |",
+            f"| {count:,} | shards: loader pass, images/s (warm) | {shards.loader_images_per_s:,.0f} "
             f"| {against('loader_images_per_s')} of memory |",
-            f"| {count:,} | shards: training, images/s | {shards['train_images_per_s']:,.1f} "
+            f"| {count:,} | shards: training, images/s | {shards.train_images_per_s:,.1f} "
             f"| {against('train_images_per_s')} of memory |",
-            f"| {count:,} | shards: peak RSS / private, MiB | {shards['peak_rss_mib']:,.0f} "
-            f"/ {shards['peak_private_mib']:,.0f} | |",
+            f"| {count:,} | shards: peak RSS / private, MiB | {shards.peak_rss_mib:,.0f} "
+            f"/ {shards.peak_private_mib:,.0f} | |",
         ]
-    if "disk-2ranks" in figures:
-        one = figures.get("disk")
-        for rank, two in enumerate(figures["disk-2ranks"]["ranks"]):
-            against = f"x{two['peak_rss_mib'] / one['peak_rss_mib']:.2f} of one process's" if one else ""
-            lines.append(
-                f"| {count:,} | 2 processes on the cache, process {rank}: peak RSS / private, MiB "
-                f"| {two['peak_rss_mib']:,.0f} / {two['peak_private_mib']:,.0f} | {against} |"
-            )
+    for rank, two in enumerate(entry.two_ranks.ranks if entry.two_ranks else []):
+        against = f"x{two.peak_rss_mib / entry.disk.peak_rss_mib:.2f} of one process's" if entry.disk else ""
+        lines.append(
+            f"| {count:,} | 2 processes on the cache, process {rank}: peak RSS / private, MiB "
+            f"| {two.peak_rss_mib:,.0f} / {two.peak_private_mib:,.0f} | {against} |"
+        )
     return lines
 
 
@@ -257,7 +254,7 @@ def main() -> None:
         parser.error("--modes: disk-2ranks needs disk (which builds the cache it maps, and is its reference)")
     if args.child:
         figures = measure(args.child, args.manifest, args.image_size, args.batch_size, args.train_steps, args.backbone)
-        print(json.dumps(figures))
+        print(figures.model_dump_json())
         return
 
     about = f"{machine(torch.device('cpu'))}, {os.cpu_count()} cores"
@@ -276,19 +273,20 @@ def main() -> None:
                 f"{name}_bytes": sum(p.stat().st_size for p in Path(tmp, folder).rglob("*") if p.is_file())
                 for name, folder in (("cache", DECODED_DIR), ("shards", SHARDS_DIR))
             }
-        if "memory" in figures and "disk" in figures:
-            print("\n".join(side_by_side(count, figures["memory"], figures["disk"])), flush=True)
-        print("\n".join(others(count, figures)), flush=True)
-        results.append({"images": count, "folder_written_s": written} | stored | figures)
+        entry = ScaleEntry.model_validate({"images": count, "folder_written_s": written} | stored | figures)
+        if entry.memory and entry.disk:
+            print("\n".join(side_by_side(count, entry.memory, entry.disk)), flush=True)
+        print("\n".join(others(entry)), flush=True)
+        results.append(entry)
+    settings = DataScaleArgs(**vars(args) | {"out": str(args.out)})
+    result = DataScaleResult(environment=capture(), args=settings, results=results)
     if len(results) > 1 and "disk" in modes:
-        first, last = results[0]["disk"], results[-1]["disk"]
         print(
-            f"cache build time per image, {results[-1]['images']:,} against {results[0]['images']:,} images: "
-            f"x{last['decode_s_per_image'] / first['decode_s_per_image']:.2f}; peak private RSS of the disk "
-            f"path: x{last['peak_private_mib'] / first['peak_private_mib']:.2f}"
+            f"cache build time per image, {result.last.images:,} against {result.first.images:,} images: "
+            f"x{result.cache_build_growth:.2f}; peak private RSS of the disk path: x{result.cache_memory_growth:.2f}"
         )
     if args.out:
-        write_result(args.out / "data_scale.json", {"args": vars(args) | {"out": str(args.out)}, "results": results})
+        result.write(args.out / "data_scale.json")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ over the median of --repeats runs after a warm-up; the pixels of the two paths a
 
 import argparse
 import io
-import json
 import os
 import statistics
 import tempfile
@@ -24,7 +23,8 @@ import torch.nn.functional as F
 from nvidia import nvimgcodec
 
 from benchmarks.common import write_photo_folder
-from benchmarks.report import write_result
+from benchmarks.figures import DecodeResult, DecodeRow
+from benchmarks.report import capture
 from pipeline.data.images import load_rgb, resize_square
 
 
@@ -74,22 +74,23 @@ def main() -> None:
             cpu = on_cpu(blobs, args.image_size, pool)
             gpu = on_gpu(blobs, args.image_size, decoder).cpu().numpy()
             difference = np.abs(cpu.astype(np.int16) - gpu.astype(np.int16))
-            row = {
-                "photo_px": photo_size,
-                "images": len(blobs),
-                f"cpu_{os.cpu_count()}_threads_images_per_s": images_per_s(
+            row = DecodeRow(
+                photo_px=photo_size,
+                images=len(blobs),
+                cpu_threads=os.cpu_count(),
+                cpu_images_per_s=images_per_s(
                     lambda blobs=blobs: on_cpu(blobs, args.image_size, pool), len(blobs), args.repeats
                 ),
-                "gpu_nvimgcodec_images_per_s": images_per_s(
+                gpu_nvimgcodec_images_per_s=images_per_s(
                     lambda blobs=blobs: on_gpu(blobs, args.image_size, decoder), len(blobs), args.repeats
                 ),
-                "pixel_mean_abs_difference": float(difference.mean()),
-                "pixel_max_abs_difference": int(difference.max()),
-            }
+                pixel_mean_abs_difference=float(difference.mean()),
+                pixel_max_abs_difference=int(difference.max()),
+            )
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(row.model_dump_json(), flush=True)
     if args.out:
-        write_result(args.out, {"rows": rows})
+        DecodeResult(environment=capture(), rows=rows).write(args.out)
 
 
 if __name__ == "__main__":

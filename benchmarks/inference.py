@@ -22,7 +22,8 @@ import onnxruntime as ort
 import torch
 
 from benchmarks.common import machine, sync
-from benchmarks.report import write_result
+from benchmarks.figures import InferenceResult, InferenceRow
+from benchmarks.report import capture
 from pipeline.model.backbones import build
 from pipeline.model.card import ModelCard
 from pipeline.release.onnx_export import WithSoftmax, export_onnx
@@ -68,7 +69,9 @@ def ort_call(session: ort.InferenceSession, batch: np.ndarray):
     return lambda: session.run_with_iobinding(binding)
 
 
-def measure(name: str, image_size: int, batches: list[int], device: torch.device, repeat_seconds: float, tmp: Path):
+def measure(
+    name: str, image_size: int, batches: list[int], device: torch.device, repeat_seconds: float, tmp: Path
+) -> list[InferenceRow]:
     torch.manual_seed(0)
     backbone = build(name, "none", CLASSES)
     model = WithSoftmax(backbone.model).eval()
@@ -119,7 +122,7 @@ def measure(name: str, image_size: int, batches: list[int], device: torch.device
             + ", ".join(f"{k} {v:,.0f}" for k, v in row.items() if isinstance(v, float)),
             flush=True,
         )
-        rows.append(row)
+        rows.append(InferenceRow.model_validate(row))  # keyed by the columns' names, benchmarks/figures.py's aliases
     return rows
 
 
@@ -146,16 +149,16 @@ def main() -> None:
                 name, args.image_size, [int(b) for b in args.batches.split(",")], device, args.repeat_seconds, Path(tmp)
             )
             if args.out:  # after each backbone: a run cut short keeps what it measured
-                write_result(args.out, {"not_loaded": NOT_LOADED, "rows": rows})
-    columns = [key for key in rows[0] if key not in ("backbone", "batch")]
+                InferenceResult(environment=capture(), not_loaded=NOT_LOADED, rows=rows).write(args.out)
+    measured = [row.model_dump(by_alias=True, exclude_unset=True, exclude={"backbone", "batch"}) for row in rows]
     print("\nimages/s (model-side; '-' where the provider does not load here)")
-    print("| backbone | batch | " + " | ".join(columns) + " | ONNX Runtime fp32 / torch fp32 |")
-    print("|---|---|" + "---|" * (len(columns) + 1))
-    ort_fp32 = "ort cpu fp32" if device.type == "cpu" else "ort cuda fp32"
-    for row in rows:
-        cells = [f"{row[c]:,.0f}" if row[c] else "-" for c in columns]
-        ratio = f"x{row[ort_fp32] / row['torch fp32']:.2f}" if row[ort_fp32] else "-"
-        print(f"| {row['backbone']} | {row['batch']} | " + " | ".join(cells) + f" | {ratio} |")
+    print("| backbone | batch | " + " | ".join(measured[0]) + " | ONNX Runtime fp32 / torch fp32 |")
+    print("|---|---|" + "---|" * (len(measured[0]) + 1))
+    for row, figures in zip(rows, measured, strict=True):
+        cells = [f"{value:,.0f}" if value else "-" for value in figures.values()]
+        ort_fp32 = row.ort_cpu_fp32 if device.type == "cpu" else row.ort_cuda_fp32
+        ratio = f"x{ort_fp32 / row.torch_fp32:.2f}" if ort_fp32 else "-"
+        print(f"| {row.backbone} | {row.batch} | " + " | ".join(cells) + f" | {ratio} |")
 
 
 if __name__ == "__main__":

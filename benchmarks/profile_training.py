@@ -17,11 +17,12 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.common import bench_params, folder_split, machine, write_photo_folder
-from benchmarks.report import write_result
+from benchmarks.figures import Operator, ProfileArgs, ProfileResult
+from benchmarks.report import capture
 from pipeline.finetune.loop import Callbacks, train_model
 
 
-def top_operators(profiler: profile, rows: int) -> list[dict]:
+def top_operators(profiler: profile, rows: int) -> list[Operator]:
     """The `rows` operators with the most self time on the host, then on the device, as the printed tables
     show them: each one's share of all self time, in percent, and its calls."""
     events = list(profiler.key_averages())
@@ -32,12 +33,12 @@ def top_operators(profiler: profile, rows: int) -> list[dict]:
         ranked += sorted(events, key=lambda event: -event.self_device_time_total)[:rows]
     chosen = {event.key: event for event in ranked}
     return [
-        {
-            "name": name,
-            "self_cpu_percent": round(100 * event.self_cpu_time_total / cpu_total, 2),
-            "self_cuda_percent": round(100 * event.self_device_time_total / device_total, 2),
-            "calls": event.count,
-        }
+        Operator(
+            name=name,
+            self_cpu_percent=round(100 * event.self_cpu_time_total / cpu_total, 2),
+            self_cuda_percent=round(100 * event.self_device_time_total / device_total, 2),
+            calls=event.count,
+        )
         for name, event in chosen.items()
     ]
 
@@ -75,6 +76,9 @@ def main() -> None:
         }
         | {key: {"true": True, "false": False}.get(value, value) for key, value in overrides.items()}
     )
+    profiled = ProfileArgs(
+        **{key: getattr(args, key) for key in ProfileArgs.model_fields if key != "overrides"}, overrides=overrides
+    )
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_photo_folder(Path(tmp, "train"), args.images, 10, args.image_size * 4 // 3)
@@ -85,7 +89,7 @@ def main() -> None:
         train_model(params, [str(i) for i in range(10)], train, train, "benchmark", Callbacks(on_epoch=records.append))
     print(
         f"# benchmarks.profile_training on {machine(device)}: {args.backbone}, {args.strategy}, "
-        f"{args.images} images of {args.image_size} px, batch {args.batch_size}, {overrides or 'defaults'}"
+        f"{args.images} images of {args.image_size} px, batch {args.batch_size}, {profiled.overridden}"
     )
     print("training pass images/s per epoch:", ", ".join(f"{r.images_per_second:,.0f}" for r in records))
     print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
@@ -94,13 +98,11 @@ def main() -> None:
     if args.trace:
         profiler.export_chrome_trace(str(args.trace))
     if args.out:
-        settings = ("backbone", "strategy", "images", "image_size", "batch_size")
-        figures = {
-            "args": {key: getattr(args, key) for key in settings} | {"overrides": overrides},
-            "images_per_second": [round(record.images_per_second) for record in records],
-            "operators": top_operators(profiler, args.rows),
-        }
-        write_result(args.out, figures)
+        rates = [round(record.images_per_second) for record in records]
+        operators = top_operators(profiler, args.rows)
+        ProfileResult(environment=capture(), args=profiled, images_per_second=rates, operators=operators).write(
+            args.out
+        )
 
 
 if __name__ == "__main__":

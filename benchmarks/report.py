@@ -1,6 +1,7 @@
 """What every benchmark result carries beside its figures: the machine, the software, the code and the command
-that made it. The scripts under benchmarks/ write their JSON through `write_result`; docs/results.py reads it
-back through `Result.read`. Light on purpose (no torch import): `make docs` reads results without the ML stack.
+that made it. The scripts under benchmarks/ build their result from a kind of benchmarks/figures.py and write it
+(`Result.write`); docs/results.py reads it back through the same kind (`Kind.read`). Light on purpose (no torch
+import): `make docs` reads results without the ML stack.
 """
 
 import json
@@ -13,7 +14,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
@@ -50,18 +51,21 @@ class Environment(BaseModel):
             raise ValueError(f"not_recorded names fields that are set or do not exist: {filled}")
         return self
 
+    @property
     def machine(self) -> str:
         """The hardware in a few words, as far as it was recorded."""
         cores = f"{self.cpu_count} cores" if self.cpu_count else None
         return ", ".join(part for part in (self.cpu_model or self.cpu_arch, cores, self.gpu) if part)
 
+    @property
     def software(self) -> str:
         versions = (("torch", self.torch), ("ONNX Runtime", self.onnxruntime))
         return ", ".join(f"{name} {version}" for name, version in versions if version)
 
 
 class Result(BaseModel):
-    """A benchmark's JSON: its environment, and its figures as the script wrote them (`figures`)."""
+    """A benchmark's JSON: its environment, and its figures as the script wrote them (`figures`). The kinds of
+    benchmarks/figures.py type their figures; this untyped one reads any result."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -72,15 +76,20 @@ class Result(BaseModel):
         return self.model_extra or {}
 
     @classmethod
-    def read(cls, path: Path) -> "Result":
+    def read(cls, path: Path) -> Self:
         try:
             return cls.model_validate(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as error:
-            raise SystemExit(f"{path}: not a benchmark result with its environment: {error}") from None
+            raise SystemExit(f"{path}: not a benchmark result of its kind ({cls.__name__}): {error}") from None
+
+    def write(self, path: Path) -> None:
+        """To `path` in one rename, the environment first; a figure that is None (not measured) is left out."""
+        figures = self.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"environment"})
+        write_json(path, {"environment": self.environment.model_dump(mode="json")} | figures)
 
 
 def write_result(path: Path, figures: dict[str, Any], argv: list[str] | None = None) -> None:
-    """`figures` with the environment of this process, to `path` in one rename."""
+    """Untyped `figures` with the environment of this process, to `path` in one rename."""
     write_json(path, {"environment": capture(argv).model_dump(mode="json")} | figures)
 
 

@@ -26,7 +26,8 @@ from torch import nn
 
 from benchmarks import baseline
 from benchmarks.common import bench_params, folder_split, machine, seconds_of, write_photo_folder
-from benchmarks.report import write_result
+from benchmarks.figures import BackboneThroughput, HeadOnly, Throughput, TrainingArgs, TrainingResult
+from benchmarks.report import capture
 from pipeline.finetune.batches import AugmentedImages, ImageBatches, resolve_workers
 from pipeline.finetune.loop import Callbacks, run_batches, seed_everything, train_model
 from pipeline.finetune.phase import make_augment, make_optimizer, warmup_cosine
@@ -65,7 +66,7 @@ def fit_epoch_times(params, train, val) -> tuple[list[float], list[float]]:
     return [b - a for a, b in zip(marks, marks[1:], strict=False)], rates
 
 
-def head_only(args, folders, train, val, decode_seconds: float, device) -> dict:
+def head_only(args, folders, train, val, decode_seconds: float, device) -> HeadOnly:
     """Measurement 1 on --head-backbone; the pipeline's first epoch includes decoding the files once."""
     name = args.head_backbone
     params = run_params(args, "head", **{"model.backbone": name})
@@ -92,15 +93,15 @@ def head_only(args, folders, train, val, decode_seconds: float, device) -> dict:
         )
         for _ in range(args.epochs)
     ]
-    return {
-        "backbone": name,
-        "baseline_first_s": base[0],
-        "baseline_later_s": statistics.mean(base[1:]),
-        "ours_decode_s": decode_seconds,
-        "ours_first_s": decode_seconds + ours[0],
-        "ours_later_s": statistics.mean(ours[1:]),
-        "ours_uncached_later_s": statistics.mean(uncached[1:]),
-    }
+    return HeadOnly(
+        backbone=name,
+        baseline_first_s=base[0],
+        baseline_later_s=statistics.mean(base[1:]),
+        ours_decode_s=decode_seconds,
+        ours_first_s=decode_seconds + ours[0],
+        ours_later_s=statistics.mean(ours[1:]),
+        ours_uncached_later_s=statistics.mean(uncached[1:]),
+    )
 
 
 def loader_rate(batches, device) -> float:
@@ -138,14 +139,14 @@ def device_batches(train, count: int, batch_size: int, device, ours: bool) -> li
     return batches
 
 
-VARIANTS = {  # the pipeline with these train settings
+VARIANTS = {  # the pipeline with these train settings (a field each of benchmarks/figures.py BackboneThroughput)
     "ours": {},
     "ours+compile": {"compile": True},
     "ours+nondeterministic": {"deterministic": False},
 }
 
 
-def throughput(args, name: str, folder: Path, train, val, device) -> dict:
+def throughput(args, name: str, folder: Path, train, val, device) -> BackboneThroughput:
     """Measurements 2 and 3 for one backbone: the baseline, then each of --variants."""
     steps = max(5, min(30, len(train.labels) // args.batch_size))
     params = run_params(args, "full", **{"model.backbone": name})
@@ -160,26 +161,25 @@ def throughput(args, name: str, folder: Path, train, val, device) -> dict:
 
     model, optimizer = fresh_model_and_optimizer()
     batches = device_batches(train, steps, args.batch_size, device, ours=False)
-    row = {
-        "backbone": name,
-        "baseline": {
-            "loader": loader_rate(((i.to(device), t) for i, t in loader), device),
-            "step": step_rate(lambda some: baseline.train_epoch(model, some, optimizer, device), batches, device),
-        },
-    }
+    loader_alone = loader_rate(((i.to(device), t) for i, t in loader), device)
+    step_alone = step_rate(lambda some: baseline.train_epoch(model, some, optimizer, device), batches, device)
     model, optimizer = fresh_model_and_optimizer()
     epochs = [
         seconds_of(lambda: baseline.train_epoch(model, loader, optimizer, device), device) for _ in range(args.epochs)
     ]
-    row["baseline"]["epoch"] = len(train.labels) / statistics.median(epochs[1:])
-
+    row = {
+        "backbone": name,
+        "baseline": Throughput(
+            loader=loader_alone, step=step_alone, epoch=len(train.labels) / statistics.median(epochs[1:])
+        ),
+    }
     for variant in args.variants.split(","):
         variant_params = params.model_copy(update={"train": params.train.model_copy(update=VARIANTS[variant])})
         row[variant] = ours(args, variant_params, train, val, device, steps)
-    return row
+    return BackboneThroughput.model_validate(row)
 
 
-def ours(args, params, train, val, device, steps: int) -> dict:
+def ours(args, params, train, val, device, steps: int) -> Throughput:
     """The pipeline's loader (pipeline.finetune.batches), its step (loop.run_batches) and its epochs (train_model)."""
     seed_everything(params)
     backbone = build(params.model.backbone, "none", CLASSES)
@@ -198,13 +198,10 @@ def ours(args, params, train, val, device, steps: int) -> dict:
     def step(some: list) -> None:
         run_batches(stepped, some, sum(len(y) for _, y in some), args.batch_size, device, loss_fn, optimizer, scheduler)
 
-    figures = {
-        "loader": loader_rate(batches(torch.arange(len(dataset)), 1), device),
-        "step": step_rate(step, device_batches(train, steps, args.batch_size, device, ours=True), device),
-        "workers": workers,
-    }
+    loader_alone = loader_rate(batches(torch.arange(len(dataset)), 1), device)
+    step_alone = step_rate(step, device_batches(train, steps, args.batch_size, device, ours=True), device)
     _, rates = fit_epoch_times(params, train, val)
-    return figures | {"epoch": statistics.median(rates[1:])}
+    return Throughput(loader=loader_alone, step=step_alone, workers=workers, epoch=statistics.median(rates[1:]))
 
 
 def main() -> None:
@@ -238,18 +235,17 @@ def main() -> None:
         decode = time.perf_counter()
         train, val = folder_split(folders["train"], args.image_size), folder_split(folders["val"], args.image_size)
         decode = time.perf_counter() - decode
-        head = head_only(args, folders, train, val, decode, device) if args.head_backbone else {}
+        head = head_only(args, folders, train, val, decode, device) if args.head_backbone else None
         if head:
-            print(f"\n## 1. head-only on {head['backbone']}: seconds per epoch (train + validation pass)")
-            print(f"baseline: first {head['baseline_first_s']:.2f}, later {head['baseline_later_s']:.2f}")
+            print(f"\n## 1. head-only on {head.backbone}: seconds per epoch (train + validation pass)")
+            print(f"baseline: first {head.baseline_first_s:.2f}, later {head.baseline_later_s:.2f}")
             print(
-                f"ours: first {head['ours_first_s']:.2f} (decoding once: {head['ours_decode_s']:.2f}), "
-                f"later {head['ours_later_s']:.4f}; without the feature cache, later "
-                f"{head['ours_uncached_later_s']:.2f}"
+                f"ours: first {head.ours_first_s:.2f} (decoding once: {head.ours_decode_s:.2f}), "
+                f"later {head.ours_later_s:.4f}; without the feature cache, later {head.ours_uncached_later_s:.2f}"
             )
             print(
-                f"ratio, later epochs: x{head['baseline_later_s'] / head['ours_later_s']:.0f} (goal >= x20); "
-                f"first epoch: x{head['baseline_first_s'] / head['ours_first_s']:.2f}",
+                f"ratio, later epochs: x{head.later_speedup:.0f} (goal >= x20); "
+                f"first epoch: x{1 / head.first_epoch_ratio:.2f}",
                 flush=True,
             )
         rows = []
@@ -259,15 +255,15 @@ def main() -> None:
         for name in args.backbones.split(","):
             row = throughput(args, name, folders["train"], train, val, device)
             rows.append(row)
-            for variant in [key for key in row if key != "backbone"]:
-                figures = row[variant]
+            for variant, figures in row.variants():
                 print(
-                    f"| {name} | {variant} | {figures['loader']:,.0f} | {figures['step']:,.0f} | "
-                    f"{figures['epoch']:,.0f} | x{figures['epoch'] / row['baseline']['epoch']:.2f} |",
+                    f"| {name} | {variant} | {figures.loader:,.0f} | {figures.step:,.0f} | {figures.epoch:,.0f} | "
+                    f"x{figures.epoch / row.baseline.epoch:.2f} |",
                     flush=True,
                 )
     if args.out:
-        write_result(args.out, {"args": vars(args) | {"out": str(args.out)}, "head_only": head, "full": rows})
+        settings = TrainingArgs(**vars(args) | {"out": str(args.out)})
+        TrainingResult(environment=capture(), args=settings, head_only=head, full=rows).write(args.out)
 
 
 if __name__ == "__main__":

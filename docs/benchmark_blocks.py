@@ -1,58 +1,84 @@
-"""The generated blocks of BENCHMARKS.md, one renderer per kind of block, and what they share with
-docs/results.py: reading the result files (typed: benchmarks/report.py, pipeline.choice.compare_report) and
-formatting figures. benchmarks/results/index.yaml names each block's kind and the parameters it is called with;
-docs/results.py checks them against the signatures here and writes the blocks."""
+"""The generated blocks of BENCHMARKS.md, and what they share with docs/results.py: reading the result files
+(typed: benchmarks/figures.py, pipeline.choice.compare_report) and formatting figures.
+
+benchmarks/results/index.yaml describes each block. Most are templates: `files` names the results a block reads
+(each loaded into the kind its folder's entry gives it) and `parts` are its paragraphs (`text`), lists
+(`bullets`) and tables (`table`: where its rows are, `columns`: each header and the template of its cells). A
+template is a Python format string over the typed results (`{run.args.image_size}`, `{run.first.images:,}`),
+`{file[run]}` a result's path, a table row's fields by their own names (`{epoch:,.0f}`); a list is written as
+its items in the field's format. The blocks with logic of their own (goals met or not, files set against each
+other) name a renderer here (`render`, default: the block's name) and its parameters.
+"""
 
 import json
 import re
 import statistics
+import string
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from ruamel.yaml import YAML
 
+from benchmarks.figures import (
+    KINDS,
+    EvaluateMetrics,
+    InferenceResult,
+    MakeBenchResult,
+    PipelineRunResult,
+    SittingResult,
+    TrainingResult,
+    TrainMetrics,
+)
 from benchmarks.report import Result
 from pipeline.choice.compare_report import CompareReport
 
-BACKBONES = {"efficientnet_lite0": "EfficientNet-Lite0", "resnet18": "ResNet-18", "resnet50": "ResNet-50"}
+R = TypeVar("R", bound=Result)
+M = TypeVar("M", bound=BaseModel)
 
 
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ServedRun(Record):
-    file: Path
-    note: str = ""
+class Text(Record):
+    text: str
 
 
-class ServedComparison(Record):
-    exhaustive_w1: Path
-    exhaustive_w8: Path
-    w1: Path
-    w8: Path
-    batch16: Path
-    batching_off: Path
+class Bullets(Record):
+    bullets: list[str]
 
 
-class ThroughputSource(Record):
-    file: Path
-    backbone: str
+class Table(Record):
+    table: str | list[str]  # the list of rows in the block's files, or several, one after the other
+    columns: dict[str, str]  # header: the template of its cells
 
 
-class HalvingRow(Record):
-    halving: str  # a comparison of the sitting
-    grid: str
-    when: str
+class Template(Record):
+    files: dict[str, Path]  # name: result file, from the project root
+    parts: list[Text | Bullets | Table]
+
+
+class Folder(Record):
+    what: str
+    how: str | None = None
+    files: dict[str, str] = {}  # a typed result's file name: its kind (benchmarks/figures.py KINDS)
 
 
 # ---------------------------------------------------------------- reading and formatting
 
 
-def read_result(root: Path, path: Path) -> Result:
-    return Result.read(root / path)
+def read_result(root: Path, path: Path, kind: type[R] = Result) -> R:
+    return kind.read(root / path)
+
+
+def declared(root: Path, folders: dict[str, Folder], path: Path) -> Result:
+    """`path` read as the kind its folder's entry in the index gives it."""
+    kind = folders[path.parent.name].files.get(path.name) if path.parent.name in folders else None
+    if kind not in KINDS:
+        raise ValueError(f"{path}: its folder's entry gives it no kind of {sorted(KINDS)} (`files`)")
+    return read_result(root, path, KINDS[kind])
 
 
 def report(root: Path, path: Path) -> CompareReport:
@@ -62,9 +88,12 @@ def report(root: Path, path: Path) -> CompareReport:
         raise SystemExit(f"{path}: not a comparison report: {error}") from None
 
 
-def read_json(root: Path, path: str) -> dict:
-    """One of the pipeline's metrics files, which have no typed model of their own."""
-    return json.loads((root / path).read_text(encoding="utf-8"))
+def read_metrics(root: Path, name: str, kind: type[M]) -> M:
+    """metrics/NAME.json, one of the pipeline's metrics files (the stages write them untyped)."""
+    try:
+        return kind.model_validate(json.loads((root / "metrics" / f"{name}.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"metrics/{name}.json: {error}") from None
 
 
 def count(value: float) -> str:
@@ -98,42 +127,68 @@ def recommended_strategy(compared: CompareReport) -> str:
     return match[1]
 
 
-# ---------------------------------------------------------------- BENCHMARKS.md blocks, by kind
+# ---------------------------------------------------------------- template blocks
 
 
-def machines(root: Path, cpu: Path, gpu: Path) -> str:
-    cpu_env, gpu_env = read_result(root, cpu).environment, read_result(root, gpu).environment
-    return (
-        f"**CPU** = the CI machine's size: {cpu_env.machine()}, {cpu_env.software()} ({code(cpu)}). **H200** = one "
-        f"{gpu_env.gpu} ({gpu_env.gpu_memory_mib} MiB, driver {gpu_env.gpu_driver}), {gpu_env.cpu_count} cores, "
-        f"{gpu_env.software()} (the lent machine's image, {code(gpu)})."
-    )
+class Scope(dict):
+    """A template's names: the block's results and `file`, then the fields of the table row it fills."""
+
+    def __init__(self, names: dict, row: object = None):
+        super().__init__(names)
+        self.row = row
+
+    def __missing__(self, name: str) -> object:
+        if self.row is None:
+            raise KeyError(name)
+        return getattr(self.row, name)
 
 
-def bench_seconds(root: Path, bench: Path) -> float:
-    return read_result(root, bench).figures["wall_seconds"]
+class Figures(string.Formatter):
+    """str.format, with a list written as its items in the field's format, joined by commas."""
+
+    def format_field(self, value: object, spec: str) -> str:
+        if isinstance(value, list):
+            return ", ".join(format(item, spec) for item in value)
+        return format(value, spec)
+
+    def fill(self, template: str, scope: Scope) -> str:
+        try:
+            return self.vformat(template, (), scope)
+        except (AttributeError, LookupError, TypeError, ValueError) as error:
+            raise ValueError(f"{template!r}: {error}") from None
+
+    def rows(self, where: str | list[str], scope: Scope) -> list:
+        """The rows of a table: each list `where` names, one after the other."""
+        rows = []
+        for path in [where] if isinstance(where, str) else where:
+            try:
+                listed = self.get_field(path, (), scope)[0]
+            except (AttributeError, LookupError) as error:
+                raise ValueError(f"table {path!r}: {error}") from None
+            if not isinstance(listed, list):
+                raise ValueError(f"table {path!r}: not a list of rows")
+            rows += listed
+        return rows
 
 
-def bench_total(root: Path, bench: Path) -> str:
-    return f"`make bench` on the CPU took {count(bench_seconds(root, bench))} s ({code(bench)})."
+def render_template(root: Path, folders: dict[str, Folder], block: Template) -> str:
+    """A template block: its parts, each filled from the block's results, a blank line between them."""
+    results = {name: declared(root, folders, path) for name, path in block.files.items()}
+    scope = Scope(results | {"file": {name: code(path) for name, path in block.files.items()}})
+    figures, parts = Figures(), []
+    for part in block.parts:
+        if isinstance(part, Text):
+            parts.append(figures.fill(part.text, scope))
+        elif isinstance(part, Bullets):
+            parts.append("\n".join(f"- {figures.fill(line, scope)}" for line in part.bullets))
+        else:
+            cells = [[figures.fill(cell, Scope(scope, row)) for cell in part.columns.values()]
+                     for row in figures.rows(part.table, scope)]  # fmt: skip
+            parts.append(table(list(part.columns), cells))
+    return "\n\n".join(parts)
 
 
-def head_ratio(head: dict) -> float:
-    return head["baseline_later_s"] / head["ours_later_s"]
-
-
-def full_row(root: Path, path: Path, backbone: str) -> dict:
-    for row in read_result(root, path).figures["full"]:
-        if row["backbone"] == backbone:
-            return row
-    raise SystemExit(f"{path}: no row for {backbone}")
-
-
-def inference_row(root: Path, path: Path, backbone: str, batch: int) -> dict:
-    for row in read_result(root, path).figures["rows"]:
-        if row["backbone"] == backbone and row["batch"] == batch:
-            return row
-    raise SystemExit(f"{path}: no row for {backbone} at batch {batch}")
+# ---------------------------------------------------------------- blocks with logic of their own
 
 
 ON_CPU = ("efficientnet_lite0", "resnet18")  # the backbones of the CPU inference goal
@@ -144,17 +199,14 @@ def verdict(met: bool) -> str:
 
 
 def goals(root: Path, cpu_training: Path, gpu_training: Path, cpu_inference: Path, gpu_inference: Path, bench: Path):
-    head = [head_ratio(read_result(root, path).figures["head_only"]) for path in (cpu_training, gpu_training)]
-    speedup = {
-        (backbone, batch): row["ort cpu fp32"] / row["torch fp32"]
-        for backbone in ON_CPU
-        for batch in (1, 32)
-        for row in [inference_row(root, cpu_inference, backbone, batch)]
-    }
-    resnet50 = full_row(root, gpu_training, "resnet50")
-    default, compiled, baseline = (resnet50[key]["epoch"] for key in ("ours", "ours+compile", "baseline"))
-    fp16 = inference_row(root, gpu_inference, "resnet18", 64)
-    total = bench_seconds(root, bench)
+    cpu, gpu = (read_result(root, path, TrainingResult) for path in (cpu_training, gpu_training))
+    head = [cpu.head_only.later_speedup, gpu.head_only.later_speedup]
+    inference = read_result(root, cpu_inference, InferenceResult)
+    speedup = {(name, batch): inference.row(name, batch).cpu_speedup for name in ON_CPU for batch in (1, 32)}
+    resnet50 = gpu.by_backbone["resnet50"]
+    default, compiled, baseline = resnet50.ours.epoch, resnet50.ours_compile.epoch, resnet50.baseline.epoch
+    fp16 = read_result(root, gpu_inference, InferenceResult).row("resnet18", 64)
+    total = read_result(root, bench, MakeBenchResult).wall_seconds
     lite0, resnet18 = (f"{times(speedup[name, 1])} / {times(speedup[name, 32])}" for name in ON_CPU)
     rows = [
         ["head-only, later epochs >= 20x faster than the baseline", f"CPU {times(head[0], 0)}, H200 "
@@ -166,163 +218,71 @@ def goals(root: Path, cpu_training: Path, gpu_training: Path, cpu_inference: Pat
         [">= 1.3x the baseline on the same GPU", f"H200: {times(default / baseline)} (defaults), "
          f"{times(compiled / baseline)} with `train.compile`", verdict(default / baseline >= 1.3)],
         ["ResNet-18 fp16 ONNX >= 3,000 img/s model-side at batch 64", f"H200, ONNX Runtime CUDA: "
-         f"{count(fp16['ort cuda fp16'])} img/s (PyTorch fp16: {count(fp16['torch fp16 channels_last'])})",
-         verdict(fp16["ort cuda fp16"] >= 3000)],
+         f"{count(fp16.ort_cuda_fp16)} img/s (PyTorch fp16: {count(fp16.torch_fp16)})",
+         verdict(fp16.ort_cuda_fp16 >= 3000)],
         ["`make bench` < 15 min on CPU", f"{count(total)} s", verdict(total < 15 * 60)],
     ]  # fmt: skip
     return table(["goal (issue 5)", "measured", ""], rows)
 
 
-def break_even(head: dict) -> tuple[int, float, float]:
-    """The first epoch after which ours has taken less time in all than the baseline, and both totals."""
-    epoch, ours, baseline = 1, head["ours_first_s"], head["baseline_first_s"]
-    if ours >= baseline and head["ours_later_s"] >= head["baseline_later_s"]:
-        raise SystemExit("head-only: the pipeline never catches up with the baseline; rewrite BENCHMARKS.md section 1")
-    while ours >= baseline:
-        epoch, ours, baseline = epoch + 1, ours + head["ours_later_s"], baseline + head["baseline_later_s"]
-    return epoch, ours, baseline
-
-
 def head_only(root: Path, cpu: Path, gpu: Path, gpu_run1: Path) -> str:
     rows = []
     for label, path in (("CPU", cpu), ("H200", gpu)):
-        args, head = read_result(root, path).figures["args"], read_result(root, path).figures["head_only"]
-        validation = max(10, args["images"] // 4)  # as benchmarks/training.py makes the validation folder
+        run = read_result(root, path, TrainingResult)
+        args, head = run.args, run.head_only
         rows.append(
-            [f"{label}, {count(args['images'])} + {count(validation)} images, {args['image_size']} px, batch "
-             f"{args['batch_size']}", f"{fixed(head['baseline_first_s'], 2)} s",
-             f"{fixed(head['baseline_later_s'], 2)} s",
-             f"{fixed(head['ours_first_s'], 2)} s ({fixed(head['ours_decode_s'], 2)})",
-             f"{fixed(head['ours_later_s'], 3)} s", f"{fixed(head['ours_uncached_later_s'], 2)} s",
-             f"**{times(head_ratio(head), 0)}**"]
+            [f"{label}, {count(args.images)} + {count(args.validation_images)} images, {args.image_size} px, batch "
+             f"{args.batch_size}", f"{fixed(head.baseline_first_s, 2)} s", f"{fixed(head.baseline_later_s, 2)} s",
+             f"{fixed(head.ours_first_s, 2)} s ({fixed(head.ours_decode_s, 2)})", f"{fixed(head.ours_later_s, 3)} s",
+             f"{fixed(head.ours_uncached_later_s, 2)} s", f"**{times(head.later_speedup, 0)}**"]
         )  # fmt: skip
-    epoch, ours_total, baseline_total = break_even(head)
-    run1 = read_result(root, gpu_run1).figures["head_only"]
+    epoch, ours_total, baseline_total = head.ahead_from()
+    run1 = read_result(root, gpu_run1, TrainingResult).head_only
     header = "machine, size | baseline first | baseline later | ours first (of it decoding) | ours later"
     return (
         table(header + " | later, without the cache | later: baseline / ours", rows)
-        + f"\n\n- H200, first epoch: ours {times(head['ours_first_s'] / head['baseline_first_s'], 1)} the "
-        f"baseline's time, {fixed(head['ours_decode_s'], 2)} s of it decoding "
-        f"{count(args['images'] + validation)} JPEGs once ({fixed(run1['ours_decode_s'], 2)} s in "
-        "run 1, before `load_split` decoded on a thread pool).\n"
+        + f"\n\n- H200, first epoch: ours {times(head.first_epoch_ratio, 1)} the baseline's time, "
+        f"{fixed(head.ours_decode_s, 2)} s of it decoding {count(args.images + args.validation_images)} JPEGs once "
+        f"({fixed(run1.ours_decode_s, 2)} s in run 1, before `load_split` decoded on a thread pool).\n"
         f"- H200, time since the start: ours is ahead of the baseline from epoch {epoch} on "
         f"({fixed(ours_total, 2)} s against {fixed(baseline_total, 2)} s)."
     )
 
 
-THROUGHPUT_HEADER = "backbone | variant | loader | step | epoch | epoch vs baseline"
-
-
-def throughput_rows(root: Path, sources: list[ThroughputSource]) -> list[list[str]]:
-    rows = []
-    for source in sources:
-        row = full_row(root, source.file, source.backbone)
-        for variant, figures in ((key, value) for key, value in row.items() if key != "backbone"):
-            cells = [count(figures[key]) for key in ("loader", "step", "epoch")]
-            name = BACKBONES.get(source.backbone, source.backbone)
-            rows.append([name, variant, *cells, times(figures["epoch"] / row["baseline"]["epoch"])])
-    return rows
-
-
-def sizes(root: Path, paths: list[Path]) -> str:
-    """The files and the run sizes in their `args`, once per distinct size."""
-    described: dict[str, list[str]] = {}
-    for path in dict.fromkeys(paths):
-        args = read_result(root, path).figures["args"]
-        size = (
-            f"{count(args['images'])} images of {args['image_size']} px, batch {args['batch_size']}, "
-            f"{args['epochs']} epochs per run, baseline with {args['baseline_workers']} loader workers"
-        )
-        described.setdefault(size, []).append(code(path))
-    return "; ".join(f"{' and '.join(names)}: {size}" for size, names in described.items())
-
-
-def gpu_training(root: Path, sources: list[ThroughputSource]) -> str:
-    source = sizes(root, [source.file for source in sources])
-    return table(THROUGHPUT_HEADER, throughput_rows(root, sources)) + f"\n\nFrom {source}."
-
-
-def cpu_training(root: Path, training: Path) -> str:
-    full = read_result(root, training).figures["full"]
-    rows = throughput_rows(root, [ThroughputSource(file=training, backbone=row["backbone"]) for row in full])
-    loaders = [figures["loader"] for row in full for figures in (row["baseline"], row["ours"])]
-    steps = [figures["step"] for row in full for figures in (row["baseline"], row["ours"])]
-    gains = [row["ours"]["epoch"] / row["baseline"]["epoch"] for row in full]
-    return (
-        table(THROUGHPUT_HEADER, rows)
-        + f"\n\nFrom {sizes(root, [training])}. Loaders {count(min(loaders))}-{count(max(loaders))} img/s, steps "
-        f"{count(min(steps))}-{count(max(steps))} img/s; ours against the baseline per epoch: "
-        f"{times(min(gains))}-{times(max(gains))}."
-    )
-
-
-def run1_to_run2(root: Path, run1: Path, run2: Path) -> str:
-    before, after = full_row(root, run1, "resnet50")["ours"], full_row(root, run2, "resnet50")
-    serial = 1 / (1 / before["loader"] + 1 / before["step"])
-    return (
-        f'- ResNet-50, "ours", epoch: {count(before["epoch"])} img/s in run 1, {count(after["ours"]["epoch"])} '
-        f"in run 2; loader alone: {count(before['loader'])} -> {count(after['ours']['loader'])} img/s.\n"
-        f"- Run 1's epoch ({count(before['epoch'])}) was about the serial sum of its loader "
-        f"({count(before['loader'])}) and step ({count(before['step'])}), which would give {count(serial)}, not "
-        f"their minimum.\n- Deterministic kernels in run 2: {count(after['ours']['epoch'])} img/s on, "
-        f"{count(after['ours+nondeterministic']['epoch'])} off (`train.deterministic: false`)."
-    )
-
-
-def profile(root: Path, profile: Path) -> str:
-    figures = read_result(root, profile).figures
-    args, operators = figures["args"], figures["operators"]
-
-    def share(prefix: str, column: str) -> str:
-        row = next((row for row in operators if row["name"].startswith(prefix)), None)
-        if row is None:
-            raise SystemExit(f"{profile}: no operator named {prefix!r}")
-        return f"{row[column]:.2f}%"
-
-    setup = (
-        f"{args['backbone']}, {args['strategy']}, {args['images']} images of {args['image_size']} px, batch "
-        f"{args['batch_size']}, {args['overrides'] or 'defaults'}"
-    )
-    return (
-        f"{code(profile)} ({setup}; images/s per epoch: {', '.join(map(count, figures['images_per_second']))}): "
-        f"the main thread spends {share('enumerate(DataLoader)', 'self_cpu_percent')} of its CPU time waiting in "
-        f"`enumerate(DataLoader)` and {share('cudaHostAlloc', 'self_cpu_percent')} in `cudaHostAlloc`; on the "
-        f"GPU, BatchNorm backward ({share('aten::native_batch_norm_backward', 'self_cuda_percent')}) and dtype "
-        f"copies, `aten::copy_` ({share('aten::copy_', 'self_cuda_percent')}), lead."
-    )
-
-
-def cpu_inference(root: Path, inference: Path) -> str:
-    rows = [
-        [BACKBONES[row["backbone"]], str(row["batch"])]
-        + [count(row[key]) for key in ("torch fp32", "ort cpu fp32", "ort cpu fp16")]
-        + [f"**{times(row['ort cpu fp32'] / row['torch fp32'])}**"]
-        for row in read_result(root, inference).figures["rows"]
-    ]
-    header = "backbone | batch | PyTorch fp32 | ORT fp32 | ORT fp16 graph | ORT / PyTorch"
-    return table(header, rows) + f"\n\nFrom {code(inference)}."
-
-
 def gpu_inference(root: Path, inference: Path) -> str:
-    measured = read_result(root, inference)
+    measured = read_result(root, inference, InferenceResult)
     rows = [
-        [BACKBONES[row["backbone"]], str(row["batch"])]
-        + [count(row[key]) for key in ("torch fp32", "torch fp16 channels_last", "ort cuda fp32", "ort cuda fp16")]
-        + [times(row["ort cuda fp16"] / row["torch fp16 channels_last"])]
-        for row in measured.figures["rows"]
-    ]
+        [row.backbone_name, str(row.batch),
+         *map(count, (row.torch_fp32, row.torch_fp16, row.ort_cuda_fp32, row.ort_cuda_fp16)),
+         times(row.cuda_fp16_speedup)]
+        for row in measured.rows
+    ]  # fmt: skip
     header = "backbone | batch | PyTorch fp32 | PyTorch fp16, channels_last | ORT CUDA fp32 | ORT CUDA fp16"
-    resnet50 = [row for row in measured.figures["rows"] if row["backbone"] == "resnet50" and row["batch"] >= 32]
-    best = max(resnet50, key=lambda row: row["ort cuda fp16"])
-    tensorrt = "did not load" if "TensorrtExecutionProvider" in measured.figures["not_loaded"] else "loaded"
-    by_batch = ", ".join(f"{count(row['ort cuda fp16'])} at batch {row['batch']}" for row in resnet50)
+    resnet50 = [row for row in measured.rows if row.backbone == "resnet50" and row.batch >= 32]
+    best = max(resnet50, key=lambda row: row.ort_cuda_fp16)
+    tensorrt = "did not load" if "TensorrtExecutionProvider" in measured.not_loaded else "loaded"
+    by_batch = ", ".join(f"{count(row.ort_cuda_fp16)} at batch {row.batch}" for row in resnet50)
     env = measured.environment
     return (
         table(header + " | ORT fp16 / PyTorch fp16", rows)
-        + f"\n\nResNet-50 fp16 through ONNX Runtime: {count(best['ort cuda fp16'])} img/s at batch {best['batch']} "
+        + f"\n\nResNet-50 fp16 through ONNX Runtime: {count(best.ort_cuda_fp16)} img/s at batch {best.batch} "
         f"(issue 16's goal: >= 10,000; {by_batch}). TensorRT provider: {tensorrt}. From {code(inference)} "
-        f"(`{env.command}`, {env.machine()}, {env.software()})."
+        f"(`{env.command}`, {env.machine}, {env.software})."
     )
+
+
+class ServedRun(Record):
+    file: Path
+    note: str = ""
+
+
+class ServedComparison(Record):
+    exhaustive_w1: Path
+    exhaustive_w8: Path
+    w1: Path
+    w8: Path
+    batch16: Path
+    batching_off: Path
 
 
 def gpu_served(root: Path, runs: list[ServedRun], compared: ServedComparison) -> str:
@@ -352,7 +312,7 @@ def gpu_served(root: Path, runs: list[ServedRun], compared: ServedComparison) ->
         table(header + " | images a model call | CUDA = CPU top-1", rows)
         + f"\n\nEach run {first.figures['seconds']} s after {first.figures['warmup_seconds']} s of warm-up, adaptive "
         f"batching on unless said, model `{first.figures['model']}` on {', '.join(first.figures['providers'])}, "
-        f"{first.environment.machine()}. Files in `{runs[0].file.parent.as_posix()}/`.\n\n"
+        f"{first.environment.machine}. Files in `{runs[0].file.parent.as_posix()}/`.\n\n"
         "- cuDNN's heuristic against its exhaustive search (run 2 / run 1): requests a second "
         f"{times(w1['throughput'] / old_w1['throughput'])} with one front worker, "
         f"{times(w8['throughput'] / old_w8['throughput'])} with eight. Eight front workers against one (run 2): "
@@ -367,22 +327,6 @@ def gpu_served(root: Path, runs: list[ServedRun], compared: ServedComparison) ->
     )
 
 
-def gpu_decode(root: Path, decode: Path) -> str:
-    measured = read_result(root, decode)
-    rows = []
-    for row in measured.figures["rows"]:
-        cpu_key = next(key for key in row if key.startswith("cpu_"))
-        gpu = row["gpu_nvimgcodec_images_per_s"]
-        rows.append(
-            [f"{row['photo_px']} px", str(row["images"]), f"{count(row[cpu_key])} ({cpu_key.split('_')[1]} threads)",
-             count(gpu), times(gpu / row[cpu_key], 1),
-             f"{fixed(row['pixel_mean_abs_difference'], 3)} / {row['pixel_max_abs_difference']}"]
-        )  # fmt: skip
-    header = "JPEG photos | images | Pillow, images/s | nvImageCodec + torch, images/s | GPU / CPU"
-    header += " | pixel difference mean / max"
-    return table(header, rows) + f"\n\n{measured.environment.gpu}; from {code(decode)}."
-
-
 def committed_strategy(root: Path) -> str:
     """The strategy the committed default run trained with, as dvc.lock records its params."""
     lock = YAML(typ="safe").load(root / "dvc.lock")
@@ -394,21 +338,20 @@ def committed_strategy(root: Path) -> str:
 
 def default_gpu(root: Path, gpu_run: Path) -> str:
     """The committed default run beside the H200 run, with what differs between them besides the machine."""
-    gpu = read_result(root, gpu_run)
+    gpu = read_result(root, gpu_run, PipelineRunResult)
+    metrics = read_metrics(root, "train", TrainMetrics), read_metrics(root, "evaluate", EvaluateMetrics)
     runs = [
-        ("the committed default run, `metrics/`", "not recorded", committed_strategy(root), None,
-         read_json(root, "metrics/train.json"), read_json(root, "metrics/evaluate.json")),
-        (code(gpu_run), gpu.environment.machine(), gpu.figures["strategy"], gpu.figures["train_stage_wall_seconds"],
-         gpu.figures["train"], gpu.figures["evaluate"]),
-    ]  # fmt: skip
+        ("the committed default run, `metrics/`", "not recorded", committed_strategy(root), None, *metrics),
+        (code(gpu_run), gpu.environment.machine, gpu.strategy, gpu.train_stage_wall_seconds, gpu.train, gpu.evaluate),
+    ]
     rows = [
-        [label, machine, f"`{strategy}`", f"{wall} s" if wall else "not recorded", fixed(train["train_seconds"], 1),
-         f"{fixed(train['best_val_accuracy'], 4)} (epoch {train['best_epoch']})", fixed(evaluate["accuracy"], 4),
-         fixed(evaluate["macro_f1"], 4), fixed(evaluate["ece"], 4)]
+        [label, machine, f"`{strategy}`", f"{wall} s" if wall else "not recorded", fixed(train.train_seconds, 1),
+         f"{fixed(train.best_val_accuracy, 4)} (epoch {train.best_epoch})", fixed(evaluate.accuracy, 4),
+         fixed(evaluate.macro_f1, 4), fixed(evaluate.ece, 4)]
         for label, machine, strategy, wall, train, evaluate in runs
     ]  # fmt: skip
     header = "run | machine | strategy | train stage wall | train_seconds | best val accuracy | test accuracy"
-    committed, on_gpu = (run[2] for run in runs)
+    committed, on_gpu = runs[0][2], runs[1][2]
     differs = (
         f"The two runs trained different strategies (`{committed}` and `{on_gpu}`), so they differ by more than "
         "the machine: their accuracies and training times do not measure what the GPU changes."
@@ -429,7 +372,7 @@ def load_test(root: Path, load_test: Path) -> str:
     on, off = figures["modes"]["adaptive batching on"], figures["modes"]["adaptive batching off"]
     header = f"mode | requests in {figures['seconds']} s | errors | req/s | p50 ms | p99 ms | mean batch"
     return (
-        f"**{env.date}, {env.machine()}; {', '.join(figures['providers'])}.** Model: {figures['model']}. "
+        f"**{env.date}, {env.machine}; {', '.join(figures['providers'])}.** Model: {figures['model']}. "
         f"{figures['clients']} concurrent clients, {figures['seconds']} s per mode after {figures['warmup_seconds']} "
         "s of warm-up; the clients run on the same machine as the server.\n\n"
         + table(header, rows)
@@ -460,7 +403,7 @@ def soak(root: Path, soak: Path) -> str:
     attack = [[f"`{name}`", ", ".join(map(str, codes))] for name, codes in memory["statuses"].items()]
     return "\n".join(
         [
-            f"**{measured.environment.date}, {measured.environment.machine()}.** Model: {measured.figures['model']}. "
+            f"**{measured.environment.date}, {measured.environment.machine}.** Model: {measured.figures['model']}. "
             f"From {code(soak)}.",
             "",
             f"Memory attack: {count(memory['requests'])} requests, 8 at a time; server and workers "
@@ -480,116 +423,24 @@ def soak(root: Path, soak: Path) -> str:
     )
 
 
-def memory_disk_part(measured: Result, source: Path) -> list[str]:
-    """The in-memory path against the decoded cache, by folder size."""
-    entries = measured.figures["results"]
-    rows = [
-        [count(entry["images"]),
-         f"{fixed(memory['decode_s_per_image'] * 1e3, 3)} / {fixed(disk['decode_s_per_image'] * 1e3, 3)}",
-         fixed(disk["reopen_s"] * 1e3, 1), f"{count(memory['loader_images_per_s'])} / "
-         f"{count(disk['loader_images_per_s'])} ({count(disk['loader_cold_images_per_s'])} cold)",
-         f"{fixed(memory['train_images_per_s'], 1)} / {fixed(disk['train_images_per_s'], 1)}",
-         f"{count(memory['peak_private_mib'])} / {count(disk['peak_private_mib'])}",
-         f"{count(memory['peak_rss_mib'])} / {count(disk['peak_rss_mib'])}"]
-        for entry in entries
-        for memory, disk in [(entry["memory"], entry["disk"])]
-    ]  # fmt: skip
-    first, last = entries[0]["disk"], entries[-1]["disk"]
-    loader = [e["disk"]["loader_images_per_s"] / e["memory"]["loader_images_per_s"] for e in entries]
-    header = "images | decode, ms per image (disk: building the cache) | later runs: open the cache, ms"
-    header += " | loader pass, images/s | training, images/s | peak private RSS, MiB | peak RSS, MiB"
-    return [
-        f"{scale_run(measured, source)} Each figure is memory / disk (cache).",
-        "",
-        table(header, rows),
-        "",
-        f"From {count(entries[0]['images'])} to {count(entries[-1]['images'])} images: cache build time per image "
-        f"{times(last['decode_s_per_image'] / first['decode_s_per_image'])} (goal: within 20%), peak private "
-        f"memory of the cached path {times(last['peak_private_mib'] / first['peak_private_mib'])}; the cached "
-        f"loader runs at {times(min(loader))} to {times(max(loader))} the in-memory one's speed, warm (goal: "
-        "within 10%).",
-    ]
-
-
-def scale_run(measured: Result, source: Path) -> str:
-    """What a data_scale run was: the machine, its settings and its file."""
-    args, env = measured.figures["args"], measured.environment
-    return (
-        f"**{env.machine()}, {env.software()}.** {args['image_size']} px, batch {args['batch_size']}, "
-        f"{args['train_steps']} training steps of a random-init {BACKBONES[args['backbone']]}. From {code(source)}."
-    )
-
-
-def memory_split(figures: dict) -> str:
-    return " / ".join(count(figures[key]) for key in ("peak_private_mib", "peak_file_mapped_mib", "peak_rss_mib"))
-
-
-def shards_part(measured: Result) -> list[str]:
-    """The shards against the in-memory path, in the same run."""
-    rows = []
-    for entry in measured.figures["results"]:
-        memory, shards = entry["memory"], entry["shards"]
-        against = {key: times(shards[key] / memory[key]) for key in shards if key in memory}
-        rows.append(
-            [count(entry["images"]),
-             f"{fixed(shards['decode_s_per_image'] * 1e3, 3)} ({against['decode_s_per_image']})",
-             f"{count(shards['loader_images_per_s'])} ({against['loader_images_per_s']})",
-             f"{fixed(shards['train_images_per_s'], 1)} ({against['train_images_per_s']})",
-             f"{count(shards['peak_private_mib'])} / {count(shards['peak_rss_mib'])}"]
-        )  # fmt: skip
-    header = "images | write the shards, ms per image (against decoding in memory) | loader pass from the shards, "
-    header += "images/s, warm | training, images/s | peak private / all RSS, MiB"
-    return ["Shards against memory, in the same run:", "", table(header, rows)]
-
-
-def two_processes_part(measured: Result) -> list[str]:
-    """Two processes mapping one cache against one, and against two in-memory processes."""
-    rows = []
-    for entry in measured.figures["results"]:
-        disk, ranks = entry["disk"], entry["disk-2ranks"]["ranks"]
-        # the machine holds each process's private pages, and the cache's mapped pages once (page cache)
-        together = sum(rank["peak_private_mib"] for rank in ranks) + max(rank["peak_file_mapped_mib"] for rank in ranks)
-        in_memory = 2 * entry["memory"]["peak_rss_mib"]  # a copy of the split each
-        rows.append(
-            [count(entry["images"]), memory_split(disk), " and ".join(memory_split(rank) for rank in ranks),
-             f"{count(together)} ({times(together / disk['peak_rss_mib'])})", count(in_memory)]
-        )  # fmt: skip
-    header = "images | one process | each of two processes | two together (against one) | two in memory, a copy "
-    return [
-        "Two processes mapping one cache at once, against one (peak private / file-mapped / all RSS, MiB); "
-        "together: both processes' private memory and the mapped cache once, as the machine holds it:",
-        "",
-        table(header + "each (2 x one)", rows),
-    ]
-
-
-DATA_SCALE_PARTS = {"shards": ("shards", shards_part), "two-processes": ("disk-2ranks", two_processes_part)}
-
-
-def data_scale(root: Path, result: Path, parts: list[Literal["shards", "two-processes"]] | None = None) -> str:
-    """benchmarks/data_scale.py: memory against the cache (unless `parts` leaves it out), then the shards and
-    two-process parts the run measured."""
-    measured = read_result(root, result)
-    modes = set(measured.figures["results"][0])
-    lines = memory_disk_part(measured, result) if parts is None else [scale_run(measured, result)]
-    for part, (mode, render) in DATA_SCALE_PARTS.items():
-        if mode in modes and (parts is None or part in parts):
-            lines += ["", *render(measured)]
-    return "\n".join(lines)
+class HalvingRow(Record):
+    halving: str  # a comparison of the sitting
+    grid: str
+    when: str
 
 
 def halving_vs_grid(root: Path, sitting: Path, rows: list[HalvingRow]) -> str:
-    comparisons = read_result(root, sitting).figures["comparisons"]
+    measured = read_result(root, sitting, SittingResult)
     cells, plain, equal = [], [], []
     for row in rows:
-        halving, grid = comparisons[row.halving], comparisons[row.grid]
-        h, g = report(root, Path(halving["report"])), report(root, Path(grid["report"]))
-        h_gauge, g_gauge = (statistics.fmean(run["lp_ft_epoch_seconds"]) for run in (halving, grid))
+        halving, grid = measured.comparisons[row.halving], measured.comparisons[row.grid]
+        h, g = report(root, Path(halving.report)), report(root, Path(grid.report))
+        h_gauge, g_gauge = (statistics.fmean(run.lp_ft_epoch_seconds) for run in (halving, grid))
         plain.append(100 * h.setup.seconds / g.setup.seconds)
         equal.append(100 * (h.setup.seconds / h_gauge) / (g.setup.seconds / g_gauge))
         cells.append(
-            [halving["data"], f"{grid['tag']}: {count(g.setup.seconds)} / {count(g.setup.train_seconds)}",
-             f"{halving['tag']}, {row.when}", f"{count(h.setup.seconds)} / {count(h.setup.train_seconds)}",
+            [halving.data, f"{grid.tag}: {count(g.setup.seconds)} / {count(g.setup.train_seconds)}",
+             f"{halving.tag}, {row.when}", f"{count(h.setup.seconds)} / {count(h.setup.train_seconds)}",
              f"{fixed(plain[-1], 1)}% ({fixed(100 * h.setup.train_seconds / g.setup.train_seconds, 1)}%)",
              f"{fixed(h_gauge, 1)} / {fixed(g_gauge, 1)}", f"{fixed(equal[-1], 1)}%",
              f"`{recommended_strategy(g)}` / `{recommended_strategy(h)}`"]
@@ -597,9 +448,9 @@ def halving_vs_grid(root: Path, sitting: Path, rows: list[HalvingRow]) -> str:
     header = "data | grid: whole / training s | halving run | halving: whole / training s | of the grid: whole "
     header += "(training) | `lp-ft` epoch s, halving / grid | whole, at equal speed | recommended, grid / halving"
     return (
-        f"**{read_result(root, sitting).environment.machine()}, this project's CPU sandbox.** From "
-        f"`{sitting.parent.as_posix()}/` (the sitting's halving runs and `lp-ft` epoch times there, the grids and the "
-        "committed halving runs in `reports/`).\n\n"
+        f"**{measured.environment.machine}, this project's CPU sandbox.** From `{sitting.parent.as_posix()}/` (the "
+        "sitting's halving runs and `lp-ft` epoch times there, the grids and the committed halving runs in "
+        "`reports/`).\n\n"
         + table(header, cells)
         + f"\n\nHalving took {fixed(min(equal), 1)}-{fixed(max(equal), 1)}% of the grid's whole time at equal machine "
         f"speed (goal: at most 25%), {fixed(min(plain), 1)}-{fixed(max(plain), 1)}% plain."
@@ -607,21 +458,12 @@ def halving_vs_grid(root: Path, sitting: Path, rows: list[HalvingRow]) -> str:
 
 
 RENDERERS: dict[str, Callable[..., str]] = {
-    "machines": machines,
-    "bench-total": bench_total,
     "goals": goals,
     "head-only": head_only,
-    "gpu-training": gpu_training,
-    "run1-to-run2": run1_to_run2,
-    "profile": profile,
-    "cpu-training": cpu_training,
-    "cpu-inference": cpu_inference,
     "gpu-inference": gpu_inference,
     "gpu-served": gpu_served,
-    "gpu-decode": gpu_decode,
     "default-gpu": default_gpu,
     "load-test": load_test,
     "soak": soak,
-    "data-scale": data_scale,
     "halving": halving_vs_grid,
 }

@@ -19,17 +19,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ and docs/ are folders of scripts, not installed packages
 
-from pydantic import ValidationError, validate_call  # noqa: E402
+from pydantic import validate_call  # noqa: E402
 from ruamel.yaml import YAML, YAMLError  # noqa: E402
 
-from docs.benchmark_blocks import (  # noqa: E402
+from benchmarks.figures import EvaluateMetrics, ExportMetrics, PrepareMetrics, TrainMetrics  # noqa: E402
+from docs.benchmark_blocks import (  # noqa: E402  # noqa: E402
     RENDERERS,
+    Folder,
     Record,
+    Template,
     code,
     count,
     fixed,
-    read_json,
+    read_metrics,
     recommended_strategy,
+    render_template,
     report,
     table,
 )
@@ -42,16 +46,11 @@ INDEX = Path("benchmarks/results/index.yaml")
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 
 
-class Folder(Record):
-    what: str
-    how: str | None = None
-
-
 class Index(Record):
     """benchmarks/results/index.yaml: its header says what each part is."""
 
-    folders: dict[str, Folder]
-    blocks: dict[str, dict[str, object]]  # the parameters of each block's renderer, checked by its signature
+    folders: dict[str, Folder]  # by name
+    blocks: dict[str, dict[str, object]]  # a template, or a renderer's parameters, checked by its signature
     reports: dict[str, str]
 
 
@@ -66,31 +65,28 @@ def read_index(root: Path) -> Index:
 
 
 def default_run(root: Path) -> str:
-    prepare, train = read_json(root, "metrics/prepare.json"), read_json(root, "metrics/train.json")
-    evaluate, export = read_json(root, "metrics/evaluate.json"), read_json(root, "metrics/export.json")
-    share = 100 * train["trainable_params"] / train["total_params"]
+    prepare, train = read_metrics(root, "prepare", PrepareMetrics), read_metrics(root, "train", TrainMetrics)
+    evaluate, export = read_metrics(root, "evaluate", EvaluateMetrics), read_metrics(root, "export", ExportMetrics)
     images = (
-        f"{count(prepare['images'])} in {prepare['classes']} classes, {prepare['skipped']} skipped: "
-        f"{count(prepare['train_images'])} train, {count(prepare['val_images'])} validation, "
-        f"{count(prepare['test_images'])} test"
+        f"{count(prepare.images)} in {prepare.classes} classes, {prepare.skipped} skipped: "
+        f"{count(prepare.train_images)} train, {count(prepare.val_images)} validation, "
+        f"{count(prepare.test_images)} test"
     )
     rows = [
         ["prepared images", images],
-        ["test accuracy", f"**{fixed(evaluate['accuracy'], 4)}** (one test image is "
-         f"{fixed(100 / prepare['test_images'], 2)} points)"],
-        ["test macro-F1", fixed(evaluate["macro_f1"], 4)],
-        ["test ECE (expected calibration error)", fixed(evaluate["ece"], 4)],
-        ["best validation accuracy", f"{fixed(train['best_val_accuracy'], 4)}, at epoch {train['best_epoch']}"],
-        ["trained parameters", f"{count(train['trainable_params'])} of {count(train['total_params'])} "
-         f"({fixed(share, 1)}%)"],
-        ["training time (`train_seconds`)", f"{fixed(train['train_seconds'], 1)} s"],
-        ["ONNX Runtime against PyTorch, largest difference", f"{export['parity_max_abs_diff']:.1e}"],
-        ["ONNX Runtime test accuracy", fixed(export["onnx_test_accuracy"], 4)],
+        ["test accuracy", f"**{fixed(evaluate.accuracy, 4)}** (one test image is "
+         f"{fixed(100 / prepare.test_images, 2)} points)"],
+        ["test macro-F1", fixed(evaluate.macro_f1, 4)],
+        ["test ECE (expected calibration error)", fixed(evaluate.ece, 4)],
+        ["best validation accuracy", f"{fixed(train.best_val_accuracy, 4)}, at epoch {train.best_epoch}"],
+        ["trained parameters", f"{count(train.trainable_params)} of {count(train.total_params)} "
+         f"({fixed(100 * train.trainable_params / train.total_params, 1)}%)"],
+        ["training time (`train_seconds`)", f"{fixed(train.train_seconds, 1)} s"],
+        ["ONNX Runtime against PyTorch, largest difference", f"{export.parity_max_abs_diff:.1e}"],
+        ["ONNX Runtime test accuracy", fixed(export.onnx_test_accuracy, 4)],
     ]  # fmt: skip
-    per_class = [
-        [f"`{name}`", fixed(scores["precision"], 3), fixed(scores["recall"], 3)]
-        for name, scores in evaluate["per_class"].items()
-    ]
+    scores = evaluate.per_class.items()
+    per_class = [[f"`{name}`", fixed(row.precision, 3), fixed(row.recall, 3)] for name, row in scores]
     return "\n".join(
         [
             "## The default run (`make run`)",
@@ -109,8 +105,10 @@ def default_run(root: Path) -> str:
     )
 
 
-def compare_reports(root: Path) -> list[Path]:
-    return sorted((path.relative_to(root) for path in (root / "reports").rglob("compare.json")), key=Path.as_posix)
+def compare_reports(root: Path) -> dict[Path, CompareReport]:
+    """Every committed reports/**/compare.json, by its path from the project root, in the order of the page."""
+    paths = sorted((path.relative_to(root) for path in (root / "reports").rglob("compare.json")), key=Path.as_posix)
+    return {path: report(root, path) for path in paths}
 
 
 def strategy_rows(compared: CompareReport) -> list[list[str]]:
@@ -127,8 +125,8 @@ def strategy_rows(compared: CompareReport) -> list[list[str]]:
     return rows
 
 
-def compare_section(root: Path, path: Path, note: str | None) -> str:
-    compared = report(root, path)
+def compare_section(root: Path, reports: dict[Path, CompareReport], path: Path, note: str | None) -> str:
+    compared = reports[path]
     setup = compared.setup
     markdown = path.with_suffix(".md")
     method = "halving, stopped at " if setup.method == "halving" else ""
@@ -153,7 +151,7 @@ def compare_section(root: Path, path: Path, note: str | None) -> str:
         "",
         *(f"- {line}" for line in compared.recommendation),
     ]
-    lines += shift_section(compared) + halving_section(root, compared)
+    lines += shift_section(compared) + halving_section(reports, compared)
     return "\n".join(lines + (["", note] if note else []))
 
 
@@ -177,25 +175,24 @@ def shift_section(compared: CompareReport) -> list[str]:
     ]
 
 
-def grid_counterparts(root: Path, halving: CompareReport) -> list[tuple[Path, CompareReport]]:
+def grid_counterparts(reports: dict[Path, CompareReport], halving: CompareReport) -> dict[Path, CompareReport]:
     """The committed grid comparisons of the same data at the budget a halving report's rungs led up to."""
     setup, budget = halving.setup, halving.halving.budget
     wanted = (setup.data_source, setup.image_size, setup.seeds, budget.epochs, budget.train_per_class)
-    matching = []
-    for path in compare_reports(root):
-        other = report(root, path).setup
-        if (other.method or "grid") == "grid" and wanted == (
-            other.data_source, other.image_size, other.seeds, other.epochs, other.train_per_class
-        ):  # fmt: skip
-            matching.append((path, report(root, path)))
-    return matching
+    return {
+        path: grid
+        for path, grid in reports.items()
+        if (grid.setup.method or "grid") == "grid"
+        and wanted == (grid.setup.data_source, grid.setup.image_size, grid.setup.seeds, grid.setup.epochs,
+                       grid.setup.train_per_class)
+    }  # fmt: skip
 
 
 def load_text(load: list[float]) -> str:
     return " / ".join(fixed(value, 1) for value in load)
 
 
-def halving_section(root: Path, compared: CompareReport) -> list[str]:
+def halving_section(reports: dict[Path, CompareReport], compared: CompareReport) -> list[str]:
     halving, setup = compared.halving, compared.setup
     if halving is None:
         return []
@@ -219,7 +216,7 @@ def halving_section(root: Path, compared: CompareReport) -> list[str]:
         f"load average (1 / 5 / 15 minutes) was {load_text(setup.load_average.before)} at the start and "
         f"{load_text(setup.load_average.after)} at the end.",
     ]
-    for grid_path, grid in grid_counterparts(root, compared):
+    for grid_path, grid in grid_counterparts(reports, compared).items():
         lines += ["", against_the_grid(compared, grid_path, grid)]
     return lines
 
@@ -284,28 +281,31 @@ def render_results(root: Path) -> str:
         "recommendation work: [strategies.md](strategies.md#comparing-the-strategies).",
     ]
     for path in reports:
-        sections += ["", compare_section(root, path, notes.get(path.as_posix()))]
+        sections += ["", compare_section(root, reports, path, notes.get(path.as_posix()))]
     return "\n".join(sections) + "\n"
 
 
 # ---------------------------------------------------------------- output
 
 
-def render_block(root: Path, name: str, parameters: dict[str, object]) -> str:
-    """Block `name` from its index entry: the renderer `render` names (default: `name`), given the rest."""
-    settings = dict(parameters)
+def render_block(root: Path, index: Index, name: str) -> str:
+    """Block `name` from its index entry: a template, or the renderer `render` names (default: `name`)."""
+    settings = dict(index.blocks[name])
     kind = str(settings.pop("render", name))
-    if kind not in RENDERERS:
-        raise SystemExit(f"{INDEX}: block {name}: no renderer {kind!r} in docs/benchmark_blocks.py")
     try:
+        if "parts" in settings:
+            return render_template(root, index.folders, Template.model_validate(settings))
+        if kind not in RENDERERS:
+            raise ValueError(f"no renderer {kind!r} in docs/benchmark_blocks.py")
         return validate_call(RENDERERS[kind])(root, **settings)
-    except ValidationError as error:
+    except (ValueError, LookupError) as error:  # pydantic's ValidationError is a ValueError
         raise SystemExit(f"{INDEX}: block {name}: {error}") from None
 
 
 def render_benchmarks(root: Path, text: str) -> str:
     """`text` (BENCHMARKS.md) with every generated block rewritten from the files."""
-    blocks = read_index(root).blocks
+    index = read_index(root)
+    blocks = index.blocks
     names = [name for name, _ in MARKER.findall(text)]
     unknown, missing = sorted(set(names) - set(blocks)), sorted(set(blocks) - set(names))
     repeated = sorted({name for name in names if names.count(name) > 1})
@@ -316,7 +316,7 @@ def render_benchmarks(root: Path, text: str) -> str:
         )
 
     def block(match: re.Match) -> str:
-        body = render_block(root, match[1], blocks[match[1]]).strip("\n")
+        body = render_block(root, index, match[1]).strip("\n")
         return f"<!-- generated:{match[1]} -->\n\n{body}\n\n<!-- /generated:{match[1]} -->"
 
     return MARKER.sub(block, text)
