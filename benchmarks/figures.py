@@ -401,6 +401,65 @@ class ProfileResult(Kind):
         return ByPrefix({operator.name: operator.self_cuda_percent for operator in self.operators})
 
 
+# ---------------------------------------------------------------- benchmarks.lora
+
+
+class LoraArgs(Figures):
+    backbone: str
+    image_size: int
+    batch_size: int
+    steps: int
+    warmup: int
+    device: str
+
+
+class ExportCost(Figures):
+    merge_seconds: float  # merging the adapters into the weights
+    export_seconds: float  # then the ONNX export with its parity check
+
+
+class StrategySteps(Figures):
+    """One strategy's training steps, in a process of its own."""
+
+    strategy: str
+    trainable_params: int
+    step_seconds: float  # median of the measured steps
+    peak_training_mib: float  # peak resident memory above the process's once the model was built
+    export: ExportCost | None = None  # lora only
+
+
+class LoraResult(Kind):
+    """benchmarks/lora.py: its `full` row is the reference of the others."""
+
+    args: LoraArgs
+    rows: list[StrategySteps]
+
+    @property
+    def strategies(self) -> list["StrategyAgainstFull"]:
+        full = next(row for row in self.rows if row.strategy == "full")
+        return [StrategyAgainstFull(**row.model_dump(), full=full) for row in self.rows]
+
+    @property
+    def lora_strategy(self) -> StrategySteps:
+        return next(row for row in self.rows if row.strategy == "lora")
+
+
+class StrategyAgainstFull(StrategySteps):
+    full: StrategySteps
+
+    @property
+    def params_share(self) -> float:
+        return self.trainable_params / self.full.trainable_params
+
+    @property
+    def step_ratio(self) -> float:
+        return self.step_seconds / self.full.step_seconds
+
+    @property
+    def memory_ratio(self) -> float:
+        return self.peak_training_mib / self.full.peak_training_mib
+
+
 # ---------------------------------------------------------------- the pipeline's metrics, and results curated by hand
 
 
@@ -474,6 +533,7 @@ KINDS: dict[str, type[Kind]] = {
     "data-scale": DataScaleResult,
     "gpu-decode": DecodeResult,
     "profile": ProfileResult,
+    "lora": LoraResult,
     "make-bench": MakeBenchResult,
     "sitting": SittingResult,
     "pipeline-run": PipelineRunResult,

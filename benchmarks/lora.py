@@ -6,10 +6,10 @@ parameters, peak memory of training, time of a training step; and what merging t
 
 Each strategy runs in a process of its own, so its peak resident memory is its own (measured above the
 memory the process held once the model was built). Weights are random: speed and memory do not depend on them.
+`--out` writes the rows with the run's environment (benchmarks/figures.py `LoraResult`, read by docs/results.py).
 """
 
 import argparse
-import json
 import resource
 import statistics
 import subprocess
@@ -22,19 +22,21 @@ import psutil
 import torch
 
 from benchmarks.common import bench_params, machine, sync
+from benchmarks.figures import ExportCost, LoraArgs, LoraResult, StrategySteps
+from benchmarks.report import capture
 from pipeline.data.splits import Split
 from pipeline.finetune.loop import seed_everything
 from pipeline.finetune.phase import make_optimizer
 from pipeline.finetune.strategies import STRATEGIES, apply_phase, count_parameters
 from pipeline.model.backbones import build
+from pipeline.model.card import ModelCard
 from pipeline.release.onnx_export import export_checked
-from tests.conftest import model_card
 
 CLASSES = 10
 STRATEGIES_COMPARED = ["full", "lora", "partial", "norm", "bitfit", "head"]
 
 
-def step_seconds(args) -> dict:
+def step_seconds(args) -> StrategySteps:
     """One strategy's training steps on random uint8 batches: median seconds, trained parameters, peak memory."""
     device = torch.device(args.device)
     params = bench_params(**{"finetune.strategy": args.strategy, "train.image_size": args.image_size})
@@ -59,27 +61,37 @@ def step_seconds(args) -> dict:
         if step >= args.warmup:
             seconds.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-    return {
-        "strategy": args.strategy,
-        "trainable_params": count_parameters(model, plan.trained_modules),
-        "step_seconds": statistics.median(seconds),
-        "peak_training_mib": (peak - built_bytes) / 2**20,
-        "merge_seconds": merge_seconds(plan, model, args) if args.strategy == "lora" else None,
-    }
+    return StrategySteps(
+        strategy=args.strategy,
+        trainable_params=count_parameters(model, plan.trained_modules),
+        step_seconds=statistics.median(seconds),
+        peak_training_mib=(peak - built_bytes) / 2**20,
+        export=export_cost(plan, backbone, args) if args.strategy == "lora" else None,
+    )
 
 
-def merge_seconds(plan, model, args) -> dict:
+def export_cost(plan, backbone, args) -> ExportCost:
     """What the adapters cost at export: merging them, then the export with its parity check, of the merged net."""
     started = time.perf_counter()
-    merged = plan.finalize(model.cpu().eval())
+    merged = plan.finalize(backbone.model.cpu().eval())
     merge = time.perf_counter() - started
-    card = model_card(image_size=args.image_size, backbone=args.backbone, classes=[str(c) for c in range(CLASSES)])
+    card = ModelCard(
+        classes=[str(c) for c in range(CLASSES)],
+        image_size=args.image_size,
+        mean=backbone.mean,
+        std=backbone.std,
+        backbone=args.backbone,
+        weights="none",
+        strategy="lora",
+        data_source="benchmark",
+        data_fingerprint="benchmark",
+    )
     images = torch.randint(0, 256, (8, 3, args.image_size, args.image_size), dtype=torch.uint8)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         export_checked(merged, card, images, Path(folder) / "model.onnx", 18, 1e-4)
         export = time.perf_counter() - started
-    return {"merge": merge, "export_with_parity": export}
+    return ExportCost(merge_seconds=merge, export_seconds=export)
 
 
 def main() -> None:
@@ -94,29 +106,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the results as JSON to this file")
     args = parser.parse_args()
     if args.strategy:
-        print(json.dumps(step_seconds(args)))
+        print(step_seconds(args).model_dump_json())
         return
     rows = []
     for strategy in STRATEGIES_COMPARED:
         command = [sys.executable, "-m", "benchmarks.lora", *sys.argv[1:], "--strategy", strategy]
         command = [part for part in command if part != "--out" and part != str(args.out)]
-        rows.append(json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout))
-    full = next(row for row in rows if row["strategy"] == "full")
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        rows.append(StrategySteps.model_validate_json(done.stdout.strip().splitlines()[-1]))
+    settings = LoraArgs(**{key: getattr(args, key) for key in LoraArgs.model_fields})
+    result = LoraResult(environment=capture(), args=settings, rows=rows)
     print(f"{args.backbone} at {args.image_size} px, batch {args.batch_size}, {machine(torch.device(args.device))}")
-    for row in rows:
-        share = row["trainable_params"] / full["trainable_params"]
-        step, memory = row["step_seconds"], row["peak_training_mib"]
+    for row in result.strategies:
         print(
-            f"{row['strategy']:>8}: {row['trainable_params']:>11,} trained ({share:.3f} of full), step {step:.3f} s "
-            f"(x{step / full['step_seconds']:.2f} of full), peak training memory +{memory:.0f} MiB "
-            f"(x{memory / full['peak_training_mib']:.2f})"
+            f"{row.strategy:>8}: {row.trainable_params:>11,} trained ({row.params_share:.3f} of full), step "
+            f"{row.step_seconds:.3f} s (x{row.step_ratio:.2f} of full), peak training memory "
+            f"+{row.peak_training_mib:.0f} MiB (x{row.memory_ratio:.2f})"
         )
-    merge = next(row for row in rows if row["strategy"] == "lora")["merge_seconds"]
-    export = merge["export_with_parity"]
-    print(f"LoRA at export: merge {merge['merge']:.2f} s, then export with the parity gate {export:.1f} s")
+    export = result.lora_strategy.export
+    print(
+        f"LoRA at export: merge {export.merge_seconds:.2f} s, then export with the parity gate "
+        f"{export.export_seconds:.1f} s"
+    )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=2) + "\n")
+        result.write(args.out)
 
 
 if __name__ == "__main__":
