@@ -18,6 +18,7 @@ from pipeline.choice.calibration_cases import (
     Scale,
     Texture,
     Tint,
+    by_turns,
     check_data,
     read_cases,
     write_transformed,
@@ -108,6 +109,16 @@ def test_common_settings_lie_under_each_cases_own(tmp_path):
         {"compare.epochs": 3, "compare.seeds": [0, 1]},
         {"compare.epochs": 2, "compare.seeds": [0, 1]},
     ]
+
+
+def test_the_build_takes_the_families_in_turn(tmp_path):
+    entries = [("a1", "a", "digits"), ("a2", "a", "digits"), ("a3", "a", "digits"), ("b1", "b", "shape-location")]
+    entries.append(("c1", "c", "photo-patches"))
+    text = "".join(
+        f"  - {{name: {name}, family: {family}, data: {data}, settings: {{compare.epochs: {index + 1}}}}}\n"
+        for index, (name, family, data) in enumerate(entries)
+    )
+    assert [case.name for case in by_turns(listed(tmp_path, text))] == ["a1", "b1", "c1", "a2", "a3"]
 
 
 def random_image(seed: int = 0, size: int = 24) -> np.ndarray:
@@ -232,8 +243,9 @@ def test_the_build_runs_each_missing_case_into_its_report_and_resumes_case_by_ca
     write_list(project / "reports/calibration", cases, tiny)
     second = run_build(project)
     assert second.returncode == 1 and "cases that failed: located" in second.stderr
-    assert "1 of 3 cases built; building 2" in second.stdout and "[1/2] inverted: built in" in second.stdout
-    assert "[2/2] located: FAILED: case located: data/builtin/shape-location holds no images" in second.stdout
+    assert "1 of 3 cases built; building 2" in second.stdout  # the families in turn: d's plain, s's, d's inverted
+    assert "[1/2] located: FAILED: case located: data/builtin/shape-location holds no images" in second.stdout
+    assert "[2/2] inverted: built in" in second.stdout  # after the failure
     assert (project / "reports/calibration/plain/compare.json").read_bytes() == kept
     assert (project / "reports/calibration/inverted/compare.json").is_file()
     assert not (project / "reports/calibration/located").exists()

@@ -9,6 +9,7 @@ out, so a transformed copy belongs to its source's family and a dataset to one f
 
 import copy
 import functools
+import itertools
 import os
 import shutil
 import subprocess
@@ -258,11 +259,21 @@ def build(case: CalibrationCase, raw: dict) -> None:
                 shutil.copy2(work / "report" / name, partial / name)
 
 
+def by_turns(cases: list[CalibrationCase]) -> list[CalibrationCase]:
+    """The cases one family at a time in turn, each family's in their listed order: a build stopped half way has
+    already measured every family."""
+    families: dict[str, list[CalibrationCase]] = {}
+    for case in cases:
+        families.setdefault(case.family, []).append(case)
+    turns = itertools.zip_longest(*families.values())
+    return [case for turn in turns for case in turn if case is not None]
+
+
 def build_missing(cases: list[CalibrationCase], params_file: Path = PARAMS_FILE) -> list[str]:
-    """Build each case whose report is missing, in the listed order, timing each; the names of those that failed
+    """Build each case whose report is missing, the families in turn, timing each; the names of those that failed
     (the others are still built: one bad case must not cost the hours of the rest)."""
     raw = read_yaml(params_file)
-    missing = [case for case in cases if not case.report.is_file()]
+    missing = [case for case in by_turns(cases) if not case.report.is_file()]
     print(f"{len(cases) - len(missing)} of {len(cases)} cases built; building {len(missing)}", flush=True)
     failed = []
     for number, case in enumerate(missing, 1):

@@ -11,6 +11,7 @@ killed --build resumes case by case.
 """
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -83,6 +84,8 @@ def main() -> None:
         "--build", action="store_true", help="only run the comparison of each listed case that has none"
     )
     args = parser.parse_args()
+    # `kill PID` ends a build as Ctrl-C does: its temporary project copy is removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("calibration: stopped"))
     cases = []
     try:
         listed_cases = read_cases()
