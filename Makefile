@@ -90,4 +90,4 @@ docs: setup
 	python docs/results.py
 
 clean:
-	rm -rf data/builtin data/prepared models metrics mlflow.db .dvc/cache .dvc/tmp
+	rm -rf data/builtin data/calibration data/prepared models metrics mlflow.db .dvc/cache .dvc/tmp

@@ -36,6 +36,7 @@ VERDICT_GALLERY = VERDICT_DIR / "label_issues.png"
 VERDICT_CALIBRATION = VERDICT_DIR / "calibration.csv"
 COMPARE_JSON = REPORT_DIR / "compare.json"  # `make compare` (pipeline.commands.compare --out: elsewhere)
 CALIBRATION_CASES = REPORT_DIR / "calibration" / "cases.yaml"  # the comparisons the verdict is fitted on
+CALIBRATION_DATA = Path("data/calibration")  # the cases' transformed copies of built-in sets; not in git nor DVC
 
 
 def project_root() -> Path:

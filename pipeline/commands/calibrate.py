@@ -3,71 +3,27 @@ comparisons in reports/calibration/cases.yaml: the verdict's scores on each comp
 beside what the comparison measured.
 
     python -m pipeline.commands.calibrate           # score the listed comparisons
-    python -m pipeline.commands.calibrate --build   # first run the comparison of each listed case that has none
+    python -m pipeline.commands.calibrate --build   # only run the comparison of each listed case that has none
 
-A case's comparison runs in a temporary copy of the project (its own prepared split, this project's MLflow
-store); one whose report exists is not run again, so a killed --build resumes case by case.
+The cases and their build: pipeline.choice.calibration_cases. A case's comparison runs in a temporary copy of the
+project (its own prepared split, this project's MLflow store); one whose report exists is not run again, so a
+killed --build resumes case by case.
 """
 
 import argparse
-import os
-import subprocess
+import signal
 import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from pipeline.choice.assessment import assess
+from pipeline.choice.calibration_cases import build_missing, read_cases, run_stage
 from pipeline.choice.compare_report import CompareReport
 from pipeline.choice.comparison_rule import choose_strategy
 from pipeline.choice.verdict_rule import Case, shift_text, write_cases
-from pipeline.config import (
-    PARAMS_FILE,
-    ConfigError,
-    Params,
-    load_params,
-    parse_params,
-    read_yaml,
-    with_overrides,
-    write_yaml,
-)
+from pipeline.config import PARAMS_FILE, ConfigError, Params, load_params, write_yaml
 from pipeline.data.manifest import read_manifest, split_sizes
-from pipeline.paths import BUILTIN_DIR, CALIBRATION_CASES, MANIFEST, VERDICT_CALIBRATION
-from pipeline.tracking import store
-
-
-class ListedCase(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    report: Path
-    settings: dict[str, str | int | float | None] = {}  # params.yaml keys its comparison runs with (--build)
-
-
-def listed_cases(cases_file: Path = CALIBRATION_CASES) -> list[ListedCase]:
-    """The comparisons the rule is fitted on, as the list names them: a new report counts only once listed."""
-    if not cases_file.is_file():
-        raise ConfigError(f"{cases_file} not found: it lists the comparisons the verdict is calibrated on")
-    return [ListedCase.model_validate(entry) for entry in read_yaml(cases_file)["cases"]]
-
-
-def run_stage(module: str, folder: Path, *args: str) -> None:
-    """`python -m module` in `folder`, a project copy, with this checkout's pipeline (not an installed one)."""
-    env = os.environ | {"PYTHONPATH": str(Path.cwd().resolve()), "MLFLOW_TRACKING_URI": store.tracking_uri()}
-    subprocess.run([sys.executable, "-m", module, *args], cwd=folder, env=env, check=True, capture_output=True)
-
-
-def build(case: ListedCase) -> None:
-    """Run the case's grid comparison in a temporary copy of the project, its report written to case.report."""
-    raw = with_overrides(read_yaml(PARAMS_FILE), case.settings | {"compare.method": "grid"})
-    parse_params(raw, f"{CALIBRATION_CASES}: settings of {case.report}")
-    with tempfile.TemporaryDirectory() as folder:
-        work = Path(folder)
-        write_yaml(work / PARAMS_FILE.name, raw)
-        (work / "data").mkdir()
-        (work / BUILTIN_DIR).symlink_to(BUILTIN_DIR.resolve())
-        run_stage("pipeline.stages.prepare", work)
-        run_stage("pipeline.commands.compare", work, "--out", str(case.report.parent.resolve()))
+from pipeline.paths import MANIFEST, VERDICT_CALIBRATION
 
 
 def prepared_manifest(params: Params, source: str, folder: Path) -> Path:
@@ -124,15 +80,20 @@ def measured_case(params: Params, report_file: Path, folder: Path) -> Case:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build", action="store_true", help="run the comparison of each listed case that has none")
+    parser.add_argument(
+        "--build", action="store_true", help="only run the comparison of each listed case that has none"
+    )
     args = parser.parse_args()
-    params = load_params()
+    # `kill PID` ends a build as Ctrl-C does: its temporary project copy is removed on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("calibration: stopped"))
     cases = []
     try:
-        for listed in listed_cases():
-            if args.build and not listed.report.is_file():
-                print(f"{listed.report}: running its comparison", flush=True)
-                build(listed)
+        listed_cases = read_cases()
+        if args.build:
+            failed = build_missing(listed_cases)
+            sys.exit(f"calibration: cases that failed: {', '.join(failed)}" if failed else 0)
+        params = load_params()
+        for listed in listed_cases:
             with tempfile.TemporaryDirectory() as folder:
                 cases.append(measured_case(params, listed.report, Path(folder)))
             print(

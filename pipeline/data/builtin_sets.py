@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
@@ -64,6 +64,118 @@ def digits() -> Iterator[tuple[str, np.ndarray]]:
         yield str(label), (image * (255.0 / 16.0)).round().astype(np.uint8)
 
 
+# Natural colour photos shipped in scikit-image's and scikit-learn's wheels: one class per photo.
+SKIMAGE_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "motorcycle_left.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+# Grayscale textures, scenes, microscopy and documents of scikit-image: one class per image.
+SKIMAGE_GRAY = (
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "camera.png",
+    "moon.png",
+    "coins.png",
+    "cell.png",
+    "text.png",
+    "page.png",
+    "clock_motion.png",
+)
+PATCHES_PER_PHOTO = 300
+PATCH_SIZE = 96
+PATCH_MIN_STD = 8.0  # crops flatter than this (the black around retina's and hubble's subjects) are drawn again
+LOCATIONS = ("top-left", "top", "top-right", "left", "centre", "right", "bottom-left", "bottom", "bottom-right")
+SHAPES_PER_LOCATION = 300
+SHAPE_CANVAS = 96
+
+
+def photo_file(folder: Path, name: str, mode: str) -> tuple[str, np.ndarray]:
+    with Image.open(folder / name) as image:
+        return Path(name).stem, np.asarray(image.convert(mode))
+
+
+def photo_crops(photos: list[tuple[str, np.ndarray]], seed: int) -> Iterator[tuple[str, np.ndarray]]:
+    """PATCHES_PER_PHOTO seeded square crops of each photo, 20-45% of its shorter side, some mirrored, resized to
+    PATCH_SIZE; the photos interleaved so that any first n images hold every class."""
+    rng = np.random.default_rng(seed)
+    for _ in range(PATCHES_PER_PHOTO):
+        for name, pixels in photos:
+            height, width = pixels.shape[:2]
+            while True:
+                side = int(rng.uniform(0.2, 0.45) * min(height, width))
+                top, left = rng.integers(0, height - side + 1), rng.integers(0, width - side + 1)
+                crop = pixels[top : top + side, left : left + side]
+                if crop.std() >= PATCH_MIN_STD:
+                    break
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            patch = Image.fromarray(np.ascontiguousarray(crop)).resize((PATCH_SIZE, PATCH_SIZE), Image.BICUBIC)
+            yield name, np.asarray(patch)
+
+
+def skimage_folder() -> Path:
+    import skimage.data
+
+    return Path(skimage.data.__file__).parent
+
+
+def photo_patches() -> Iterator[tuple[str, np.ndarray]]:
+    """Crops of the 10 natural colour photos that scikit-image and scikit-learn ship, one class per photo: data close
+    to ImageNet's."""
+    import sklearn.datasets
+
+    sklearn_folder = Path(sklearn.datasets.__file__).parent / "images"
+    photos = [photo_file(skimage_folder(), name, "RGB") for name in SKIMAGE_PHOTOS]
+    photos += [photo_file(sklearn_folder, name, "RGB") for name in SKLEARN_PHOTOS]
+    yield from photo_crops(photos, seed=0)
+
+
+def gray_patches() -> Iterator[tuple[str, np.ndarray]]:
+    """Crops of 10 grayscale images of scikit-image (textures, scenes, microscopy, documents), one class per image."""
+    yield from photo_crops([photo_file(skimage_folder(), name, "L") for name in SKIMAGE_GRAY], seed=1)
+
+
+def contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """A plain background colour and a shape colour at least 80 grey levels brighter or darker."""
+    while True:
+        background, shape = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        if abs(background.mean() - shape.mean()) >= 80:
+            return tuple(int(v) for v in background), tuple(int(v) for v in shape)
+
+
+def shape_location() -> Iterator[tuple[str, np.ndarray]]:
+    """A small disc, square or triangle on a plain background; the class is the cell of a 3 x 3 grid it lies in
+    (as dSprites' location task in VTAB, where a linear probe collapses and fine-tuning does not)."""
+    rng = np.random.default_rng(0)
+    cell = SHAPE_CANVAS // 3
+    for _ in range(SHAPES_PER_LOCATION):
+        for index, location in enumerate(LOCATIONS):
+            background, colour = contrasting_colours(rng)
+            image = Image.new("RGB", (SHAPE_CANVAS, SHAPE_CANVAS), background)
+            radius = int(rng.integers(4, 8))
+            row, column = divmod(index, 3)
+            x = column * cell + int(rng.integers(radius, cell - radius))
+            y = row * cell + int(rng.integers(radius, cell - radius))
+            box = (x - radius, y - radius, x + radius, y + radius)
+            draw = ImageDraw.Draw(image)
+            kind = rng.integers(3)
+            if kind == 0:
+                draw.ellipse(box, fill=colour)
+            elif kind == 1:
+                draw.rectangle(box, fill=colour)
+            else:
+                draw.polygon([(x, y - radius), (x - radius, y + radius), (x + radius, y + radius)], fill=colour)
+            yield location, np.asarray(image)
+
+
 def torchvision_dataset(name: str) -> Callable[[], Iterator[tuple[str, np.ndarray]]]:
     """Any torchvision classification dataset by class name, downloaded to ~/.cache/torchvision."""
 
@@ -83,6 +195,9 @@ def torchvision_dataset(name: str) -> Callable[[], Iterator[tuple[str, np.ndarra
 BUILTIN: dict[str, Callable[[], Iterator[tuple[str, np.ndarray]]]] = {
     "animal-shape": animal_shape,
     "digits": digits,
+    "photo-patches": photo_patches,
+    "gray-patches": gray_patches,
+    "shape-location": shape_location,
 }
 
 
