@@ -34,7 +34,7 @@ CHAMPION = "champion"
 # What must match for two test accuracies to be compared: tag -> how a difference is described.
 COMPARABLE_ON = {"classes": "class list", "test_split": "test split"}
 MAX_TAG_CHARS = 5000  # MLflow's limit on a model version tag's value
-COMPARED_BY = ("classes", "test_split", "test_accuracy", "test_images")
+COMPARED_BY = ("classes", "test_split", "test_accuracy", "test_images")  # a version without them is never promoted
 SAME_EXPORT_ON = ("weights_sha256", "onnx_export", "test_split")  # tags of one model: a rerun reuses its version
 
 
