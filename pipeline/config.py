@@ -14,7 +14,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ruamel.yaml import YAML
+from ruamel.yaml.constructor import DuplicateKeyError
 from ruamel.yaml.error import YAMLError
+from ruamel.yaml.nodes import MappingNode, SequenceNode
 
 from pipeline.atomic import atomic_path
 
@@ -22,7 +24,7 @@ PARAMS_FILE = Path("params.yaml")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class DataConfig(Strict):
@@ -235,15 +237,41 @@ def with_overrides(raw: dict, overrides: Mapping[str, object]) -> dict:
 def read_yaml(path: Path):
     """A YAML file as plain values (YAML 1.2, ruamel.yaml's safe loader). A key given twice in one mapping is
     refused, naming both lines, instead of the last one silently winning."""
+    text = path.read_text()
     try:
-        return YAML(typ="safe", pure=True).load(path.read_text())
+        return YAML(typ="safe", pure=True).load(text)
+    except DuplicateKeyError as exc:
+        mark = exc.problem_mark
+        key, first = first_of_duplicate(text, mark)
+        raise ConfigError(
+            f"{path}:{mark.line + 1}:{mark.column + 1}: key {key!r} is given twice in one mapping, at line "
+            f"{first} and line {mark.line + 1}; keep one (YAML would silently use the last)"
+        ) from None
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(exc, "problem", None) or exc
-        first = getattr(exc, "context_mark", None)
-        also = f" (first at line {first.line + 1})" if first is not None and "duplicate" in str(problem) else ""
-        raise ConfigError(f"{where}: not valid YAML: {problem}{also}") from None
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+
+
+def first_of_duplicate(text: str, mark) -> tuple[str, int]:
+    """The key repeated at `mark` and the line (1-based) where its mapping first gives it. ruamel.yaml's error
+    marks the repeat and the start of the mapping, not the first one: the node tree (composed, never
+    constructed, so duplicates pass) has every key's position."""
+    pending = [YAML(typ="safe", pure=True).compose(text)]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, MappingNode):
+            keys = [key for key, _ in node.value]
+            repeat = next(
+                (k for k in keys if (k.start_mark.line, k.start_mark.column) == (mark.line, mark.column)), None
+            )
+            if repeat is not None:
+                first = next(k for k in keys if k.value == repeat.value)
+                return repeat.value, first.start_mark.line + 1
+            pending += [child for pair in node.value for child in pair]
+        elif isinstance(node, SequenceNode):
+            pending += node.value
+    return "?", mark.line + 1
 
 
 def write_yaml(path: Path, data) -> None:
@@ -286,7 +314,7 @@ def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = o
             settings[key] = text.split(",") if isinstance(value, list) else text
     settings["model"] = settings["model"] or f"models:/{params.registered_model()}@champion"
     try:
-        return ServingConfig.model_validate(settings)
+        return ServingConfig.model_validate(settings, strict=False)  # env vars are text: "false", "64"
     except ValidationError as exc:  # params.yaml itself is valid by now: the env vars are wrong
         lines = [f"  SERVING_{str(e['loc'][0]).upper()}: {e['msg']} (got {e['input']!r})" for e in exc.errors()]
         raise ConfigError("serving settings from the environment are invalid:\n" + "\n".join(lines)) from None

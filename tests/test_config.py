@@ -100,3 +100,44 @@ def test_serving_env_vars_override_params_and_bad_ones_are_named(tmp_path):
     params.write_text((ROOT / "params.yaml").read_text().replace("top_k: 3", "top_k: lots"))
     with pytest.raises(ConfigError, match=r"serving.top_k: Input should be a valid integer"):
         load_serving_config(params, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("train.epochs", True, r"train\.epochs: Input should be a valid integer \(got True\)"),
+        ("data.max_per_class", "300", r"data\.max_per_class: Input should be a valid integer \(got '300'\)"),
+        ("train.lr", "0.003", r"train\.lr: Input should be a valid number \(got '0.003'\)"),
+        ("train.deterministic", "yes", r"train\.deterministic: Input should be a valid boolean \(got 'yes'\)"),
+        ("train.augment.hflip", 1, r"train\.augment\.hflip: Input should be a valid boolean \(got 1\)"),
+        ("compare.seeds", [0, "1"], r"compare\.seeds\.1: Input should be a valid integer \(got '1'\)"),
+        ("data.source", 42, r"data\.source: Input should be a valid string \(got 42\)"),
+    ],
+)
+def test_row11_a_value_of_the_wrong_type_is_refused_not_converted(key, value, message):
+    """`epochs: true` trained 1 epoch and `max_per_class: '300'` passed as 300: YAML's types are kept as written."""
+    with pytest.raises(ConfigError, match=message):
+        parse_params(default_params(**{key: value}))
+
+
+def test_row11_an_integer_is_still_a_number_and_env_vars_are_still_text(tmp_path):
+    assert parse_params(default_params(**{"train.lr": 1, "verdict.worth_it": 2})).train.lr == 1.0
+    settings = load_serving_config(ROOT / "params.yaml", environ={"SERVING_TOP_K": "5", "SERVING_TENSORRT": "true"})
+    assert (settings.top_k, settings.tensorrt) == (5, True)
+
+
+def test_row11_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text()
+    first = text.splitlines().index("train:") + 1
+    params = tmp_path / "params.yaml"
+    params.write_text(text + "\ntrain:\n  epochs: 1\n")
+    second = len(text.splitlines()) + 2
+    with pytest.raises(ConfigError) as error:
+        load_params(params)
+    assert str(error.value) == (
+        f"{params}:{second}:1: key 'train' is given twice in one mapping, at line {first} and line {second}; "
+        "keep one (YAML would silently use the last)"
+    )
+    params.write_text("seed: 1\ncompare:\n  halving:\n    confidence: 0.9\n    first_epochs: 2\n    confidence: 0.8\n")
+    with pytest.raises(ConfigError, match=r"params.yaml:6:5: key 'confidence' is given twice .* at line 4 and line 6"):
+        load_params(params)

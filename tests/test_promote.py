@@ -22,7 +22,7 @@ def correct_on(images: int, right: int) -> np.ndarray:
 
 
 def add_version(client, tmp_path, right: int, images: int = 450, classes=CLASSES, test_split="split-a") -> None:
-    version = client.create_model_version(NAME, source=(tmp_path / "model").as_uri()).version
+    """A version as export registers it: tags and description in the call that creates it, champion if first."""
     tags = {
         "data_source": "data/builtin/animal-shape",
         "test_split": test_split,
@@ -34,7 +34,10 @@ def add_version(client, tmp_path, right: int, images: int = 450, classes=CLASSES
         "git_commit": "0" * 40,
         "dvc_experiment": "",
     }
-    registry.record_version(client, NAME, version, tags | registry.correctness_tag(correct_on(images, right)))
+    tags |= registry.correctness_tag(correct_on(images, right))
+    source = (tmp_path / "model").as_uri()
+    version = client.create_model_version(NAME, source, tags=tags, description=registry.describe(tags)).version
+    registry.crown_if_first(client, NAME, str(version))
 
 
 @pytest.fixture
@@ -102,17 +105,22 @@ def test_a_worse_or_inseparable_version_is_objected_to(client, tmp_path):
     assert re.match(r"the test split of 450 images is too small to separate v3 .* p = 0\.25", objection)
 
 
+def promote_in(tmp_path, *arguments: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.commands.promote` in a project of the default params.yaml, on the registry of `client`."""
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    env = stage_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    command = [sys.executable, "-m", "pipeline.commands.promote", *arguments]
+    return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
+
+
 def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_overrode(client, tmp_path):
     add_version(client, tmp_path, right=380)
     add_version(client, tmp_path, right=430)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    env = stage_env(PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def promote(*arguments: str) -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "pipeline.commands.promote", *arguments]
-        return subprocess.run(command, cwd=project, env=env, capture_output=True, text=True, check=False)
+        return promote_in(tmp_path, *arguments)
 
     best = promote()
     assert best.returncode == 0, best.stderr
@@ -127,4 +135,21 @@ def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_o
     forced = promote("--version", "1", "--force")
     assert forced.returncode == 0, forced.stderr
     assert "--force overrides: v1 (test accuracy 0.8444) is not better than champion v2 (0.9556)" in forced.stdout
+    assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+
+
+def test_row10_a_version_without_the_tags_of_export_is_never_promoted(client, tmp_path):
+    """What a killed export of the pipeline before issue 28 left: a version with no tags. Before, --force made it
+    champion, and serving loaded a model nothing was known of."""
+    add_version(client, tmp_path, right=400)
+    client.create_model_version(NAME, (tmp_path / "model").as_uri())  # v2: no tags
+    forced = promote_in(tmp_path, "--version", "2", "--force")
+    assert forced.returncode == 1
+    assert re.search(r"(?m)^ +2 +- +0  \? .* incomplete: it has no test accuracy", forced.stdout), forced.stdout
+    assert forced.stderr.strip() == (
+        "not promoted: v2 is incomplete: it has no test accuracy and classes to compare (left by an export that did "
+        "not finish); not even --force promotes it"
+    )
+    best = promote_in(tmp_path)
+    assert best.returncode == 0 and "v1 is already @champion: nothing to do" in best.stdout
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1

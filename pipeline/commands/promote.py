@@ -7,7 +7,8 @@
 Versions are compared by the test accuracy export tagged them with, and only with versions of the
 same class list scored on the same test split as the champion (pipeline.tracking.registry). The best one
 replaces the champion only if the test split separates them: an exact McNemar test on the images
-only one of the two got right, at the 5% level. --force promotes anyway and says what it overrode.
+only one of the two got right, at the 5% level. --force promotes anyway and says what it overrode; a version
+without the tags export writes (left by a killed export of an older pipeline) is never promoted.
 `make serve` loads `models:/NAME@champion` at start-up: restart it to serve the new champion.
 """
 
@@ -21,6 +22,8 @@ from pipeline.tracking import registry, store
 from pipeline.tracking.promotion import PromotionError, accuracy_text, choose
 from pipeline.tracking.registry import Candidate
 
+INCOMPLETE = "incomplete: it has no test accuracy and classes to compare (left by an export that did not finish)"
+
 
 def table(candidates: list[Candidate], champion: Candidate | None) -> str:
     """The versions as a table: what they are, their test accuracy, and whether they can be compared."""
@@ -31,6 +34,8 @@ def table(candidates: list[Candidate], champion: Candidate | None) -> str:
         status = "champion" if champion and c.version == champion.version else "comparable"
         if differences:
             status = "not comparable: " + "; ".join(differences)
+        if not c.complete:
+            status = INCOMPLETE
         accuracy = "-" if c.accuracy is None else f"{c.accuracy:.4f}"
         lines.append(
             f"{c.version:>7}  {accuracy:>8}  {c.test_images:>6}  {c.tags.get('strategy', '?'):<10} "
@@ -57,8 +62,13 @@ def main() -> None:
     holder = registry.champion(client, name, args.alias)
     champion = next((c for c in candidates if holder and c.version == int(holder.version)), None)
     print(f"{name}:\n{table(candidates, champion)}\n")
+    if any(c.version == args.version and not c.complete for c in candidates):
+        sys.exit(f"not promoted: v{args.version} is {INCOMPLETE}; not even --force promotes it")
+    complete = [c for c in candidates if c.complete]
+    if not complete:
+        sys.exit(f"not promoted: no version of {name!r} is complete: run `dvc repro` first")
     try:
-        chosen, objection = choose(candidates, champion, args.version)
+        chosen, objection = choose(complete, champion, args.version)
     except PromotionError as exc:
         sys.exit(f"not promoted: {exc}")
     if objection and not args.force:

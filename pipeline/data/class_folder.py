@@ -19,6 +19,14 @@ from pipeline.data.images import BadImage, load_rgb
 from pipeline.data.manifest import SPLITS, write_manifest
 from pipeline.paths import MANIFEST, PREPARE_REPORT, PREPARED_DIR
 
+# The operating system's own folders: a data.source there is a slip (`/`, a mistyped variable), and walking
+# one reads thousands of files or hits ones that never end (/proc) before any error could say so.
+SYSTEM_FOLDERS = {Path(p) for p in ("/", "/bin", "/boot", "/etc", "/lib", "/lib32", "/lib64", "/run", "/sbin")} | {
+    Path(p)
+    for p in ("/usr", "/usr/bin", "/usr/lib", "/usr/local", "/var", "/var/lib", "/opt", "/srv", "/home", "/root")
+}
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
 
 def printable(path: Path) -> str:
     """The path as text, with bytes that are not UTF-8 shown as \\xNN escapes."""
@@ -29,19 +37,43 @@ def is_utf8(path: Path) -> bool:
     return printable(path) == str(path)
 
 
-def hidden(path: Path, folder: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+def check_source(source: Path) -> None:
+    """Refuse, in words, a data.source that cannot be a folder of class folders, before any file is read."""
+    if source.is_file():
+        raise ConfigError(f"data.source: {source} is a file; it should be a folder with one sub-folder per class")
+    if not source.is_dir():
+        raise ConfigError(f"data.source: folder {source} does not exist")
+    resolved = source.resolve()
+    if resolved in SYSTEM_FOLDERS or any(resolved.is_relative_to(pseudo) for pseudo in PSEUDO_FILESYSTEMS):
+        raise ConfigError(
+            f"data.source: {source} is a system folder ({resolved}), not a folder of images; "
+            "point it at a folder with one sub-folder per class"
+        )
+    if not os.access(source, os.R_OK | os.X_OK):
+        raise ConfigError(f"data.source: folder {source} cannot be read (permission denied)")
+
+
+def files_of(folder: Path) -> list[Path]:
+    """The files under a class folder (sorted; hidden files and folders ignored)."""
+
+    def refuse(exc: OSError) -> None:  # os.walk would skip an unreadable sub-folder in silence
+        raise ConfigError(f"data.source: cannot read {exc.filename}: {exc.strerror}")
+
+    found = []
+    for parent, folders, names in os.walk(folder, onerror=refuse):
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        found += [Path(parent) / name for name in names if not name.startswith(".")]
+    return sorted(f for f in found if f.is_file())
 
 
 def list_classes(source: Path) -> dict[str, list[Path]]:
     """Class name -> its files (sorted; hidden files and folders ignored); errors name what is wrong."""
-    if not source.is_dir():
-        raise ConfigError(f"data.source: folder {source} does not exist")
+    check_source(source)
     folders = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
     for folder in folders:
         if not is_utf8(folder):
             raise ConfigError(f"data.source: the class folder name {printable(folder)} is not valid UTF-8; rename it")
-    classes = {d.name: sorted(f for f in d.rglob("*") if f.is_file() and not hidden(f, d)) for d in folders}
+    classes = {d.name: files_of(d) for d in folders}
     if len(classes) < 2:
         raise ConfigError(f"data.source: {source} needs at least 2 class sub-folders, found {len(classes)}")
     return classes
@@ -58,7 +90,11 @@ def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Ra
         if not is_utf8(path):  # the manifest and report are UTF-8 text
             skipped.append({"path": printable(path), "reason": "the file name is not valid UTF-8"})
             continue
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as exc:  # unreadable (permissions), or gone since it was listed
+            skipped.append({"path": str(path), "reason": f"cannot be read: {exc.strerror}"})
+            continue
         try:
             if not data:
                 raise BadImage("empty file")

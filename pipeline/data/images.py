@@ -13,6 +13,9 @@ import numpy as np
 from PIL import Image, ImageOps
 
 WIDE_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+# Formats Pillow names apart that are a variant of an accepted one: MPO is a JPEG carrying more pictures
+# (a phone's depth map or a stereo pair, in its MPF segment), and reads as its first picture, the JPEG.
+VARIANT_OF = {"MPO": "JPEG"}
 
 
 class BadImage(ValueError):
@@ -57,7 +60,7 @@ def load_rgb(source: Path | str | BinaryIO, max_pixels: int, formats: tuple[str,
     is decoded."""
     try:
         with Image.open(source) as image:
-            if formats is not None and image.format not in formats:
+            if formats is not None and VARIANT_OF.get(image.format, image.format) not in formats:
                 raise BadImage(f"{image.format} is not one of the accepted formats: {', '.join(formats)}")
             if image.width * image.height > max_pixels:
                 raise BadImage(f"{image.width}x{image.height} pixels is over the limit of {max_pixels}")
@@ -67,8 +70,18 @@ def load_rgb(source: Path | str | BinaryIO, max_pixels: int, formats: tuple[str,
         raise
     except Image.UnidentifiedImageError:
         raise BadImage("not in an image format Pillow can read") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise BadImage(f"{type(exc).__name__}: {exc}") from None
+    except MemoryError:  # the process's own limit, not the file's fault: whoever set the limit reports it
+        raise
+    except Exception as exc:  # noqa: BLE001
+        # Pillow's plugins, libtiff and the EXIF code raise what their parsing hits, not only OSError: a
+        # malformed EXIF block raises TypeError or struct.error from exif_transpose, a bad tile IndexError
+        raise BadImage(f"{error_name(exc)}: {exc}") from None
+
+
+def error_name(exc: Exception) -> str:
+    """`ValueError`, `struct.error`: the exception's type as its module would be imported to name it."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 def resize_square(image: Image.Image, size: int) -> np.ndarray:

@@ -11,7 +11,7 @@ import csv
 
 import mlflow
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, check_writable, write_json
 from pipeline.config import load_params
 from pipeline.data.manifest import read_manifest
 from pipeline.data.splits import load_split
@@ -23,6 +23,7 @@ from pipeline.tracking import runs, store
 
 def main() -> None:
     params = load_params()
+    check_writable(EVALUATE_METRICS, TEST_PREDICTIONS, CONFUSION_PNG)
     store.check_reachable()  # before anything is written: a stage that cannot log leaves no outputs
     model, card = model_file.load(MODEL_FILE)
     rows = read_manifest()

@@ -6,15 +6,21 @@ Writes data/prepared/manifest.csv, data/prepared/report.json (the skipped files 
 metrics/prepare.json; the rules are in pipeline.data.class_folder.
 """
 
-from pipeline.atomic import write_json
-from pipeline.config import load_params
+import sys
+
+from pipeline.atomic import OutputNotWritable, check_writable, write_json
+from pipeline.config import ConfigError, load_params
 from pipeline.data.class_folder import prepare
-from pipeline.paths import PREPARE_METRICS, PREPARE_REPORT
+from pipeline.paths import PREPARE_METRICS, PREPARE_REPORT, PREPARED_DIR
 
 
 def main() -> None:
-    params = load_params()
-    metrics = prepare(params.data, params.seed)
+    try:
+        params = load_params()
+        check_writable(PREPARED_DIR, PREPARE_METRICS)
+        metrics = prepare(params.data, params.seed)
+    except (ConfigError, OutputNotWritable) as exc:  # the user's to fix: the message, not a traceback
+        sys.exit(f"prepare: {exc}")
     write_json(PREPARE_METRICS, metrics)
     print(
         f"prepared {metrics['images']} images of {metrics['classes']} classes, skipped {metrics['skipped']} "

@@ -16,7 +16,7 @@ import sys
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from pipeline.atomic import atomic_path, write_json
+from pipeline.atomic import atomic_path, check_writable, write_json
 from pipeline.config import load_params
 from pipeline.data.manifest import class_names, fingerprint, read_manifest
 from pipeline.data.splits import load_split
@@ -56,6 +56,7 @@ def main() -> None:
 
 def run_stage() -> None:
     params = load_params()
+    check_writable(MODEL_FILE, CHECKPOINT_FILE, TRAIN_HISTORY, TRAIN_METRICS)  # before minutes of training
     store.check_reachable()  # fail fast, before minutes of loading and training
     distributed.start(pick_device(params.train.device))
     rows = read_manifest()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.atomic import atomic_path
+from pipeline.atomic import OutputNotWritable, atomic_path, check_writable
 from pipeline.choice.assessment import Assessment, assess, issue_rows, write_gallery
 from pipeline.choice.verdict_report import VerdictReport, VerdictSetup, markdown, summary_lines
 from pipeline.choice.verdict_rule import calibrate, decide, read_cases
@@ -118,8 +118,10 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
 
 def main() -> None:
     try:
-        report = verdict(load_params())
-    except ConfigError as exc:
+        params = load_params()
+        check_writable(VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY)
+        report = verdict(params)
+    except (ConfigError, OutputNotWritable) as exc:
         sys.exit(f"verdict: {exc}")
     print("\n".join(summary_lines(report)))
     print(f"report: {VERDICT_MD}; `python -m pipeline.commands.apply verdict` sets this strategy in params.yaml")

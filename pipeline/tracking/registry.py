@@ -2,16 +2,21 @@
 replace the champion.
 
 export tags each version with where it came from (data, test split, classes, strategy, backbone,
-test accuracy, git commit, DVC experiment) and describes it in a sentence; the first version of a
-registered model becomes its champion, later ones only through `python -m pipeline.commands.promote`, which
-compares versions by these tags. Two versions are comparable only if they have the same classes and
-were scored on the same test split.
+test accuracy, git commit, DVC experiment, the hash of its weights) and describes it in a sentence, both in
+the call that creates it; the first version of a registered model becomes its champion, later ones only
+through `python -m pipeline.commands.promote`, which compares versions by these tags. Two versions are
+comparable only if they have the same classes and were scored on the same test split; a version without
+these tags (left by an export of an older version of the pipeline that was killed) is never promoted.
 """
 
+import hashlib
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -19,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.models.model import ModelInfo
 from scipy.stats import binomtest
 
 from pipeline.model.card import ModelCard
@@ -28,14 +34,15 @@ CHAMPION = "champion"
 # What must match for two test accuracies to be compared: tag -> how a difference is described.
 COMPARABLE_ON = {"classes": "class list", "test_split": "test split"}
 MAX_TAG_CHARS = 5000  # MLflow's limit on a model version tag's value
+COMPARED_BY = ("classes", "test_split", "test_accuracy", "test_images")  # a version without them is never promoted
+SAME_EXPORT_ON = ("weights_sha256", "onnx_export", "test_split")  # tags of one model: a rerun reuses its version
 
 
-def log_onnx_model(proto, name: str, example: tuple[np.ndarray, np.ndarray], metadata: dict[str, str]) -> str:
-    """Log the exported graph on the active run as a new version of registered model `name`; its version."""
-    info = mlflow.onnx.log_model(
+def log_onnx_model(proto, example: tuple[np.ndarray, np.ndarray], metadata: dict[str, str]) -> ModelInfo:
+    """Log the exported graph on the active run (not yet a version of any registered model: create_version)."""
+    return mlflow.onnx.log_model(
         proto,
         name="model",
-        registered_model_name=name,
         # onnxruntime and onnxruntime-gpu write the same package folder: MLflow would list both
         pip_requirements=[f"onnx=={package_version('onnx')}", f"onnxruntime-gpu=={package_version('onnxruntime-gpu')}"],
         signature=infer_signature(*example),
@@ -43,7 +50,23 @@ def log_onnx_model(proto, name: str, example: tuple[np.ndarray, np.ndarray], met
         onnx_execution_providers=PROVIDERS,
         save_as_external_data=False,
     )
-    return str(info.registered_model_version)
+
+
+def export_tags(weights: Path, opset: int, fp16: bool) -> dict[str, str]:
+    """What makes two exports the same model: the weights file (models/model.pt: weights and card) and the graph's
+    settings. A rerun of export on the same ones reuses its version (find_version) instead of adding another."""
+    with open(weights, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"weights_sha256": digest, "onnx_export": f"opset {opset}, {'fp16' if fp16 else 'fp32'}"}
+
+
+def find_version(client: MlflowClient, name: str, tags: dict[str, str]) -> str | None:
+    """The version of `name` that an earlier run of this same export registered (same weights, graph settings and
+    test split), if any."""
+    for version in client.search_model_versions(f"name='{name}'"):
+        if all(version.tags.get(key) == tags[key] for key in SAME_EXPORT_ON):
+            return str(version.version)
+    return None
 
 
 def version_tags(
@@ -73,11 +96,45 @@ def describe(tags: dict[str, str]) -> str:
     )
 
 
-def record_version(client: MlflowClient, name: str, version: str, tags: dict[str, str]) -> bool:
-    """Tag and describe a new version; make it champion if the model has none. True if it did."""
-    for key, value in tags.items():
-        client.set_model_version_tag(name, version, key, value)
-    client.update_model_version(name, version, description=describe(tags))
+def create_version(client: MlflowClient, name: str, model: ModelInfo, run_id: str, tags: dict[str, str]) -> str:
+    """A new version of `name` for a logged model, created with its tags and description in one call: a
+    version is never seen without them (tagging it afterwards left one with no tags when export was killed)."""
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    created = client.create_model_version(
+        name, model.model_uri, run_id=run_id, tags=tags, description=describe(tags), model_id=model.model_id
+    )
+    return str(created.version)
+
+
+@dataclass
+class PendingVersion:
+    """The version an export stands to leave behind, undone if the stage fails before its outputs are in place:
+    a version it created is deleted, and its MLflow run (ended before registering, so that a kill leaves it
+    FINISHED rather than RUNNING) is marked FAILED."""
+
+    client: MlflowClient
+    name: str
+    run_id: str | None = None
+    created: str | None = None
+
+    @contextmanager
+    def undone_on_failure(self) -> Iterator["PendingVersion"]:
+        try:
+            yield self
+        except BaseException:
+            if self.created is not None:
+                self.client.delete_model_version(self.name, self.created)
+            if self.run_id is not None:
+                self.client.set_terminated(self.run_id, "FAILED")
+            raise
+
+
+def crown_if_first(client: MlflowClient, name: str, version: str) -> bool:
+    """Make `version` champion if the model has none. True if it did."""
     if champion(client, name) is None:
         client.set_registered_model_alias(name, CHAMPION, version)
         return True
@@ -99,6 +156,11 @@ class Candidate:
     @property
     def accuracy(self) -> float | None:
         return float(self.tags["test_accuracy"]) if "test_accuracy" in self.tags else None
+
+    @property
+    def complete(self) -> bool:
+        """It carries what promote compares versions by."""
+        return all(key in self.tags for key in COMPARED_BY)
 
     @property
     def test_images(self) -> int:
