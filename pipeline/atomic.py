@@ -18,10 +18,12 @@ class OutputNotWritable(OSError):
 
 
 def writable_folder(folder: Path) -> None:
-    """Raise OutputNotWritable unless a file can be created, written and removed in `folder` (made if
-    missing) and its file system has MIN_FREE_BYTES free."""
+    """Raise OutputNotWritable unless a file can be created, written and removed in `folder` and its file
+    system has MIN_FREE_BYTES free. A missing folder is not made (a stage that stops early leaves nothing
+    behind): its nearest existing parent is probed, where the stage would make it."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-")
         try:
             os.write(descriptor, b"x")

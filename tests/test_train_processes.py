@@ -104,9 +104,18 @@ def single(project) -> dict:
     return train(project, SINGLE, **ONE_THREAD)
 
 
+def run_ids(project: Path) -> set[str]:
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    return {
+        r.info.run_id for r in client.search_runs([client.get_experiment_by_name("transfer-learning").experiment_id])
+    }
+
+
 @pytest.fixture(scope="module")
 def two_gloo(project, single) -> dict:
-    return train(project, TWO_GLOO)
+    before = run_ids(project)
+    trained = train(project, TWO_GLOO)
+    return trained | {"new_runs": run_ids(project) - before}
 
 
 def test_two_gloo_processes_train_the_weights_of_one(single, two_gloo, project):
@@ -124,10 +133,9 @@ def test_two_gloo_processes_train_the_weights_of_one(single, two_gloo, project):
         assert float(two["train_loss"]) == pytest.approx(float(one["train_loss"]), abs=1e-5)
         assert float(two["val_loss"]) == pytest.approx(float(one["val_loss"]), abs=1e-5)
     assert "on 2 processes" in two_gloo["stdout"] and "processes" not in single["stdout"]
-    # rank 0 alone logged: one MLflow run per training, the second with the whole history
+    # rank 0 alone logged: one new MLflow run for the two processes, with the whole history
+    assert two_gloo["new_runs"] == {two_gloo["run_id"]} and single["run_id"] != two_gloo["run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("transfer-learning").experiment_id])
-    assert {r.info.run_id for r in runs} == {single["run_id"], two_gloo["run_id"]}
     assert [m.step for m in client.get_metric_history(two_gloo["run_id"], "val/accuracy")] == [1, 2, 3, 4]
 
 
