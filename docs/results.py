@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # benchmarks/ and docs/ are folders of scripts, not installed packages
 
-from pydantic import validate_call  # noqa: E402
+from pydantic import BaseModel, ConfigDict, validate_call  # noqa: E402
 from ruamel.yaml import YAML, YAMLError  # noqa: E402
 
 from benchmarks.figures import EvaluateMetrics, ExportMetrics, PrepareMetrics, TrainMetrics  # noqa: E402
@@ -43,6 +43,7 @@ from pipeline.choice.compare_report import RANDOM_INIT_PROBE, CompareReport  # n
 RESULTS_MD = Path("docs/results.md")
 BENCHMARKS_MD = Path("BENCHMARKS.md")
 INDEX = Path("benchmarks/results/index.yaml")
+CALIBRATION = Path("reports/calibration")
 MARKER = re.compile(r"<!-- generated:([a-z0-9-]+) -->(.*?)<!-- /generated:\1 -->", re.DOTALL)
 
 
@@ -106,9 +107,63 @@ def default_run(root: Path) -> str:
 
 
 def compare_reports(root: Path) -> dict[Path, CompareReport]:
-    """Every committed reports/**/compare.json, by its path from the project root, in the order of the page."""
+    """Every committed reports/**/compare.json but the calibration cases', by its path from the project root, in
+    the order of the page."""
     paths = sorted((path.relative_to(root) for path in (root / "reports").rglob("compare.json")), key=Path.as_posix)
-    return {path: report(root, path) for path in paths}
+    return {path: report(root, path) for path in paths if CALIBRATION not in path.parents}
+
+
+class ListedCase(BaseModel):
+    """A case of reports/calibration/cases.yaml, as far as this page shows it (the model with its transform
+    and settings, which needs numpy: pipeline.choice.calibration_cases)."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    family: str
+    data: str
+
+
+class CaseList(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    cases: list[ListedCase]
+
+
+def calibration_row(root: Path, case: ListedCase) -> list[str]:
+    path = CALIBRATION / case.name / "compare.json"
+    if not (root / path).is_file():
+        return [code(case.name), case.family, "-", "-", "not built yet", "-", "-", "-"]
+    compared = report(root, path)
+    setup, summaries = compared.setup, compared.summaries
+    best = recommended_strategy(compared)
+    gain = 100 * (max(s.mean for key, s in summaries.items() if key != "head") - summaries["head"].mean)
+    link = f"[{case.name}](../{path.with_suffix('.md').as_posix()})"
+    return [
+        link,
+        case.family,
+        f"{setup.train_per_class} / {setup.epochs}",
+        str(setup.image_size),
+        fixed(summaries["head"].mean, 3),
+        f"`{best}`",
+        fixed(summaries[best].mean, 3),
+        f"{gain:+.1f}",
+    ]
+
+
+def calibration_section(root: Path) -> str:
+    """One row per case of the verdict's calibration set, built or not, in the list's order."""
+    listed = CaseList.model_validate(YAML(typ="safe").load((root / CALIBRATION / "cases.yaml").read_text()))
+    header = "case | family | per class / epochs | px | head test | recommended | its test"
+    header += " | best fine-tuning over the head, points"
+    return "\n".join(
+        [
+            "## The verdict's calibration set",
+            "",
+            f"The comparisons the verdict's rule is fitted and checked on ({code(CALIBRATION / 'cases.yaml')}; how: "
+            "[README](../README.md#is-the-head-enough-ask-first)). Accuracy: test, mean over seeds 0-2.",
+            "",
+            table(header, [calibration_row(root, case) for case in listed.cases]),
+        ]
+    )
 
 
 def strategy_rows(compared: CompareReport) -> list[list[str]]:
@@ -274,7 +329,8 @@ def render_results(root: Path) -> str:
         "",
         "## Strategy comparisons (`make compare`)",
         "",
-        "One table per committed `reports/**/compare.json`. Accuracy is the mean ± standard deviation over "
+        "One table per committed `reports/**/compare.json` but the calibration cases' (below, one row each). "
+        "Accuracy is the mean ± standard deviation over "
         "the seeds (validation: of each run's best epoch, what the recommendation is chosen on); the trained "
         "parameters of `auto` depend on the blocks it chose for each seed. Times are of "
         "the machine that ran the comparison, which the report does not record. How the comparison and its "
@@ -282,7 +338,7 @@ def render_results(root: Path) -> str:
     ]
     for path in reports:
         sections += ["", compare_section(root, reports, path, notes.get(path.as_posix()))]
-    return "\n".join(sections) + "\n"
+    return "\n".join([*sections, "", calibration_section(root)]) + "\n"
 
 
 # ---------------------------------------------------------------- output
