@@ -10,7 +10,7 @@ import pytest
 from pipeline.choice.compare_report import RANDOM_INIT_PROBE, CompareReport, Summary
 from pipeline.choice.comparison import compare
 from pipeline.choice.comparison_rule import choose_strategy, findings
-from pipeline.config import ConfigError, load_params, set_param
+from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
 from tests.conftest import ROOT, data_config, stage_env, tiny_params, with_strategy
 
@@ -187,13 +187,3 @@ def test_apply_sets_the_recommended_strategy_in_params_yaml_keeping_its_comments
     assert not list(tmp_path.glob(".*.partial"))
     missing = apply("compare", tmp_path / "nowhere.json", tmp_path)
     assert missing.returncode == 1 and "nowhere.json not found: run `make compare` first" in missing.stderr
-
-
-def test_a_param_that_would_not_validate_is_refused_and_the_file_left_alone(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text((ROOT / "params.yaml").read_text())
-    with pytest.raises(ConfigError, match="finetune.strategy: Input should be 'head', 'full'"):
-        set_param("finetune.strategy", "bogus", params)
-    with pytest.raises(ConfigError, match="finetune.nothing: unknown key; allowed keys here: strategy"):
-        set_param("finetune.nothing", "1", params)
-    assert params.read_text() == (ROOT / "params.yaml").read_text()

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, load_params, load_serving_config, parse_params
+from pipeline.config import ConfigError, load_params, load_serving_config, parse_params, set_param
 from tests.conftest import ROOT, default_params
 
 
@@ -114,19 +114,19 @@ def test_serving_env_vars_override_params_and_bad_ones_are_named(tmp_path):
         ("data.source", 42, r"data\.source: Input should be a valid string \(got 42\)"),
     ],
 )
-def test_row11_a_value_of_the_wrong_type_is_refused_not_converted(key, value, message):
+def test_a_value_of_the_wrong_type_is_refused_not_converted(key, value, message):
     """`epochs: true` trained 1 epoch and `max_per_class: '300'` passed as 300: YAML's types are kept as written."""
     with pytest.raises(ConfigError, match=message):
         parse_params(default_params(**{key: value}))
 
 
-def test_row11_an_integer_is_still_a_number_and_env_vars_are_still_text(tmp_path):
+def test_an_integer_is_still_a_number_and_env_vars_are_still_text(tmp_path):
     assert parse_params(default_params(**{"train.lr": 1, "verdict.worth_it": 2})).train.lr == 1.0
     settings = load_serving_config(ROOT / "params.yaml", environ={"SERVING_TOP_K": "5", "SERVING_TENSORRT": "true"})
     assert (settings.top_k, settings.tensorrt) == (5, True)
 
 
-def test_row11_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     text = (ROOT / "params.yaml").read_text()
     first = text.splitlines().index("train:") + 1
     params = tmp_path / "params.yaml"
@@ -141,3 +141,64 @@ def test_row11_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     params.write_text("seed: 1\ncompare:\n  halving:\n    confidence: 0.9\n    first_epochs: 2\n    confidence: 0.8\n")
     with pytest.raises(ConfigError, match=r"params.yaml:6:5: key 'confidence' is given twice .* at line 4 and line 6"):
         load_params(params)
+
+
+def test_a_bad_decoded_mode_names_the_key():
+    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk', 'shards' or 'auto' \(got 'ram'\)"):
+        parse_params(default_params(**{"data.decoded": "ram"}))
+
+
+def test_bad_shard_settings_name_the_key():
+    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk', 'shards' or 'auto' \(got 'shard'\)"):
+        parse_params(default_params(**{"data.decoded": "shard"}))
+    with pytest.raises(ConfigError, match=r"data\.shards: .*at least 1 character"):
+        parse_params(default_params(**{"data.shards": ""}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("compare.worth_it", -1.0, r"compare\.worth_it"),
+        ("compare.halving.confidence", 1.0, r"compare\.halving\.confidence"),
+        ("compare.halving.first_epochs", 0, r"compare\.halving\.first_epochs"),
+        ("compare.halving.first_epochs", 7, r"compare\.halving\.first_epochs \(7\) is more than compare\.epochs"),
+        ("compare.halving.first_train_per_class", 200, r"compare\.halving\.first_train_per_class \(200\)"),
+        ("compare.halving.verdict_drop", 0.3, r"compare\.halving\.verdict_drop"),
+        ("compare.halving.first_seeds", 0, r"compare\.halving\.first_seeds"),
+    ],
+)
+def test_invalid_halving_settings_name_their_key(key, value, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_params(default_params(**{"compare.method": "halving", key: value}))
+
+
+def test_the_grid_ignores_the_halving_budget():
+    parse_params(default_params(**{"compare.epochs": 1, "compare.train_per_class": 10}))  # first rung: 2 / 50
+
+
+def test_an_unknown_method_lists_the_methods():
+    with pytest.raises(ConfigError, match=r"compare\.method: Input should be 'grid' or 'halving'"):
+        parse_params(default_params(**{"compare.method": "random"}))
+
+
+def test_halving_needs_the_head_as_its_reference():
+    raw = default_params(**{"compare.method": "halving", "compare.strategies": ["full", "lp-ft"]})
+    with pytest.raises(ConfigError, match="compare.strategies must hold head and another strategy"):
+        parse_params(raw)
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("seed: 42\ndata:\n  source: [unclosed\n")
+    with pytest.raises(ConfigError, match=rf"{params}:4:1: .*"):
+        load_params(params)
+
+
+def test_a_param_that_would_not_validate_is_refused_and_the_file_left_alone(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match="finetune.strategy: Input should be 'head', 'full'"):
+        set_param("finetune.strategy", "bogus", params)
+    with pytest.raises(ConfigError, match="finetune.nothing: unknown key; allowed keys here: strategy"):
+        set_param("finetune.nothing", "1", params)
+    assert params.read_text() == (ROOT / "params.yaml").read_text()

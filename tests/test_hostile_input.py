@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import ConfigError, load_params
 from pipeline.data.class_folder import prepare
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
@@ -50,7 +49,7 @@ def peak_rss_of(code: str, *args: str) -> int:
     return int(result.stdout.split()[-1])
 
 
-def test_row1_a_long_thin_image_costs_a_square_of_the_model_size(tmp_path):
+def test_a_long_thin_image_costs_a_square_of_the_model_size(tmp_path):
     """467 bytes of PNG, 200000 x 2 pixels, under the pixel limit: resizing its short side to the model
     size used to make a 9.6-million-pixel-wide image first (3.1 GB in the service)."""
     path = tmp_path / "tall.png"
@@ -59,7 +58,7 @@ def test_row1_a_long_thin_image_costs_a_square_of_the_model_size(tmp_path):
     assert peak_rss_of(code, str(path)) < 64 * MiB
 
 
-def test_row1_the_square_crop_is_what_resize_then_crop_gives(tmp_path):
+def test_the_square_crop_is_what_resize_then_crop_gives(tmp_path):
     """Cropping in the source before resizing changes no pixel by more than rounding."""
     rng = np.random.default_rng(0)
     for height, width, size in [(28, 28, 96), (64, 48, 40), (300, 500, 96), (1000, 37, 96), (45, 45, 40)]:
@@ -71,7 +70,7 @@ def test_row1_the_square_crop_is_what_resize_then_crop_gives(tmp_path):
         assert np.abs(resize_square(image, size).astype(int) - reference).max() <= 1
 
 
-def test_row3_a_16_bit_image_decodes_without_float64_copies(tmp_path):
+def test_a_16_bit_image_decodes_without_float64_copies(tmp_path):
     """6324 x 6324 16-bit PNG (78 KB): 1.08 GB through float64; as 16-bit source plus 8-bit RGB now."""
     path = tmp_path / "wide.png"
     ramp = (np.arange(6324, dtype=np.uint32) * 10).astype(np.uint16)
@@ -80,7 +79,7 @@ def test_row3_a_16_bit_image_decodes_without_float64_copies(tmp_path):
     assert peak_rss_of("load_rgb(sys.argv[1], 40_000_000)", str(path)) < pixels * (2 + 1 + 3) + 64 * MiB
 
 
-def test_row3_16_bit_pixels_are_scaled_down_as_before():
+def test_16_bit_pixels_are_scaled_down_as_before():
     values = np.array([[0, 257, 65535, 30000]], dtype=np.uint16)
     rgb = np.asarray(load_rgb(io.BytesIO(png(values)), 100))
     assert rgb[0, :, 0].tolist() == [0, 1, 255, int(30000 * 255 / 65535)]
@@ -88,7 +87,7 @@ def test_row3_16_bit_pixels_are_scaled_down_as_before():
     assert np.asarray(load_rgb(io.BytesIO(png(small)), 100))[0, :, 0].tolist() == [0, 100, 255]
 
 
-def test_row12_only_the_formats_a_user_sends_are_decoded():
+def test_only_the_formats_a_user_sends_are_decoded():
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
     with pytest.raises(BadImage, match="EPS is not one of the accepted formats: PNG, JPEG"):
         load_rgb(io.BytesIO(eps), 100, formats=("PNG", "JPEG"))
@@ -148,19 +147,19 @@ BROKEN = {  # row 4: each variant "ready" and then 500 (or wrong labels) on ever
 
 
 @pytest.mark.parametrize("case", BROKEN)
-def test_row4_a_model_that_does_not_fit_its_card_is_refused_at_load(exported, tmp_path, case):
+def test_a_model_that_does_not_fit_its_card_is_refused_at_load(exported, tmp_path, case):
     edit, message = BROKEN[case]
     with pytest.raises(onnx_runtime.ModelLoadError) as error:
         onnx_runtime.open_session(variant(exported, tmp_path / "broken.onnx", edit))
     assert message in str(error.value)
 
 
-def test_row4_loading_runs_a_batch_through_the_graph(exported):
+def test_loading_runs_a_batch_through_the_graph(exported):
     session, card = onnx_runtime.open_session(exported)
     assert onnx_runtime.probabilities(session, np.zeros((2, 3, 32, 32), dtype=np.uint8)).shape == (2, 3)
 
 
-def test_row9_undecodable_file_names_are_skipped_and_named(image_folder, tmp_path):
+def test_undecodable_file_names_are_skipped_and_named(image_folder, tmp_path):
     odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
     (image_folder / "red" / odd).write_bytes((image_folder / "red" / "0.png").read_bytes())
     metrics = prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
@@ -170,19 +169,12 @@ def test_row9_undecodable_file_names_are_skipped_and_named(image_folder, tmp_pat
     assert "caf\\xe9.png" in report["skipped"][0]["path"]
 
 
-def test_row10_hidden_folders_inside_a_class_are_ignored(image_folder, tmp_path):
+def test_hidden_folders_inside_a_class_are_ignored(image_folder, tmp_path):
     cache = image_folder / "red" / ".cache"
     cache.mkdir()
     (cache / "thumb.png").write_bytes((image_folder / "red" / "0.png").read_bytes())
     prepare(data_config(image_folder), seed=1, out_dir=tmp_path / "out")
     assert ".cache" not in (tmp_path / "out" / "manifest.csv").read_text()
-
-
-def test_row11_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text("seed: 42\ndata:\n  source: [unclosed\n")
-    with pytest.raises(ConfigError, match=rf"{params}:4:1: .*"):
-        load_params(params)
 
 
 def test_decoder_fuzz_never_raises_anything_but_bad_image():
@@ -231,7 +223,7 @@ def run_asgi(middleware, headers: list[tuple[bytes, bytes]], chunks: list[bytes]
     return sent
 
 
-def test_row2_the_body_limit_counts_the_bytes_received_not_the_declared_length():
+def test_the_body_limit_counts_the_bytes_received_not_the_declared_length():
     from serving.limits import RequestLimits
 
     def limits(app):

@@ -146,7 +146,7 @@ def exif_jpeg(first_tag: int = 0x010F) -> bytes:
     return buffer.getvalue().replace(make, first_tag.to_bytes(2, "big") + b"\x00\x02")
 
 
-def test_row3_a_file_with_malformed_exif_is_a_skipped_file_not_a_crash(image_folder, tmp_path):
+def test_a_file_with_malformed_exif_is_a_skipped_file_not_a_crash(image_folder, tmp_path):
     assert load_rgb(io.BytesIO(exif_jpeg()), 10**6).size == (12, 20)  # the well-formed one: turned upright
     (image_folder / "red" / "camera.jpg").write_bytes(exif_jpeg(first_tag=0x0100))
     with pytest.raises(BadImage, match="struct.error"):
@@ -172,7 +172,7 @@ def exif_fuzz_seeds(rng: np.random.Generator) -> list[tuple[bytes, int]]:
     return seeds
 
 
-def test_row3_exif_fuzz_raises_nothing_but_bad_image():
+def test_exif_fuzz_raises_nothing_but_bad_image():
     """4,000 seeded mutations inside the EXIF blocks of JPEG, PNG, WebP and TIFF files: each decodes or is a
     BadImage. Before, 14 of them escaped load_rgb as struct.error (prepare crashed, the service answered 500)."""
     rng = np.random.default_rng(28)
@@ -201,7 +201,7 @@ def phone_jpeg() -> bytes:
     return buffer.getvalue()
 
 
-def test_row9_a_jpeg_with_a_second_picture_reads_as_its_first(image_folder, tmp_path):
+def test_a_jpeg_with_a_second_picture_reads_as_its_first(image_folder, tmp_path):
     data = phone_jpeg()
     assert Image.open(io.BytesIO(data)).format == "MPO"
     image = load_rgb(io.BytesIO(data), 10**6, formats=("JPEG", "PNG"))  # the service's list names JPEG only
@@ -213,14 +213,14 @@ def test_row9_a_jpeg_with_a_second_picture_reads_as_its_first(image_folder, tmp_
     assert metrics["skipped"] == 0 and "phone.jpg" in (tmp_path / "out" / "manifest.csv").read_text()
 
 
-def test_row11_a_file_as_data_source_is_named_as_a_file(tmp_path):
+def test_a_file_as_data_source_is_named_as_a_file(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match=r"data.source: .*params.yaml is a file; it should be a folder"):
         prepare(data_config(tmp_path / "params.yaml"), seed=1, out_dir=tmp_path / "out")
 
 
 @pytest.mark.parametrize("system_folder", ["/", "/etc", "/proc", "/proc/self", "/usr"])
-def test_row11_a_system_folder_as_data_source_is_refused_before_it_is_read(system_folder, tmp_path):
+def test_a_system_folder_as_data_source_is_refused_before_it_is_read(system_folder, tmp_path):
     with pytest.raises(ConfigError, match=rf"data.source: {system_folder} is a system folder"):
         prepare(data_config(Path(system_folder)), seed=1, out_dir=tmp_path / "out")
 
@@ -244,7 +244,7 @@ def prepare_in_subprocess(source: Path, out: Path) -> subprocess.CompletedProces
     return subprocess.run(command, cwd=ROOT, env=stage_env(), capture_output=True, text=True, check=False)
 
 
-def test_row11_an_unreadable_data_source_or_class_folder_is_refused_in_words(image_folder, tmp_path):
+def test_an_unreadable_data_source_or_class_folder_is_refused_in_words(image_folder, tmp_path):
     (image_folder / "red" / "more").mkdir()
     try:
         image_folder.chmod(0o300)  # searchable, not listable

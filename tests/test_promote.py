@@ -138,7 +138,7 @@ def test_the_command_prints_the_candidates_moves_the_alias_and_says_what_force_o
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
 
 
-def test_row10_a_version_without_the_tags_of_export_is_never_promoted(client, tmp_path):
+def test_a_version_without_the_tags_of_export_is_never_promoted(client, tmp_path):
     """What a killed export of the pipeline before issue 28 left: a version with no tags. Before, --force made it
     champion, and serving loaded a model nothing was known of."""
     add_version(client, tmp_path, right=400)

@@ -286,7 +286,7 @@ def raw_request(url: str, head: bytes, body: bytes = b"", pause_s: float = 0) ->
     return int(status_line.split()[1]), rest.decode(errors="replace")
 
 
-def test_row2_a_body_framed_two_ways_is_refused(server):
+def test_a_body_framed_two_ways_is_refused(server):
     head = (
         b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
         b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -296,7 +296,7 @@ def test_row2_a_body_framed_two_ways_is_refused(server):
     assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
 
 
-def test_row12_a_client_that_stops_sending_gets_a_408(server):
+def test_a_client_that_stops_sending_gets_a_408(server):
     head = (
         b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
         b"Content-Length: 5000\r\n\r\n"
@@ -307,7 +307,7 @@ def test_row12_a_client_that_stops_sending_gets_a_408(server):
     assert time.monotonic() - started < 30
 
 
-def test_row12_base64_wrapped_in_lines_is_accepted(server, registry):
+def test_base64_wrapped_in_lines_is_accepted(server, registry):
     encoded = base64.encodebytes(GOOD).decode()  # 76 characters a line, as `base64` prints
     assert "\n" in encoded.strip()
     answer = httpx.post(f"{server}/classify_base64", json={"images": [encoded], "top_k": 4})
@@ -371,7 +371,7 @@ def test_an_unusable_model_stops_the_server_at_start_up(tmp_path, registry, prob
     assert "ModelLoadError" in result.stderr and expected in result.stderr
 
 
-def test_row12_metadata_names_the_model_file_not_the_servers_folders(registry):
+def test_metadata_names_the_model_file_not_the_servers_folders(registry):
     with running_service({"SERVING_MODEL": str(registry["onnx"])}) as url:
         answer = httpx.get(f"{url}/v1/metadata")
     assert answer.status_code == 200 and answer.json()["model"] == "model.onnx"

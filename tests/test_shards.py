@@ -9,17 +9,16 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from pipeline.config import ConfigError, parse_params, set_param
+from pipeline.config import set_param
 from pipeline.data import decoded
 from pipeline.data.shards import CACHE_DIR, LOCAL_AS_REMOTE
 from pipeline.data.splits import load_split
-from tests.conftest import ROOT, default_params, stage_env, stage_project
+from tests.conftest import ROOT, stage_env, stage_project
 from tests.test_decoded import MAX_PIXELS, all_batches, manifest
 from tests.test_train_processes import ONE_THREAD, RUN, SINGLE, max_difference, outputs
 
@@ -60,19 +59,17 @@ def test_stale_shards_are_never_read(prepared_folder, monkeypatch):
     assert len(shard_folders(store)) == 3
 
 
-SLOW_WRITE = textwrap.dedent(
+STALLED_WRITE = textwrap.dedent(
     """
-    import sys, time
+    import sys, threading
     from pipeline.data import shards
     from pipeline.data.manifest import read_manifest
     from pipeline.data.splits import load_split
 
-    item = shards.decoded_item
-    def slowly(row_and_label, size, max_pixels):  # a write long enough to be killed in the middle
-        open("decoding", "a").close()  # the test kills the writer once an image is being decoded
-        time.sleep(1)
-        return item(row_and_label, size, max_pixels)
-    shards.decoded_item = slowly
+    def stall(row_and_label, size, max_pixels):  # no image ends: the write waits, under way, to be killed
+        print("decoding", flush=True)
+        threading.Event().wait()
+    shards.decoded_item = stall
     load_split(read_manifest(sys.argv[1]), "train", 32, 10**7, "shards", "store")
     """
 )
@@ -81,16 +78,16 @@ SLOW_WRITE = textwrap.dedent(
 def test_a_write_killed_mid_way_leaves_nothing_readable(prepared_folder):
     rows, store = manifest(prepared_folder), prepared_folder / "store"
     writer = subprocess.Popen(
-        [sys.executable, "-c", SLOW_WRITE, "prepared/manifest.csv"],
+        [sys.executable, "-c", STALLED_WRITE, "prepared/manifest.csv"],
         cwd=prepared_folder,
         env=stage_env(PYTHONPATH=str(ROOT)),
+        stdout=subprocess.PIPE,
+        text=True,
         start_new_session=True,  # its LitData workers are killed with it
     )
     # LitData writes a chunk file only once the chunk is full (here: at the end), so the sign that the write
-    # is under way is an image being decoded, seconds before the last one
-    deadline = time.monotonic() + 120
-    while not (prepared_folder / "decoding").exists() and writer.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # is under way is a worker decoding an image, which here never ends
+    assert "decoding\n" in iter(writer.stdout.readline, ""), "the write ended before it stalled"
     assert writer.poll() is None, "the write ended before it could be killed"
     os.killpg(writer.pid, signal.SIGKILL)
     assert writer.wait() == -signal.SIGKILL
@@ -98,13 +95,6 @@ def test_a_write_killed_mid_way_leaves_nothing_readable(prepared_folder):
     rewritten = load_split(rows, "train", 32, MAX_PIXELS, "shards", str(store))
     assert torch.equal(rewritten.images[:], load_split(rows, "train", 32, MAX_PIXELS, "memory").images)
     assert not list(store.glob(".*.partial"))
-
-
-def test_bad_settings_name_the_key():
-    with pytest.raises(ConfigError, match=r"data\.decoded: .*'memory', 'disk', 'shards' or 'auto' \(got 'shard'\)"):
-        parse_params(default_params(**{"data.decoded": "shard"}))
-    with pytest.raises(ConfigError, match=r"data\.shards: .*at least 1 character"):
-        parse_params(default_params(**{"data.shards": ""}))
 
 
 def free_port() -> int:

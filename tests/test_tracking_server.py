@@ -150,7 +150,7 @@ def test_train_stage_fails_at_once_when_the_server_is_down(tmp_path):
 
 
 @pytest.mark.slow
-def test_row5_a_server_lost_mid_training_stops_it_within_a_minute_with_a_checkpoint(tmp_path):
+def test_a_server_lost_mid_training_stops_it_within_a_minute_with_a_checkpoint(tmp_path):
     project = stage_project(tmp_path / "project", **{"finetune.strategy": "full", "train.epochs": 400})
     (tmp_path / "server").mkdir()
     with mlflow_server(tmp_path / "server") as (url, process):
@@ -176,7 +176,7 @@ def test_row5_a_server_lost_mid_training_stops_it_within_a_minute_with_a_checkpo
     assert "models/checkpoint.pt holds the last finished epoch" in stderr and checkpoint.exists()
 
 
-def test_row5_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
+def test_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
     uri = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
     result = subprocess.run(
@@ -192,7 +192,7 @@ def test_row5_promote_refuses_an_unreachable_store_at_once(in_tmp_project):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["evaluate", "export"])
-def test_row7_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
+def test_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
     project = stage_project(tmp_path, **{"finetune.strategy": "head"})
     trained = subprocess.run(
         [sys.executable, "-m", "pipeline.stages.train"], cwd=project, env=stage_env(), capture_output=True
@@ -209,7 +209,7 @@ def test_row7_a_stage_that_cannot_log_writes_nothing(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_row8_credentials_in_the_uri_work_and_are_never_printed(server, monkeypatch):
+def test_credentials_in_the_uri_work_and_are_never_printed(server, monkeypatch):
     with_credentials = server["url"].replace("http://", "http://alice:s3cret@")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", with_credentials)
     store.check_reachable()  # urllib alone cannot open such a URL
