@@ -1,6 +1,8 @@
 """compare.method: halving: the worse half dropped at each rung, a stop as soon as the paired test decides,
 the verdict's order; and the shifted test copy every comparison scores."""
 
+import shutil
+
 import mlflow
 import pytest
 import torch
@@ -139,38 +141,6 @@ def test_a_race_stops_at_the_first_strategy_that_decides_and_runs_none_behind_it
     assert ran == ["norm", "lp-ft", "full"] and decided.leader == "full"  # the tie goes to the verdict's order
 
 
-@pytest.mark.parametrize(
-    ("key", "value", "named"),
-    [
-        ("compare.worth_it", -1.0, r"compare\.worth_it"),
-        ("compare.halving.confidence", 1.0, r"compare\.halving\.confidence"),
-        ("compare.halving.first_epochs", 0, r"compare\.halving\.first_epochs"),
-        ("compare.halving.first_epochs", 7, r"compare\.halving\.first_epochs \(7\) is more than compare\.epochs"),
-        ("compare.halving.first_train_per_class", 200, r"compare\.halving\.first_train_per_class \(200\)"),
-        ("compare.halving.verdict_drop", 0.3, r"compare\.halving\.verdict_drop"),
-        ("compare.halving.first_seeds", 0, r"compare\.halving\.first_seeds"),
-    ],
-)
-def test_invalid_halving_settings_name_their_key(key, value, named):
-    with pytest.raises(ConfigError, match=named):
-        parse_params(default_params(**{"compare.method": "halving", key: value}))
-
-
-def test_the_grid_ignores_the_halving_budget():
-    parse_params(default_params(**{"compare.epochs": 1, "compare.train_per_class": 10}))  # first rung: 2 / 50
-
-
-def test_an_unknown_method_lists_the_methods():
-    with pytest.raises(ConfigError, match=r"compare\.method: Input should be 'grid' or 'halving'"):
-        parse_params(default_params(**{"compare.method": "random"}))
-
-
-def test_halving_needs_the_head_as_its_reference():
-    raw = default_params(**{"compare.method": "halving", "compare.strategies": ["full", "lp-ft"]})
-    with pytest.raises(ConfigError, match="compare.strategies must hold head and another strategy"):
-        parse_params(raw)
-
-
 def test_the_shifted_copy_is_the_same_for_a_seed_and_differs_from_clean():
     images = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     first, kinds = shifted_copy(images, seed=3)
@@ -270,9 +240,14 @@ def test_halving_stops_at_the_first_rung_with_every_seed_once_fine_tuning_clearl
     assert report.recommendation[0].startswith(f"**Use `{leader}`**: it beats the head by more than compare.")
 
 
-def test_verdict_calibration_refuses_a_halving_report(tmp_path):
+def test_verdict_calibration_refuses_a_halving_report(tmp_path, monkeypatch):
     """A halving report's summaries are of the rung it stopped at, not of the budget the rule is fitted for."""
-    from pipeline.commands.calibrate import measured_case
+    from pipeline.choice.calibration_cases import CalibrationCase
+    from pipeline.choice.case_scores import measured_case
 
-    with pytest.raises(ConfigError, match="halving.compare.json is a halving comparison"):
-        measured_case(tiny_params(), ROOT / "reports/halving/compare.json", tmp_path)
+    listed = CalibrationCase(name="halved", family="digits", data="digits")
+    monkeypatch.chdir(tmp_path)
+    listed.report.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "reports/halving/compare.json", listed.report)
+    with pytest.raises(ConfigError, match="halved/compare.json is a halving comparison"):
+        measured_case(listed, default_params(), tmp_path)

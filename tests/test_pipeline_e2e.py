@@ -57,7 +57,13 @@ def queue_status(project: Path) -> str:
 def project(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "reports/verdict/calibration.csv"):
+    for name in (
+        "dvc.yaml",
+        ".gitignore",
+        ".dvcignore",
+        "reports/verdict/calibration.jsonl",
+        "reports/verdict/label_check.jsonl",
+    ):
         if (ROOT / name).exists():
             (project / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(ROOT / name, project / name)

@@ -32,7 +32,13 @@ def sh(project: Path, *command: str) -> str:
 def project(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("vit-project")
     shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore", "reports/verdict/calibration.csv"):
+    for name in (
+        "dvc.yaml",
+        ".gitignore",
+        ".dvcignore",
+        "reports/verdict/calibration.jsonl",
+        "reports/verdict/label_check.jsonl",
+    ):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, project / name)
     params = default_params(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.choice.batchnorm_shift import recording_batchnorm_shift
+from pipeline.choice.label_check import LabelCheckRow, precision_at
 from pipeline.choice.transferability import cross_validated_probe, folds, knn_accuracy, label_issues, logme
 from pipeline.choice.verdict_report import LabelIssue, gallery
 from pipeline.choice.verdict_rule import Scores
@@ -72,8 +73,9 @@ def backbone_pass(backbone: Backbone, images: torch.Tensor, device: torch.device
     return Pass(final.cpu().numpy(), {label: torch.cat(parts).numpy() for label, parts in pooled.items()}, shift)
 
 
-def scored_images(params: Params, manifest: Path, image_size: int, train_per_class: int | None) -> tuple[Split, list]:
-    """Train (at most `train_per_class` per class, seeded as compare draws them) and val, as one split."""
+def scored_images(params: Params, manifest: Path, image_size: int, train_per_class: int | None):
+    """Train (at most `train_per_class` per class, seeded as compare draws them) and val, as one split; the
+    classes, and how many of the images are training ones."""
     rows = read_manifest(manifest)
     train = cap_per_class([row for row in rows if row["split"] == "train"], train_per_class, params.seed)
     val = [row for row in rows if row["split"] == "val"]
@@ -81,23 +83,31 @@ def scored_images(params: Params, manifest: Path, image_size: int, train_per_cla
     # decoded as one selection (one cache folder on disk), not concatenated: that would copy it all into memory
     data = params.data
     both = load_rows(train + val, classes, image_size, data.max_image_pixels, data.decoded, "train+val", data.shards)
-    return both, classes
+    return both, classes, len(train)
 
 
 @dataclass
 class Assessment:
     split: Split
     classes: list[str]
+    blocks: list[str]  # the backbone's block labels, input to output
     scores: Scores
     folds: int  # of the cross-validation: verdict.folds, fewer if a class has fewer images
     probabilities: np.ndarray  # out-of-fold probe probabilities, N x classes
     issues: np.ndarray  # indices into split, most suspicious first
 
 
-def assess(params: Params, manifest: Path, image_size: int, train_per_class: int | None = None) -> Assessment:
-    """Every score of the verdict on the prepared split of `manifest`."""
+def assess(
+    params: Params,
+    manifest: Path,
+    image_size: int,
+    train_per_class: int | None = None,
+    label_check: list[LabelCheckRow] = (),
+) -> Assessment:
+    """Every score of the verdict on the prepared split of `manifest`; `label_check` says how much of cleanlab's
+    flags to take for wrong labels."""
     torch.manual_seed(params.seed)
-    split, classes = scored_images(params, manifest, image_size, train_per_class)
+    split, classes, train_images = scored_images(params, manifest, image_size, train_per_class)
     backbone = build(params.model.backbone, params.model.weights, len(classes), image_size)
     features = backbone_pass(backbone, split.images, pick_device(params.train.device))
     labels = split.labels.numpy()
@@ -108,14 +118,18 @@ def assess(params: Params, manifest: Path, image_size: int, train_per_class: int
     issues = label_issues(labels, probabilities)
     scores = Scores(
         images=len(labels),
+        images_per_class=train_images / len(classes),
         probe_accuracy=probe_accuracy,
         knn_accuracy=knn_accuracy(features.final, labels, cv, settings.knn_neighbors),
         logme=logme(features.final, labels),
         multi_depth_accuracy=multi_depth_accuracy,
+        block_probe_accuracy={label: cross_validated_probe(f, labels, cv)[0] for label, f in features.pooled.items()},
         label_issue_rate=len(issues) / len(labels),
+        wrong_label_rate=len(issues) / len(labels) * precision_at(list(label_check), probe_accuracy),
         batchnorm_shift=features.batchnorm_shift,
     )
-    return Assessment(split, classes, scores, cv.get_n_splits(), probabilities, issues)
+    blocks = [block_label(block) for block in backbone.blocks]
+    return Assessment(split, classes, blocks, scores, cv.get_n_splits(), probabilities, issues)
 
 
 def issue_rows(assessment: Assessment, count: int) -> list[LabelIssue]:

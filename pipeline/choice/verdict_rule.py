@@ -1,38 +1,23 @@
-"""The verdict's rule, and its calibration against measured strategy comparisons.
+"""The verdict's rule: from what one pass of the frozen backbone measures, the expected gain of fine-tuning over
+training the head alone, whether it is worth it, where to tune, and how sure that is.
 
-reports/verdict/calibration.csv holds one row per committed comparison (`make compare`): the verdict's
-scores on that comparison's data and budget (`python -m pipeline.commands.calibrate` recomputes them)
-beside what the comparison measured. The rule has one fitted number and two set by hand:
-
-1. Whether: the expected gain of fine-tuning over the head is `recovery` x the probe's recoverable error,
-   in accuracy points: 1 - cross-validated probe accuracy - the estimated share of wrong labels (a gain
-   that only fits wrong labels is no gain). `recovery`, the share of that error fine-tuning wins back, is
-   the one fitted number: least squares through the origin on the calibration rows whose comparison
-   trained for the number of epochs nearest the run's `train.epochs` (the gain grows with the budget).
-   Below `verdict.worth_it` points: the head is enough.
-2. Where: the blocks from the first whose BatchNorm inputs are shifted by `verdict.shift_threshold`
-   standard deviations or more, to the output (their statistics differ from pretraining, which the head
-   cannot undo); if none is, the last block (a shift of the labels only: Lee et al. 2023 tune the last
-   layer for it). All of them: fine-tune everything (`full`); fewer: `partial` with that many blocks.
-   Every calibration case so far is shifted from its first block, so this branch is set by hand, not
-   calibrated; on patches of scikit-learn's two sample photos the first block's shift is about a third
-   of the default threshold.
-3. How sure: the probability that the gain falls on the verdict's side of `worth_it`, taking the error
-   of the gain as normal with the spread of the leave-one-out errors over the calibration rows.
+The gain is a linear function of scores of the data (`FEATURES`); which scores it uses is chosen among nested
+candidates (`RULES`) by their error on calibration families left out of the fit (pipeline.choice.rule_validation),
+the simplest within one standard error of the best. The cases it is fitted on are measured comparisons listed in
+reports/calibration/cases.yaml, scored into reports/verdict/calibration.jsonl (`python -m pipeline.commands.calibrate`).
+How the rule was chosen and how it fares: docs/strategies.md#is-the-head-enough-the-verdict.
 """
 
-import csv
 import math
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.atomic import atomic_path
 from pipeline.config import ConfigError
-
-HEAD_IS_ENOUGH = "the head is enough"
-EVERYTHING = "fine-tune everything"
 
 
 class Record(BaseModel):
@@ -40,213 +25,119 @@ class Record(BaseModel):
 
 
 class Scores(Record):
-    """What one pass of the frozen backbone says about the data (pipeline.choice.transferability)."""
+    """What one pass of the frozen backbone says about the data (pipeline.choice.assessment)."""
 
     images: int  # train + val images scored
+    images_per_class: float  # training images per class (the mean)
     probe_accuracy: float  # linear probe on the last layer's features, cross-validated
     knn_accuracy: float
     logme: float
     multi_depth_accuracy: float  # linear probe on every block's pooled features (Head2Toe)
+    block_probe_accuracy: dict[str, float] = {}  # per block, a probe on its pooled output alone, input to output
     label_issue_rate: float  # share of images cleanlab flags as likely mislabelled
-    batchnorm_shift: dict[str, float]  # per block, input to output (pipeline.choice.batchnorm_shift)
+    wrong_label_rate: float = 0.0  # the share of those the label check found to be wrong (pipeline.choice.label_check)
+    batchnorm_shift: dict[str, float]  # per block with BatchNorm, input to output (pipeline.choice.batchnorm_shift)
 
 
 class Case(Record):
-    """One row of calibration.csv: the verdict's scores on a comparison's data and budget, and what the
-    comparison measured (accuracies in [0, 1], gains in points)."""
+    """One row of calibration.jsonl: the verdict's scores on a comparison's data and budget, and what the comparison
+    measured (accuracies in [0, 1], gains in points)."""
 
+    name: str
+    family: str  # the data it comes from: a family's cases are left out of the fit together
+    data: str  # the data itself: a built-in set or a folder, and the transform made of it
     report: str
-    data_source: str
     backbone: str
+    weights: str
     image_size: int
-    train_per_class: int
     epochs: int
-    images: int
-    probe_accuracy: float
-    knn_accuracy: float
-    logme: float
-    multi_depth_accuracy: float
-    label_issue_rate: float
-    batchnorm_shift: str  # "block=shift block=shift ...", input to output
-    measured_head: float
-    measured_best_strategy: str
-    measured_best: float
-    measured_gain: float  # best strategy's mean - head's mean, in points
-    measured_recommended: str  # the comparison's recommendation (pipeline.choice.compare_report.recommended)
-    measured_within_spread: str  # strategies within the seeds' spread of the best, space-separated
+    train_per_class: int
+    scores: Scores
+    measured: dict[str, float]  # strategy -> mean test accuracy over the seeds
+    measured_best: str  # the most accurate on validation (pipeline.choice.comparison_rule)
+    measured_within_spread: list[str]  # strategies the seeds cannot tell from the best, on validation
 
-    def shifts(self) -> dict[str, float]:
-        return {block: float(value) for block, value in (item.split("=") for item in self.batchnorm_shift.split())}
+    @property
+    def setting(self) -> tuple:
+        """What makes two cases the same comparison: one would sit in the other's fit (a twin)."""
+        return (self.data, self.backbone, self.weights, self.image_size, self.epochs, self.train_per_class)
 
-
-def shift_text(shifts: dict[str, float]) -> str:
-    return " ".join(f"{block}={value:.3f}" for block, value in shifts.items())
+    @property
+    def gain(self) -> float:
+        """Points the best fine-tuning strategy adds over the head, on the test split."""
+        tuned = max(value for strategy, value in self.measured.items() if strategy != "head")
+        return 100 * (tuned - self.measured["head"])
 
 
 def write_cases(path: Path, cases: list[Case]) -> None:
-    with atomic_path(path) as partial, open(partial, "w", newline="") as f:
-        writer = csv.DictWriter(f, list(Case.model_fields))
-        writer.writeheader()
-        writer.writerows(case.model_dump() for case in cases)
+    """One JSON object per line: typed rows a spreadsheet need not read, a diff shows case by case."""
+    with atomic_path(path) as partial:
+        partial.write_text("".join(case.model_dump_json() + "\n" for case in cases))
 
 
 def read_cases(path: Path) -> list[Case]:
     if not path.is_file():
         raise ConfigError(f"{path} not found: `python -m pipeline.commands.calibrate` writes it")
-    with open(path, newline="") as f:
-        return [Case.model_validate(row) for row in csv.DictReader(f)]
+    return [Case.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def recoverable_error(probe_accuracy: float, label_issue_rate: float) -> float:
-    """Points of the probe's error that are not wrong labels: what fine-tuning could win back."""
-    return 100 * max(0.0, 1 - probe_accuracy - label_issue_rate)
+# The scores a rule may use, in points where they are accuracies; each a function of the scores and the budget.
+FEATURES: dict[str, Callable[[Scores, int], float]] = {
+    "1": lambda s, epochs: 1.0,
+    # the probe's error that is not wrong labels: a gain that only fits wrong labels is no gain
+    "probe error": lambda s, epochs: 100 * max(0.0, 1 - s.probe_accuracy - s.wrong_label_rate),
+    "kNN below probe": lambda s, epochs: 100 * (s.probe_accuracy - s.knn_accuracy),
+    "multi-depth gain": lambda s, epochs: 100 * (s.multi_depth_accuracy - s.probe_accuracy),
+    "LogME": lambda s, epochs: s.logme,
+    "log2 images per class": lambda s, epochs: math.log2(max(s.images_per_class, 1.0)),
+    "epochs": lambda s, epochs: float(epochs),
+}
+# Candidate rules, simplest first: the scores each uses. "probe error" through the origin is the old rule.
+RULES: dict[str, tuple[str, ...]] = {
+    "probe error": ("probe error",),
+    "probe error + intercept": ("1", "probe error"),
+    "+ kNN gap": ("1", "probe error", "kNN below probe"),
+    "+ multi-depth gain": ("1", "probe error", "kNN below probe", "multi-depth gain"),
+    "+ LogME": ("1", "probe error", "kNN below probe", "multi-depth gain", "LogME"),
+    "+ images per class and budget": (
+        "1",
+        "probe error",
+        "kNN below probe",
+        "multi-depth gain",
+        "LogME",
+        "log2 images per class",
+        "epochs",
+    ),
+}
 
 
-def budget_cases(cases: list[Case], epochs: int) -> list[Case]:
-    """The cases whose comparison trained for the number of epochs nearest `epochs`."""
-    nearest = min(abs(case.epochs - epochs) for case in cases)
-    return [case for case in cases if abs(case.epochs - epochs) == nearest]
+def feature_row(names: tuple[str, ...], scores: Scores, epochs: int) -> np.ndarray:
+    return np.array([FEATURES[name](scores, epochs) for name in names])
 
 
-def fit_recovery(cases: list[Case]) -> float:
-    """Least squares through the origin of the measured gain on the recoverable error."""
-    errors = [recoverable_error(case.probe_accuracy, case.label_issue_rate) for case in cases]
-    total = sum(error**2 for error in errors)
-    if not cases or total == 0:
-        raise ConfigError("calibration: no case with a probe error to fit the rule on; run --calibrate")
-    return sum(error * case.measured_gain for error, case in zip(errors, cases, strict=True)) / total
+class FittedRule(Record):
+    name: str
+    features: tuple[str, ...]
+    weights: tuple[float, ...]  # least squares, one per feature
+    gain_sd: float  # points: root mean square of its errors on families left out of the fit
+
+    def gain(self, scores: Scores, epochs: int) -> float:
+        return float(feature_row(self.features, scores, epochs) @ np.array(self.weights))
 
 
-class CaseVerdict(Record):
-    """How the rule fared on one calibration case: fitted with it (in sample) and without it (held out)."""
-
-    report: str
-    data_source: str
-    epochs: int
-    image_size: int
-    train_per_class: int
-    measured_recommended: str
-    measured_best_strategy: str
-    measured_within_spread: list[str]
-    measured_gain: float
-    measured_head_enough: bool
-    in_sample_strategy: str
-    in_sample_gain: float
-    in_sample_agrees: bool  # its strategy is within the seeds' spread of the best
-    in_sample_head_enough: bool
-    held_out_strategy: str
-    held_out_gain: float
-    held_out_agrees: bool
-    held_out_head_enough: bool
+def fit(name: str, cases: list[Case], gain_sd: float = 0.0) -> FittedRule:
+    """Least squares of the measured gain on the rule's features over `cases`."""
+    features = RULES[name]
+    design = np.stack([feature_row(features, case.scores, case.epochs) for case in cases])
+    target = np.array([case.gain for case in cases])
+    weights, *_ = np.linalg.lstsq(design, target, rcond=None)
+    return FittedRule(name=name, features=features, weights=tuple(float(w) for w in weights), gain_sd=gain_sd)
 
 
-class Calibration(Record):
-    recovery: float  # the fitted number of the rule for this budget
-    fitted_on: list[str]  # the reports it was fitted on
-    gain_sd: float  # points: root mean square of the leave-one-out errors of the gain, over all cases
-    cases: list[CaseVerdict]
-    agreement: int  # cases whose verdict (fitted without them) is within the seeds' spread of the best
-    agreement_in_sample: int
-    head_enough_agreement: int  # cases where it says "the head is enough" exactly when the gain was < worth_it
-    gain_error_in_sample: float  # root mean square, points
+def head_enough_probability(gain: float, sd: float, worth_it: float) -> float:
+    """P(the true gain is below worth_it), taking the rule's error as normal with the held-out spread."""
+    return statistics.NormalDist(gain, max(sd, 1e-6)).cdf(worth_it)
 
 
-class Verdict(Record):
-    decision: str  # HEAD_IS_ENOUGH, "fine-tune the last N blocks" or EVERYTHING
-    strategy: str  # a name of pipeline.finetune.strategies.STRATEGIES
-    unfreeze_blocks: int | None  # partial's finetune.unfreeze_blocks
-    blocks: list[str]  # the blocks to tune, input to output
-    expected_gain: float  # points over the head
-    confidence: float  # probability that the gain is on the decided side of worth_it
-    certainty: str  # sure, fairly sure, unsure
-
-
-def decide(
-    probe_accuracy: float,
-    label_issue_rate: float,
-    shifts: dict[str, float],
-    recovery: float,
-    gain_sd: float,
-    worth_it: float,
-    shift_threshold: float,
-) -> Verdict:
-    gain = recovery * recoverable_error(probe_accuracy, label_issue_rate)
-    fine_tune_pays = statistics.NormalDist().cdf((gain - worth_it) / gain_sd)
-    confidence = fine_tune_pays if gain >= worth_it else 1 - fine_tune_pays
-    certainty = "sure" if confidence >= 0.9 else "fairly sure" if confidence >= 0.7 else "unsure"
-    sure = {"expected_gain": gain, "confidence": confidence, "certainty": certainty}
-    if gain < worth_it:
-        return Verdict(decision=HEAD_IS_ENOUGH, strategy="head", unfreeze_blocks=None, blocks=[], **sure)
-    blocks = list(shifts)
-    shifted = [index for index, value in enumerate(shifts.values()) if value >= shift_threshold]
-    tuned = blocks[shifted[0] :] if shifted else blocks[-1:]
-    if len(tuned) == len(blocks):
-        return Verdict(decision=EVERYTHING, strategy="full", unfreeze_blocks=None, blocks=tuned, **sure)
-    decision = f"fine-tune the last {len(tuned)} block" + ("s" if len(tuned) > 1 else "")
-    return Verdict(decision=decision, strategy="partial", unfreeze_blocks=len(tuned), blocks=tuned, **sure)
-
-
-def root_mean_square(values: list[float]) -> float:
-    return math.sqrt(statistics.fmean(value**2 for value in values))
-
-
-def case_verdict(case: Case, in_sample: Verdict, held_out: Verdict, worth_it: float) -> CaseVerdict:
-    within = case.measured_within_spread.split()
-    return CaseVerdict(
-        report=case.report,
-        data_source=case.data_source,
-        epochs=case.epochs,
-        image_size=case.image_size,
-        train_per_class=case.train_per_class,
-        measured_recommended=case.measured_recommended,
-        measured_best_strategy=case.measured_best_strategy,
-        measured_within_spread=within,
-        measured_gain=case.measured_gain,
-        measured_head_enough=case.measured_gain < worth_it,
-        in_sample_strategy=in_sample.strategy,
-        in_sample_gain=in_sample.expected_gain,
-        in_sample_agrees=in_sample.strategy in within,
-        in_sample_head_enough=in_sample.strategy == "head",
-        held_out_strategy=held_out.strategy,
-        held_out_gain=held_out.expected_gain,
-        held_out_agrees=held_out.strategy in within,
-        held_out_head_enough=held_out.strategy == "head",
-    )
-
-
-def calibrate(cases: list[Case], epochs: int, worth_it: float, shift_threshold: float) -> Calibration:
-    """The rule for a run of `epochs`, and how it fared on every case: fitted with the case (in sample) and
-    without it (leave-one-out: the case is new to the rule, as the user's data is)."""
-    if len(cases) < 2:
-        raise ConfigError("calibration: at least two cases are needed; run `python -m pipeline.commands.calibrate`")
-    fitted = budget_cases(cases, epochs)
-    leave_one_out = {}
-    for case in cases:
-        others = [other for other in budget_cases(cases, case.epochs) if other is not case]
-        leave_one_out[case.report] = fit_recovery(others or [other for other in cases if other is not case])
-    held_out_errors = [
-        leave_one_out[case.report] * recoverable_error(case.probe_accuracy, case.label_issue_rate) - case.measured_gain
-        for case in cases
-    ]
-    gain_sd = root_mean_square(held_out_errors)
-
-    def verdict_of(case: Case, recovery: float) -> Verdict:
-        return decide(
-            case.probe_accuracy, case.label_issue_rate, case.shifts(), recovery, gain_sd, worth_it, shift_threshold
-        )
-
-    rows, in_sample_errors = [], []
-    for case in cases:
-        in_sample = verdict_of(case, fit_recovery(budget_cases(cases, case.epochs)))
-        rows.append(case_verdict(case, in_sample, verdict_of(case, leave_one_out[case.report]), worth_it))
-        in_sample_errors.append(in_sample.expected_gain - case.measured_gain)
-    return Calibration(
-        recovery=fit_recovery(fitted),
-        fitted_on=[case.report for case in fitted],
-        gain_sd=gain_sd,
-        cases=rows,
-        agreement=sum(row.held_out_agrees for row in rows),
-        agreement_in_sample=sum(row.in_sample_agrees for row in rows),
-        head_enough_agreement=sum(row.held_out_head_enough == row.measured_head_enough for row in rows),
-        gain_error_in_sample=root_mean_square(in_sample_errors),
-    )
+def certainty_of(confidence: float) -> str:
+    return "sure" if confidence >= 0.9 else "fairly sure" if confidence >= 0.7 else "unsure"

@@ -2,9 +2,10 @@
 
     dvc repro verdict                     # = python -m pipeline.stages.verdict, after prepare
 
-Scores train + val (pipeline.choice.assessment), decides with the rule of pipeline.choice.verdict_rule fitted
-on reports/verdict/calibration.csv, and writes reports/verdict/verdict.{json,md} and label_issues.png, logged on
-an MLflow run of their own. `python -m pipeline.commands.apply verdict` sets its strategy in params.yaml.
+Scores train + val (pipeline.choice.assessment), fits the rule that fares best on calibration families left out
+(pipeline.choice.rule_validation) on reports/verdict/calibration.jsonl, decides (pipeline.choice.decision), and
+writes reports/verdict/verdict.{json,md} and label_issues.png, logged on an MLflow run of their own.
+`python -m pipeline.commands.apply verdict` sets its strategy in params.yaml.
 """
 
 import sys
@@ -16,77 +17,97 @@ import mlflow
 
 from pipeline.atomic import OutputNotWritable, atomic_path, check_writable
 from pipeline.choice.assessment import Assessment, assess, issue_rows, write_gallery
+from pipeline.choice.coverage import Coverage
+from pipeline.choice.decision import decide
+from pipeline.choice.label_check import read_rows
+from pipeline.choice.rule_validation import validate
 from pipeline.choice.verdict_report import VerdictReport, VerdictSetup, markdown, summary_lines
-from pipeline.choice.verdict_rule import calibrate, decide, read_cases
+from pipeline.choice.verdict_rule import fit, read_cases
 from pipeline.config import ConfigError, Params, load_params
-from pipeline.paths import MANIFEST, VERDICT_CALIBRATION, VERDICT_DIR, VERDICT_GALLERY, VERDICT_JSON, VERDICT_MD
+from pipeline.paths import (
+    LABEL_CHECK,
+    MANIFEST,
+    VERDICT_CALIBRATION,
+    VERDICT_DIR,
+    VERDICT_GALLERY,
+    VERDICT_JSON,
+    VERDICT_MD,
+)
 from pipeline.tracking import runs, store
 
 
-def report_of(params: Params, assessment: Assessment, out_dir: Path, run_id: str, started: float) -> VerdictReport:
-    """Decide from the scores with the rule calibrated for this budget; the whole report."""
-    settings, scores = params.verdict, assessment.scores
-    calibration = calibrate(
-        read_cases(out_dir / VERDICT_CALIBRATION.name), params.train.epochs, settings.worth_it, settings.shift_threshold
-    )
-    decided = decide(
-        scores.probe_accuracy,
-        scores.label_issue_rate,
-        scores.batchnorm_shift,
-        calibration.recovery,
-        calibration.gain_sd,
-        settings.worth_it,
-        settings.shift_threshold,
-    )
-    rows = issue_rows(assessment, settings.gallery)
-    write_gallery(assessment, rows, out_dir / VERDICT_GALLERY.name)
-    setup = VerdictSetup(
+def setup_of(params: Params, assessment: Assessment, out_dir: Path, run_id: str, seconds: float) -> VerdictSetup:
+    return VerdictSetup(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         git_commit=runs.git_commit(),
         run_id=run_id,
         data_source=params.data.source,
-        images=scores.images,
+        images=assessment.scores.images,
         classes=len(assessment.classes),
         image_size=params.train.image_size,
         epochs=params.train.epochs,
         backbone=params.model.backbone,
         weights=params.model.weights,
         folds=assessment.folds,
-        knn_neighbors=settings.knn_neighbors,
-        worth_it=settings.worth_it,
-        shift_threshold=settings.shift_threshold,
+        knn_neighbors=params.verdict.knn_neighbors,
+        worth_it=params.verdict.worth_it,
+        shift_threshold=params.verdict.shift_threshold,
         gallery_file=(out_dir / VERDICT_GALLERY.name).as_posix(),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
     )
+
+
+def report_of(params: Params, assessment: Assessment, label_check, out_dir: Path, run_id: str, started: float):
+    """The rule chosen and fitted on the calibration cases, its verdict on these scores, and the whole report."""
+    cases = read_cases(out_dir / VERDICT_CALIBRATION.name)
+    settings = (params.verdict.worth_it, params.verdict.shift_threshold, params.finetune.unfreeze_blocks)
+    validation = validate(cases, settings)
+    chosen = next(score for score in validation.rules if score.name == validation.chosen)
+    rule = fit(validation.chosen, cases, gain_sd=chosen.rmse)
+    outside = Coverage.of(cases).outside(assessment.scores, params.train.image_size, params.model.backbone)
+    decided = decide(rule, assessment.scores, params.train.epochs, assessment.blocks, settings, outside)
+    rows = issue_rows(assessment, params.verdict.gallery)
+    write_gallery(assessment, rows, out_dir / VERDICT_GALLERY.name)
     return VerdictReport(
-        setup=setup,
+        setup=setup_of(params, assessment, out_dir, run_id, time.perf_counter() - started),
         verdict=decided,
-        scores=scores,
-        calibration=calibration,
+        scores=assessment.scores,
+        rule=rule,
+        validation=validation,
+        label_check=label_check,
         label_issue_count=len(assessment.issues),
         label_issues=rows,
     )
 
 
 def metrics_of(report: VerdictReport) -> dict[str, float]:
-    scores, calibration = report.scores, report.calibration
+    scores, validation = report.scores, report.validation
+    chosen = next(score for score in validation.rules if score.name == validation.chosen)
     return {
         **{f"verdict/{key}": value for key, value in scores.model_dump().items() if isinstance(value, float | int)},
         **{f"verdict/shift.{block}": value for block, value in scores.batchnorm_shift.items()},
         "verdict/expected_gain": report.verdict.expected_gain,
         "verdict/confidence": report.verdict.confidence,
-        "verdict/recovery": calibration.recovery,
-        "verdict/calibration_agreement": calibration.agreement / len(calibration.cases),
-        "verdict/calibration_gain_rmse": calibration.gain_sd,
+        "verdict/calibration_balanced_accuracy": chosen.balanced_accuracy,
+        "verdict/calibration_gain_rmse": chosen.rmse,
         "verdict/seconds": report.setup.seconds,
     }
 
 
+def run_name(params: Params) -> str:
+    """`verdict · <data folder> · <DVC experiment>`: which data it judged, in the runs table."""
+    experiment = runs.dvc_experiment()
+    return f"verdict · {Path(params.data.source).name} · {params.model.backbone}" + (
+        f" · {experiment}" if experiment else ""
+    )
+
+
 def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_DIR) -> VerdictReport:
-    """Score the prepared split, decide, write the report to `out_dir` and log it on its own MLflow run."""
+    """Score the prepared split, decide, write the report to `out_dir` and log it on its own MLflow run, which
+    spans the whole of it (the pass included), so that its duration in the UI is the verdict's."""
     started = time.perf_counter()
     store.check_reachable()  # before the pass, not after it
-    assessment = assess(params, manifest, params.train.image_size)
+    label_check = read_rows(out_dir / LABEL_CHECK.name)
     runs.use_experiment(params)
     logged = {
         "verdict": params.verdict.model_dump(mode="json"),
@@ -94,17 +115,19 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
         "model": params.model.model_dump(mode="json"),
         "train": {"image_size": params.train.image_size, "epochs": params.train.epochs},
     }
-    tags = {"kind": "verdict", "git_commit": runs.git_commit()}
-    with mlflow.start_run(run_name=f"verdict · {params.model.backbone}", tags=tags) as run:
+    with mlflow.start_run(run_name=run_name(params), tags={"kind": "verdict"}) as run:
         mlflow.log_params(runs.flatten(logged))
-        report = report_of(params, assessment, out_dir, run.info.run_id, started)
+        assessment = assess(params, manifest, params.train.image_size, label_check=label_check)
+        report = report_of(params, assessment, label_check, out_dir, run.info.run_id, started)
         runs.log_metrics(metrics_of(report))
         decided = report.verdict
         mlflow.set_tags(
             {
+                "git_commit": report.setup.git_commit,
                 "verdict.strategy": decided.strategy,
                 "verdict.decision": decided.decision,
                 "verdict.certainty": decided.certainty,
+                **({"dvc_experiment": runs.dvc_experiment()} if runs.dvc_experiment() else {}),
             }
         )
         runs.describe_run("\n\n".join(summary_lines(report)))
