@@ -160,7 +160,15 @@ def score_lines(report: VerdictReport) -> list[str]:
         "|---|---|---|---|",
         *(block_row(block, report) for block in dict.fromkeys([*scores.block_probe_accuracy, *scores.batchnorm_shift])),
         "",
+        *(NO_BATCHNORM if not scores.batchnorm_shift else []),
     ]
+
+
+NO_BATCHNORM = [
+    "The backbone has no BatchNorm (a ViT, say): no statistics shift to measure; the per-block probes decide where "
+    "to tune.",
+    "",
+]
 
 
 def block_row(block: str, report: VerdictReport) -> str:
