@@ -137,6 +137,35 @@ def stage_project(folder: Path, **overrides) -> Path:
     return folder
 
 
+# What `dvc repro` of the project reads besides its data and code: the verdict's calibration.
+PROJECT_FILES = (
+    "dvc.yaml",
+    ".gitignore",
+    ".dvcignore",
+    "reports/verdict/calibration.jsonl",
+    "reports/verdict/label_check.jsonl",
+)
+
+
+def dvc_project(folder: Path, params: dict) -> Path:
+    """A git and DVC repository laid out like the project (this checkout's pipeline/ and PROJECT_FILES) with
+    `params` as its params.yaml, committed: ready for `dvc repro`."""
+    shutil.copytree(ROOT / "pipeline", folder / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in PROJECT_FILES:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, folder / name)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"],
+    ):
+        subprocess.run(command, cwd=folder, env=stage_env(), check=True, capture_output=True)
+    return folder
+
+
 def with_strategy(params_text: str, strategy: str) -> str:
     """params.yaml's text with finetune.strategy set to `strategy`, its comment where it was (what
     `set_param` must write), whatever the committed default is."""

@@ -20,7 +20,7 @@ import yaml
 from pipeline.data.manifest import read_manifest
 from pipeline.data.splits import load_split
 from pipeline.release import onnx_runtime
-from tests.conftest import ROOT, default_params, stage_env
+from tests.conftest import ROOT, default_params, dvc_project, stage_env
 
 pytestmark = pytest.mark.slow
 
@@ -55,18 +55,6 @@ def queue_status(project: Path) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    project = tmp_path_factory.mktemp("project")
-    shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in (
-        "dvc.yaml",
-        ".gitignore",
-        ".dvcignore",
-        "reports/verdict/calibration.jsonl",
-        "reports/verdict/label_check.jsonl",
-    ):
-        if (ROOT / name).exists():
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / name, project / name)
     params = default_params(
         **{
             "data.source": "data/builtin/digits",
@@ -78,13 +66,12 @@ def project(tmp_path_factory) -> Path:
             "finetune.strategy": "partial",
         }
     )
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sh(project, "git", "init", "-q")
-    sh(project, "dvc", "init", "-q")
-    sh(project, "dvc", "config", "core.analytics", "false")
-    sh(project, "git", "add", "-A")
-    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    project = dvc_project(tmp_path_factory.mktemp("project"), params)
     sh(project, "dvc", "repro")
+    # committed as the project's results are: an experiment then reruns only what its settings change (with the
+    # verdict's git-tracked report uncommitted, every `dvc exp run --temp` would run the verdict again)
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "results")
     return project
 
 
@@ -106,8 +93,9 @@ def test_one_mlflow_run_holds_every_stage(project):
     groups = {name.split("/")[0] for name in run.data.metrics}
     assert groups == {"train", "val", "test", "per_class", "model", "export"}
     assert run.data.params["finetune.strategy"] == "partial"
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
-    assert run.data.tags["git_commit"] == head
+    # the commit it ran at: the one before its results were committed
+    ran_at = subprocess.run(["git", "rev-parse", "HEAD~1"], cwd=project, capture_output=True, text=True).stdout.strip()
+    assert run.data.tags["git_commit"] == ran_at
     artifacts = {a.path for a in client(project).list_artifacts(run_id)}
     assert {"confusion_matrix.png", "params.yaml", "evaluate.json", "train_history.csv"} <= artifacts
     [logged] = run.outputs.model_outputs  # MLflow 3 links the ONNX model to the run's page as a logged model
@@ -134,8 +122,9 @@ def test_the_run_says_what_ran_in_the_mlflow_ui(project):
 def test_the_version_is_tagged_described_and_champion_as_the_first(project):
     exported = json.loads((project / "metrics/export.json").read_text())
     run_id = json.loads((project / "models/run.json").read_text())["run_id"]
-    [version] = client(project).search_model_versions("name='digits-classifier'")
-    assert version.run_id == run_id and exported["registered_version"] == int(version.version) == 1
+    # the fixture's own version: experiments of other tests may have added later ones
+    [version] = client(project).search_model_versions(f"name='digits-classifier' and run_id='{run_id}'")
+    assert exported["registered_version"] == int(version.version) == 1
     assert int(client(project).get_model_version_by_alias("digits-classifier", "champion").version) == 1
     tags = version.tags
     assert float(tags["test_accuracy"]) == pytest.approx(exported["onnx_test_accuracy"], abs=1e-6)

@@ -3,7 +3,6 @@ included), the adapters merged before export, the parity gate, the registry, and
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +10,9 @@ from pathlib import Path
 import httpx
 import mlflow
 import pytest
-import yaml
 
 from pipeline.release import onnx_runtime
-from tests.conftest import ROOT, default_params
+from tests.conftest import default_params, dvc_project
 from tests.servers import running_service
 
 pytestmark = pytest.mark.slow
@@ -30,17 +28,6 @@ def sh(project: Path, *command: str) -> str:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
-    project = tmp_path_factory.mktemp("vit-project")
-    shutil.copytree(ROOT / "pipeline", project / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in (
-        "dvc.yaml",
-        ".gitignore",
-        ".dvcignore",
-        "reports/verdict/calibration.jsonl",
-        "reports/verdict/label_check.jsonl",
-    ):
-        (project / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, project / name)
     params = default_params(
         **{
             "data.source": "data/builtin/digits",
@@ -53,10 +40,7 @@ def project(tmp_path_factory) -> Path:
             "train.batch_size": 16,
         }
     )
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["git", "add", "-A"]):
-        sh(project, *command)
-    sh(project, "git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    project = dvc_project(tmp_path_factory.mktemp("vit-project"), params)
     sh(project, "dvc", "repro")
     return project
 
