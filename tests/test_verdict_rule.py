@@ -8,9 +8,9 @@ import pytest
 
 from pipeline.choice.coverage import Coverage
 from pipeline.choice.decision import HALVING_ADVICE, HEAD_IS_ENOUGH, decide
-from pipeline.choice.label_check import LabelCheckRow, check_row, precision_at
+from pipeline.choice.label_check import check_row, precision_at
 from pipeline.choice.rule_validation import CONSTANT, family_folds, held_out_gains, validate
-from pipeline.choice.verdict_rule import Case, Scores, fit
+from pipeline.choice.verdict_rule import FEATURES, Case, Scores, fit
 from pipeline.choice.where_to_tune import where_to_tune
 from pipeline.config import ConfigError
 
@@ -150,4 +150,6 @@ def test_flagged_labels_count_as_wrong_only_as_far_as_the_label_check_found_them
     assert precision_at(rows, 0.7) == 0.25 and precision_at(rows, 0.99) == 1.0
     assert precision_at(rows, 0.845) == pytest.approx(0.625)  # between the two checks, interpolated
     assert precision_at([], 0.9) == 0.0  # no check: no flagged image is taken for a wrong label
-    assert isinstance(rows[0], LabelCheckRow)
+    flagged = scores(0.7, label_issue_rate=0.2).with_wrong_labels(precision_at(rows, 0.7))
+    assert flagged.wrong_label_rate == pytest.approx(0.05)  # a quarter of the 20% flagged
+    assert FEATURES["probe error"](flagged, 4) == pytest.approx(100 * (1 - 0.7 - 0.05))  # not counted as error

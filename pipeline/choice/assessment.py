@@ -125,9 +125,8 @@ def assess(
         multi_depth_accuracy=multi_depth_accuracy,
         block_probe_accuracy={label: cross_validated_probe(f, labels, cv)[0] for label, f in features.pooled.items()},
         label_issue_rate=len(issues) / len(labels),
-        wrong_label_rate=len(issues) / len(labels) * precision_at(list(label_check), probe_accuracy),
         batchnorm_shift=features.batchnorm_shift,
-    )
+    ).with_wrong_labels(precision_at(list(label_check), probe_accuracy))
     blocks = [block_label(block) for block in backbone.blocks]
     return Assessment(split, classes, blocks, scores, cv.get_n_splits(), probabilities, issues)
 

@@ -88,14 +88,7 @@ def with_label_check(cases: list[Case], rows: list[LabelCheckRow]) -> list[Case]
     """Every case's wrong-label share: its flagged share, times the check's precision at its probe accuracy."""
     return [
         case.model_copy(
-            update={
-                "scores": case.scores.model_copy(
-                    update={
-                        "wrong_label_rate": case.scores.label_issue_rate
-                        * precision_at(rows, case.scores.probe_accuracy)
-                    }
-                )
-            }
+            update={"scores": case.scores.with_wrong_labels(precision_at(rows, case.scores.probe_accuracy))}
         )
         for case in cases
     ]

@@ -4,11 +4,12 @@ at each case's probe accuracy. Where classes are confusable (a low probe accurac
 hard, not mislabelled: the verdict counts flagged images as wrong labels only in the share this check found true
 at the data's probe accuracy."""
 
-import csv
+from pathlib import Path
 
 import numpy as np
 
 from pipeline.choice.verdict_rule import Record
+from pipeline.data.manifest import COLUMNS, read_manifest, write_manifest
 
 PLANTED_RATE = 0.05  # of the train + val labels flipped
 
@@ -22,10 +23,9 @@ class LabelCheckRow(Record):
     recall: float
 
 
-def flip_labels(manifest, rate: float, seed: int) -> set[str]:
+def flip_labels(manifest: Path, rate: float, seed: int) -> set[str]:
     """Flip `rate` of the train and val labels of a manifest file in place, each to another class; their paths."""
-    with open(manifest, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_manifest(manifest)
     rng = np.random.default_rng(seed)
     scored = [row for row in rows if row["split"] in ("train", "val")]
     classes = sorted({row["label"] for row in rows})
@@ -34,10 +34,7 @@ def flip_labels(manifest, rate: float, seed: int) -> set[str]:
         row = scored[index]
         row["label"] = str(rng.choice([name for name in classes if name != row["label"]]))
         flipped.add(row["path"])
-    with open(manifest, "w", newline="") as f:
-        writer = csv.DictWriter(f, rows[0].keys())
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(manifest, [tuple(row[column] for column in COLUMNS) for row in rows])
     return flipped
 
 
@@ -62,7 +59,7 @@ def precision_at(rows: list[LabelCheckRow], probe_accuracy: float) -> float:
     return float(np.interp(probe_accuracy, [r.probe_accuracy for r in ordered], [r.precision for r in ordered]))
 
 
-def read_rows(path) -> list[LabelCheckRow]:
+def read_rows(path: Path) -> list[LabelCheckRow]:
     return (
         [LabelCheckRow.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
         if path.is_file()

@@ -29,6 +29,11 @@ class RuleScore(Record):
     balanced_accuracy: float  # of "is the head enough?", held out
     roc_auc: float | None  # None when every case has the same answer
 
+    @property
+    def rmse_se(self) -> float:
+        """The standard error of the RMSE, from its mean square's (the delta method: d sqrt(x) = dx / 2 sqrt(x))."""
+        return self.mse_se / (2 * max(self.rmse, 1e-9))
+
 
 class CaseCheck(Record):
     name: str
@@ -61,6 +66,10 @@ class Validation(Record):
     strategy_agrees: float  # share of cases whose held-out verdict's strategy is within the seeds' spread of the best
     constant_strategy: str  # the one strategy most often within the spread: what a constant answer would say
     constant_strategy_agrees: float
+
+    @property
+    def chosen_score(self) -> RuleScore:
+        return next(score for score in self.rules if score.name == self.chosen)
 
 
 def refuse_twins(cases: list[Case]) -> None:
@@ -169,7 +178,7 @@ def validate(cases: list[Case], settings: tuple[float, float, int]) -> Validatio
         raise ConfigError(f"calibration: cases of {len(families)} family; leaving one out needs at least two")
     scores = [score(rule, cases, worth_it) for rule in RULES]
     chosen = simplest_within_one_se(scores)
-    sd = next(s.rmse for s in scores if s.name == chosen)
+    sd = next(score.rmse for score in scores if score.name == chosen)
     checks = checks_of(chosen, sd, cases, settings)
     constant, agrees = Counter(s for c in checks for s in c.within_spread).most_common(1)[0]
     return Validation(

@@ -83,7 +83,7 @@ def to_set(verdict: Verdict) -> str:
 
 def summary_lines(report: VerdictReport) -> list[str]:
     verdict, scores, setup, validation = report.verdict, report.scores, report.setup, report.validation
-    chosen = next(rule for rule in validation.rules if rule.name == validation.chosen)
+    chosen = validation.chosen_score
     lines = [
         f"Verdict: {verdict.decision} (set {to_set(verdict)}); {verdict.certainty}, {percent(verdict.confidence)}.",
         f"Expected gain of fine-tuning over the head: {verdict.expected_gain:+.1f} ± {verdict.gain_sd:.1f} "
@@ -195,11 +195,11 @@ def rule_lines(report: VerdictReport) -> list[str]:
         "whose held-out mean squared error is within one standard error of the lowest; each family's cases are "
         "predicted by the candidate fitted on the other families (pipeline/choice/rule_validation.py).",
         "",
-        "| rule | scores it uses | gain RMSE, points | head enough: balanced accuracy | ROC AUC |",
+        "| rule | scores it uses | gain RMSE ± its standard error, points | head enough: balanced accuracy | ROC AUC |",
         "|---|---|---|---|---|",
         *(
             f"| {'**' + s.name + '**' if s.name == validation.chosen else s.name} | {', '.join(s.features)} | "
-            f"{s.rmse:.2f} ± {s.mse_se**0.5:.2f} | {s.balanced_accuracy:.2f} | {auc(s.roc_auc)} |"
+            f"{s.rmse:.2f} ± {s.rmse_se:.2f} | {s.balanced_accuracy:.2f} | {auc(s.roc_auc)} |"
             for s in validation.rules
         ),
         f"| constant: the training families' mean gain | - | {constant.rmse:.2f} | {constant.balanced_accuracy:.2f} "

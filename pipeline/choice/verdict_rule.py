@@ -33,10 +33,14 @@ class Scores(Record):
     knn_accuracy: float
     logme: float
     multi_depth_accuracy: float  # linear probe on every block's pooled features (Head2Toe)
-    block_probe_accuracy: dict[str, float] = {}  # per block, a probe on its pooled output alone, input to output
+    block_probe_accuracy: dict[str, float] = {}  # per block without BatchNorm: a probe on its pooled output alone
     label_issue_rate: float  # share of images cleanlab flags as likely mislabelled
     wrong_label_rate: float = 0.0  # the share of those the label check found to be wrong (pipeline.choice.label_check)
     batchnorm_shift: dict[str, float]  # per block with BatchNorm, input to output (pipeline.choice.batchnorm_shift)
+
+    def with_wrong_labels(self, precision: float) -> "Scores":
+        """The flagged share taken for wrong labels as far as the label check found flags right (`precision`)."""
+        return self.model_copy(update={"wrong_label_rate": self.label_issue_rate * precision})
 
 
 class Case(Record):

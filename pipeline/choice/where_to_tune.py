@@ -27,11 +27,8 @@ def where_to_tune(scores: Scores, blocks: list[str], unfreeze_blocks: int, shift
         shifted = [label for label, value in shifts if value >= shift_threshold]
         first = shifted[0] if shifted else None
         if first is None or first in top:
-            reason = (
-                f"BatchNorm inputs shifted by {shift_threshold:g} std or more only in the top blocks"
-                if first
-                else (f"no block's BatchNorm inputs shifted by {shift_threshold:g} std or more")
-            )
+            where = "only in the top blocks" if first else "in no block"
+            reason = f"BatchNorm inputs shifted by {shift_threshold:g} std or more {where}"
             return Where(strategy="partial", unfreeze_blocks=len(top), blocks=top, reason=reason)
         reason = f"BatchNorm inputs shifted from {first} ({scores.batchnorm_shift[first]:.2f} std)"
         return Where(strategy="full", unfreeze_blocks=None, blocks=blocks[blocks.index(first) :], reason=reason)

@@ -62,8 +62,7 @@ def report_of(params: Params, assessment: Assessment, label_check, out_dir: Path
     cases = read_cases(out_dir / VERDICT_CALIBRATION.name)
     settings = (params.verdict.worth_it, params.verdict.shift_threshold, params.finetune.unfreeze_blocks)
     validation = validate(cases, settings)
-    chosen = next(score for score in validation.rules if score.name == validation.chosen)
-    rule = fit(validation.chosen, cases, gain_sd=chosen.rmse)
+    rule = fit(validation.chosen, cases, gain_sd=validation.chosen_score.rmse)
     outside = Coverage.of(cases).outside(assessment.scores, params.train.image_size, params.model.backbone)
     decided = decide(rule, assessment.scores, params.train.epochs, assessment.blocks, settings, outside)
     rows = issue_rows(assessment, params.verdict.gallery)
@@ -81,8 +80,7 @@ def report_of(params: Params, assessment: Assessment, label_check, out_dir: Path
 
 
 def metrics_of(report: VerdictReport) -> dict[str, float]:
-    scores, validation = report.scores, report.validation
-    chosen = next(score for score in validation.rules if score.name == validation.chosen)
+    scores, chosen = report.scores, report.validation.chosen_score
     return {
         **{f"verdict/{key}": value for key, value in scores.model_dump().items() if isinstance(value, float | int)},
         **{f"verdict/shift.{block}": value for block, value in scores.batchnorm_shift.items()},
@@ -94,18 +92,10 @@ def metrics_of(report: VerdictReport) -> dict[str, float]:
     }
 
 
-def run_name(params: Params) -> str:
-    """`verdict · <data folder> · <DVC experiment>`: which data it judged, in the runs table."""
-    experiment = runs.dvc_experiment()
-    return f"verdict · {Path(params.data.source).name} · {params.model.backbone}" + (
-        f" · {experiment}" if experiment else ""
-    )
-
-
 def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_DIR) -> VerdictReport:
     """Score the prepared split, decide, write the report to `out_dir` and log it on its own MLflow run, which
-    spans the whole of it (the pass included), so that its duration in the UI is the verdict's."""
-    started = time.perf_counter()
+    spans the whole of it (the pass included), so that its duration in the UI is the verdict's `seconds`: both
+    start once the store is ready (a new store's tables take seconds to make, no part of the verdict)."""
     store.check_reachable()  # before the pass, not after it
     label_check = read_rows(out_dir / LABEL_CHECK.name)
     runs.use_experiment(params)
@@ -115,7 +105,10 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
         "model": params.model.model_dump(mode="json"),
         "train": {"image_size": params.train.image_size, "epochs": params.train.epochs},
     }
-    with mlflow.start_run(run_name=run_name(params), tags={"kind": "verdict"}) as run:
+    # named after the data it judged, in the runs table
+    name = runs.run_name("verdict", Path(params.data.source).name, params.model.backbone)
+    with mlflow.start_run(run_name=name, tags={"kind": "verdict"}) as run:
+        started = time.perf_counter()
         mlflow.log_params(runs.flatten(logged))
         assessment = assess(params, manifest, params.train.image_size, label_check=label_check)
         report = report_of(params, assessment, label_check, out_dir, run.info.run_id, started)
@@ -127,7 +120,7 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
                 "verdict.strategy": decided.strategy,
                 "verdict.decision": decided.decision,
                 "verdict.certainty": decided.certainty,
-                **({"dvc_experiment": runs.dvc_experiment()} if runs.dvc_experiment() else {}),
+                **({"dvc_experiment": experiment} if (experiment := runs.dvc_experiment()) else {}),
             }
         )
         runs.describe_run("\n\n".join(summary_lines(report)))

@@ -62,10 +62,10 @@ def dvc_experiment() -> str:
     return os.environ.get("DVC_EXP_NAME", "")
 
 
-def run_name(params: Params) -> str:
+def run_name(*what: str) -> str:
     """What ran, e.g. `partial · efficientnet_lite0`, then the DVC experiment's name."""
     experiment = dvc_experiment()
-    return f"{params.finetune.strategy} · {params.model.backbone}" + (f" · {experiment}" if experiment else "")
+    return " · ".join([*what, experiment] if experiment else what)
 
 
 @contextmanager
@@ -85,7 +85,7 @@ def start_run(params: Params, run_id: str | None = None):
         "backbone": params.model.backbone,
         **({"dvc_experiment": experiment} if experiment else {}),
     }
-    with mlflow.start_run(run_name=run_name(params), tags=tags) as run:
+    with mlflow.start_run(run_name=run_name(params.finetune.strategy, params.model.backbone), tags=tags) as run:
         log_run_params(params)
         if PARAMS_FILE.is_file():
             mlflow.log_artifact(str(PARAMS_FILE))
