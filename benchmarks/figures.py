@@ -527,6 +527,37 @@ class PipelineRunResult(Kind):
     evaluate: EvaluateMetrics
 
 
+class VerdictArgs(Figures):
+    backbone: str
+    image_size: int
+    images: int  # train + val, scored
+    batchnorm: bool  # whether the backbone has BatchNorm (then the verdict skips the per-block probes)
+
+
+class VerdictPart(Figures):
+    name: str
+    seconds: float
+
+
+class VerdictCostResult(Kind):
+    """benchmarks/verdict.py: the scoring's parts, the per-block probes last."""
+
+    args: VerdictArgs
+    parts: list[VerdictPart]
+
+    @property
+    def with_block_probes(self) -> float:
+        return sum(part.seconds for part in self.parts)
+
+    @property
+    def without_block_probes(self) -> float:
+        return self.with_block_probes - self.parts[-1].seconds
+
+    @property
+    def speedup(self) -> float:
+        return self.with_block_probes / self.without_block_probes
+
+
 KINDS: dict[str, type[Kind]] = {
     "training": TrainingResult,
     "inference": InferenceResult,
@@ -537,4 +568,5 @@ KINDS: dict[str, type[Kind]] = {
     "make-bench": MakeBenchResult,
     "sitting": SittingResult,
     "pipeline-run": PipelineRunResult,
+    "verdict-cost": VerdictCostResult,
 }
