@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from pipeline import progress as progress_module
 from pipeline.choice.trials import Trial, predicted
 from pipeline.data.class_folder import prepare
 from pipeline.data.manifest import read_manifest
@@ -169,3 +170,13 @@ def test_loader_workers_change_nothing_but_speed(image_folder, tmp_path):
     with_workers, workers_history = run(tiny_params(**settings, **{"train.loader_workers": 2}), train, val)
     assert [r.train_loss for r in workers_history] == [r.train_loss for r in history]
     assert all(torch.equal(value, weights(with_workers)[key]) for key, value in weights(in_process).items())
+
+
+def test_a_long_epoch_reports_its_images_as_it_goes(image_folder, tmp_path, monkeypatch, capsys):
+    """A log without a terminal (DVC's, CI's) gets lines inside an epoch, not only one when it ends."""
+    monkeypatch.setattr(progress_module, "LINE_EVERY_S", 0.0)
+    train, val = splits(image_folder, tmp_path)
+    run(tiny_params(**{"finetune.strategy": "full"}), train, val)
+    out = capsys.readouterr().out
+    assert f"training: {len(train.labels):,} of {len(train.labels):,} img" in out
+    assert f"validating: {len(val.labels):,} of {len(val.labels):,} img" in out

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir
 from pipeline.data import images as images_module
 from pipeline.data.images import load_rgb, resize_square
 from pipeline.data.manifest import COLUMNS
 from pipeline.paths import DECODED_DIR, project_root
+from pipeline.progress import progress
 
 # What the cached pixels depend on besides the rows and the size: the decoding code itself.
 DECODER_SOURCE = Path(images_module.__file__).read_bytes()
@@ -34,7 +34,7 @@ def decode_into(target: np.ndarray, rows: list[dict], size: int, max_pixels: int
 
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         decoded = pool.map(decode, range(len(rows)))
-        for _ in tqdm(decoded, total=len(rows), desc=f"decoding {what}", unit="img", disable=None, leave=False):
+        for _ in progress(decoded, f"decoding {what}", total=len(rows), unit="img"):
             pass
 
 

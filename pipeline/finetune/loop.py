@@ -6,7 +6,6 @@ Under torchrun every rank calls it; pipeline.finetune.distributed shares out the
 """
 
 import copy
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from pipeline.finetune.strategies import STRATEGIES, Phase, Plan, count_paramete
 from pipeline.model.backbones import Backbone, Classifier, build
 from pipeline.model.card import ModelCard
 from pipeline.model.features import FrozenFeatures, pick_device
+from pipeline.progress import progress
 
 
 def _ignore(*_) -> None:
@@ -74,10 +74,8 @@ def run_batches(
     summed_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    steps = math.ceil(total / batch_size)
-    for step, (x, y) in enumerate(
-        tqdm(batches, total=steps, desc="train" if training else "val", disable=None, leave=False)
-    ):
+    desc = "training" if training else "validating"
+    for step, (x, y) in enumerate(progress(batches, desc, total=total, unit="img", per_item=batch_size)):
         with torch.set_grad_enabled(training), amp:
             logits = net(x).float()
             loss = loss_fn(logits, y)  # summed over this process's share

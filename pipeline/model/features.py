@@ -2,11 +2,11 @@
 the device passes run on."""
 
 import torch
-from tqdm import tqdm
 
 from pipeline.config import Params
 from pipeline.finetune import distributed
 from pipeline.model.backbones import Classifier
+from pipeline.progress import progress
 
 
 def pick_device(setting: str) -> torch.device:
@@ -25,7 +25,7 @@ def extract_features(model: Classifier, images: torch.Tensor, batch_size: int, d
     model.body.eval()
     features = torch.zeros(len(images), model.head.in_features, device=device)
     starts = range(0, len(images), batch_size)[distributed.rank() :: distributed.size()]
-    for start in tqdm(starts, desc="caching features", disable=None, leave=False):
+    for start in progress(starts, "frozen features", total=len(images), unit="img", per_item=batch_size):
         features[start : start + batch_size] = model.features(images[start : start + batch_size].to(device)).float()
     return distributed.assemble(features)
 
