@@ -103,9 +103,16 @@ def log_dataset(source: str, rows: list[dict], manifest_sha256: str) -> None:
     the manifest's rows, named after the data folder, digested by the manifest's hash, with the classes
     and split sizes as input tags."""
     import pandas as pd  # here: a second of import that only the train stage pays
+    from mlflow.data.sources import LocalArtifactDatasetSource
 
+    # Given as a path, the source is resolved by MLflow's registry, which holds this class twice and warns, at
+    # every training, that the path "can be interpreted in multiple ways" (mlflow 3.17)
     dataset = mlflow.data.from_pandas(
-        pd.DataFrame(rows), source=source, name=Path(source).name, digest=manifest_sha256[:16], targets="label"
+        pd.DataFrame(rows),
+        source=LocalArtifactDatasetSource(source),
+        name=Path(source).name,
+        digest=manifest_sha256[:16],
+        targets="label",
     )
     tags = {
         "classes": ", ".join(class_names(rows)),

@@ -1,0 +1,19 @@
+"""The MLflow run helpers of pipeline.tracking.runs on a real sqlite store."""
+
+import warnings
+
+import mlflow
+
+from pipeline.tracking import runs
+
+
+def test_the_dataset_is_logged_without_mlflows_ambiguous_source_warning(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    rows = [{"path": f"a/{i}.png", "label": "ab"[i % 2], "split": ["train", "val", "test"][i % 3]} for i in range(6)]
+    with warnings.catch_warnings(record=True) as caught, mlflow.start_run() as run:
+        warnings.simplefilter("always")
+        runs.log_dataset("data/builtin/digits", rows, "f" * 64)
+    assert [str(w.message) for w in caught if "dataset source" in str(w.message)] == []
+    [logged] = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("digits", "f" * 16)
+    assert '"uri": "data/builtin/digits"' in logged.dataset.source
