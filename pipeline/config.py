@@ -61,7 +61,7 @@ class LoraConfig(Strict):
 
 
 class FinetuneConfig(Strict):
-    strategy: Strategy
+    strategy: Literal[Strategy, "verdict"]  # verdict: what the verdict stage decided (with_verdict_strategy)
     head_epochs: int = Field(ge=1)
     unfreeze_blocks: int = Field(ge=1)
     auto_samples: int = Field(ge=8)
@@ -204,6 +204,33 @@ class ConfigError(ValueError):
     """params.yaml does not describe a valid run; the message names each bad key."""
 
 
+class VerdictStrategy(Strict):
+    """The verdict stage's answer as the finetune settings it sets (reports/verdict/strategy.json): only what
+    training reads, so that a verdict rerun whose answer stands retrains nothing."""
+
+    strategy: Strategy
+    unfreeze_blocks: int | None = Field(ge=1)  # partial's
+    decision: str  # in words: "the head is enough", "fine-tune the last 2 blocks"
+
+
+def with_verdict_strategy(params: Params, chosen_file: Path) -> tuple[Params, VerdictStrategy | None]:
+    """`params` with `finetune.strategy: verdict` replaced by the strategy the verdict stage wrote to
+    `chosen_file`, and that answer; other strategies as they are, and None."""
+    if params.finetune.strategy != "verdict":
+        return params, None
+    if not chosen_file.is_file():
+        raise ConfigError(f"finetune.strategy: verdict trains what {chosen_file} says: run `dvc repro verdict` first")
+    try:
+        chosen = VerdictStrategy.model_validate_json(chosen_file.read_text())
+    except ValidationError as exc:
+        raise ConfigError(
+            f"finetune.strategy: verdict: {chosen_file} is invalid ({exc}): run `dvc repro verdict`"
+        ) from None
+    blocks = {} if chosen.unfreeze_blocks is None else {"unfreeze_blocks": chosen.unfreeze_blocks}
+    finetune = params.finetune.model_copy(update={"strategy": chosen.strategy, **blocks})
+    return params.model_copy(update={"finetune": finetune}), chosen
+
+
 def _describe(error: dict, model: type[BaseModel]) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     message = error["msg"]
@@ -302,6 +329,19 @@ def set_param(dotted: str, value: str | int, path: Path = PARAMS_FILE) -> None:
     parse_params(data, f"{path} with {dotted}={value}")
     with atomic_path(path) as partial, open(partial, "w") as f:
         round_trip.dump(data, f)
+
+
+def served_model_origin(path: Path = PARAMS_FILE, environ: Mapping[str, str] = os.environ) -> str:
+    """Which setting named the model load_serving_config serves, in words: a server that follows params.yaml
+    serves another model after an experiment on other data, and should say so."""
+    if "SERVING_MODEL" in environ:
+        return "from SERVING_MODEL"
+    params = load_params(path)
+    if params.serving.model:
+        return f"from serving.model in {path}"
+    if params.mlflow.registered_model:
+        return f"the champion of mlflow.registered_model in {path}"
+    return f"the champion of the model named after data.source: {params.data.source} in {path}"
 
 
 def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = os.environ) -> ServingConfig:

@@ -33,6 +33,7 @@ VERDICT_DIR = REPORT_DIR / "verdict"  # the verdict stage's report, and the case
 VERDICT_JSON = VERDICT_DIR / "verdict.json"
 VERDICT_MD = VERDICT_DIR / "verdict.md"
 VERDICT_GALLERY = VERDICT_DIR / "label_issues.png"
+VERDICT_STRATEGY = VERDICT_DIR / "strategy.json"  # its answer as finetune settings: what `strategy: verdict` trains
 VERDICT_CALIBRATION = VERDICT_DIR / "calibration.jsonl"  # the listed cases, scored (pipeline.commands.calibrate)
 LABEL_CHECK = VERDICT_DIR / "label_check.jsonl"  # planted label flips, found or not, per case
 COMPARE_JSON = REPORT_DIR / "compare.json"  # `make compare` (pipeline.commands.compare --out: elsewhere)

@@ -24,13 +24,14 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 from fastapi import Form, UploadFile
+from fastapi.exceptions import RequestValidationError
 
-from pipeline.config import ServingConfig, load_serving_config
+from pipeline.config import ServingConfig, load_serving_config, served_model_origin
 from pipeline.release import onnx_runtime
 from pipeline.release.onnx_runtime import ModelLoadError
 from serving.allocator import return_freed_images_to_the_system
 from serving.api_docs import docs_redirects, offline_documented_api
-from serving.api_models import Base64Request, Prediction
+from serving.api_models import Base64Request, Prediction, validation_refusal
 from serving.limits import RequestLimits
 from serving.model_source import resolve_model
 from serving.request_images import Blob, decode_batch, from_base64, read_uploads, refuse
@@ -60,6 +61,7 @@ class ModelRunner:
     def check_model() -> None:
         """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
         the server there, instead of each worker failing and being respawned forever."""
+        print(f"serving {SETTINGS.model}: {served_model_origin()} (SERVING_MODEL=... serves another)", flush=True)
         _, card = onnx_runtime.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
         if SETTINGS.top_k > len(card.classes):
             raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
@@ -99,6 +101,7 @@ api = offline_documented_api(
     "repeated fields `images`) or as base64 in JSON (`/v1/classify_base64`); `top_k` sets how many classes "
     "each answer lists, most probable first.",
 )
+api.add_exception_handler(RequestValidationError, validation_refusal)
 
 
 @bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})

@@ -1,6 +1,14 @@
 import pytest
 
-from pipeline.config import ConfigError, load_params, load_serving_config, parse_params, set_param
+from pipeline.config import (
+    ConfigError,
+    load_params,
+    load_serving_config,
+    parse_params,
+    served_model_origin,
+    set_param,
+    with_verdict_strategy,
+)
 from tests.conftest import ROOT, default_params
 
 
@@ -202,3 +210,32 @@ def test_a_param_that_would_not_validate_is_refused_and_the_file_left_alone(tmp_
     with pytest.raises(ConfigError, match="finetune.nothing: unknown key; allowed keys here: strategy"):
         set_param("finetune.nothing", "1", params)
     assert params.read_text() == (ROOT / "params.yaml").read_text()
+
+
+def test_strategy_verdict_trains_the_verdicts_answer_and_says_when_there_is_none(tmp_path):
+    params = parse_params(default_params(**{"finetune.strategy": "verdict", "finetune.unfreeze_blocks": 2}))
+    chosen_file = tmp_path / "strategy.json"
+    with pytest.raises(ConfigError, match=r"strategy.json says: run `dvc repro verdict` first"):
+        with_verdict_strategy(params, chosen_file)
+    chosen_file.write_text('{"strategy": "partial", "unfreeze_blocks": 3, "decision": "fine-tune the last 3 blocks"}')
+    resolved, chosen = with_verdict_strategy(params, chosen_file)
+    assert (resolved.finetune.strategy, resolved.finetune.unfreeze_blocks) == ("partial", 3)
+    assert chosen.decision == "fine-tune the last 3 blocks" and resolved.train == params.train
+    chosen_file.write_text('{"strategy": "verdict", "unfreeze_blocks": null, "decision": "?"}')
+    with pytest.raises(ConfigError, match="strategy.json is invalid"):
+        with_verdict_strategy(params, chosen_file)
+    other = parse_params(default_params(**{"finetune.strategy": "full"}))
+    assert with_verdict_strategy(other, chosen_file) == (other, None)  # read only when asked for
+
+
+def test_the_server_says_which_setting_named_its_model(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text((ROOT / "params.yaml").read_text())
+    assert served_model_origin(params, {}) == (
+        f"the champion of the model named after data.source: data/builtin/animal-shape in {params}"
+    )
+    assert served_model_origin(params, {"SERVING_MODEL": "models:/x/1"}) == "from SERVING_MODEL"
+    set_param("mlflow.registered_model", "mine", params)
+    assert served_model_origin(params, {}) == f"the champion of mlflow.registered_model in {params}"
+    set_param("serving.model", "models/model.onnx", params)
+    assert served_model_origin(params, {}) == f"from serving.model in {params}"

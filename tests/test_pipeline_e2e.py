@@ -195,6 +195,28 @@ def test_a_model_of_other_classes_lands_in_its_own_registered_model(project):
     assert digits_versions(project) == before
 
 
+def trained_by_experiment(project: Path, name: str):
+    """The MLflow training run of DVC experiment `name`."""
+    experiment = client(project).get_experiment_by_name("transfer-learning")
+    runs = client(project).search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")
+    [trained] = [r for r in runs if r.data.tags.get("kind") != "verdict"]
+    return trained
+
+
+def test_strategy_verdict_trains_what_the_verdict_answers_and_follows_a_new_answer(project):
+    """Two experiments that differ only in a verdict setting: the head is enough below a 100-point bar, not
+    below a 0-point one (the rule expects a positive gain on these digits), and train follows each answer."""
+    for name, worth_it in (("judged-head", 100), ("judged-tune", 0)):
+        settings = ["-S", "finetune.strategy=verdict", "-S", f"verdict.worth_it={worth_it}"]
+        sh(project, "dvc", "exp", "run", "--temp", "-n", name, *settings)
+    head, tuned = trained_by_experiment(project, "judged-head"), trained_by_experiment(project, "judged-tune")
+    assert head.data.params["finetune.strategy"] == "head"
+    assert head.data.tags["strategy.chosen_by"] == "the verdict: the head is enough"
+    assert tuned.data.params["finetune.strategy"] in ("full", "partial")
+    assert tuned.data.tags["strategy.chosen_by"].startswith("the verdict: fine-tune")
+    assert tuned.data.metrics["model/trainable_params"] > head.data.metrics["model/trainable_params"]
+
+
 def find_experiment(shown, name: str) -> dict:
     """The `data` of experiment `name` anywhere in `dvc exp show --json`."""
     if isinstance(shown, dict):

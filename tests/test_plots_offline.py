@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.model.scoring import confusion_figure
 from tests.conftest import ROOT, stage_env
 
 LOADING_TAGS = {"script", "link", "img", "iframe", "embed", "object", "source"}
@@ -104,7 +105,9 @@ def test_every_plot_is_drawn_once(plots_page):
     assert sorted(titles) == sorted(name for plot in declared if isinstance(plot, dict) for name in plot)
     assert all(spec["data"]["values"] for spec in specs)
     confusion = specs[titles.index("Test confusion matrix")]["spec"]
-    assert (confusion["encoding"]["x"]["field"], confusion["encoding"]["y"]["field"]) == ("actual", "predicted")
+    axes = confusion_figure([0, 1], [1, 1], ["a", "b"]).axes[0]  # metrics/confusion_matrix.png's
+    shown = (confusion["encoding"]["x"]["field"], confusion["encoding"]["y"]["field"])
+    assert shown == (axes.get_xlabel(), axes.get_ylabel()) == ("predicted", "actual")
     assert confusion["layer"][0]["mark"] == "rect"
     images = sorted(page.images)
     assert len(images) == 2

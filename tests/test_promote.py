@@ -21,7 +21,9 @@ def correct_on(images: int, right: int) -> np.ndarray:
     return np.arange(images) < right
 
 
-def add_version(client, tmp_path, right: int, images: int = 450, classes=CLASSES, test_split="split-a") -> None:
+def add_version(
+    client, tmp_path, right: int, images: int = 450, classes=CLASSES, test_split="split-a", name=NAME
+) -> None:
     """A version as export registers it: tags and description in the call that creates it, champion if first."""
     tags = {
         "data_source": "data/builtin/animal-shape",
@@ -36,8 +38,8 @@ def add_version(client, tmp_path, right: int, images: int = 450, classes=CLASSES
     }
     tags |= registry.correctness_tag(correct_on(images, right))
     source = (tmp_path / "model").as_uri()
-    version = client.create_model_version(NAME, source, tags=tags, description=registry.describe(tags)).version
-    registry.crown_if_first(client, NAME, str(version))
+    version = client.create_model_version(name, source, tags=tags, description=registry.describe(tags)).version
+    registry.crown_if_first(client, name, str(version))
 
 
 @pytest.fixture
@@ -153,3 +155,17 @@ def test_a_version_without_the_tags_of_export_is_never_promoted(client, tmp_path
     best = promote_in(tmp_path)
     assert best.returncode == 0 and "v1 is already @champion: nothing to do" in best.stdout
     assert int(client.get_model_version_by_alias(NAME, "champion").version) == 1
+
+
+def test_promote_takes_any_registered_model_whatever_params_yaml_names(client, tmp_path):
+    """After an experiment on other data, params.yaml names that data's model: --model reaches the others."""
+    client.create_registered_model("digits-classifier")
+    add_version(client, tmp_path, right=380, name="digits-classifier")
+    add_version(client, tmp_path, right=430, name="digits-classifier")
+    moved = promote_in(tmp_path, "--model", "digits-classifier")
+    assert moved.returncode == 0, moved.stderr
+    assert "models:/digits-classifier@champion -> v2 (was v1)" in moved.stdout
+    assert int(client.get_model_version_by_alias("digits-classifier", "champion").version) == 2
+    unknown = promote_in(tmp_path, "--model", "no-such-classifier")
+    assert unknown.returncode == 1
+    assert "registered: animal-shape-classifier, digits-classifier)" in unknown.stderr

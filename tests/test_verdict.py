@@ -17,8 +17,9 @@ from pipeline.choice.transferability import class_evidence, logme
 from pipeline.choice.verdict_report import VerdictReport, summary_lines
 from pipeline.choice.verdict_rule import read_cases
 from pipeline.commands.apply import apply_verdict
-from pipeline.config import load_params
+from pipeline.config import VerdictStrategy, load_params
 from pipeline.data.class_folder import prepare
+from pipeline.data.manifest import read_manifest
 from pipeline.finetune.strategies import STRATEGIES
 from tests.conftest import ROOT, data_config, stage_env, stage_project, tiny_params, with_strategy, write_class_images
 
@@ -137,6 +138,12 @@ def test_the_verdict_stage_writes_its_report_and_logs_an_mlflow_run(tmp_path):
     assert result.stdout.startswith("\n".join(summary_lines(report)))
     assert report.verdict.strategy in STRATEGIES
     assert 0 <= report.scores.probe_accuracy <= 1 and report.setup.images == 24  # train + val, not test
+    # what finetune.strategy: verdict trains, and what its test split is worth (a few images: nearly nothing)
+    chosen = VerdictStrategy.model_validate_json((project / "reports/verdict/strategy.json").read_text())
+    assert (chosen.strategy, chosen.decision) == (report.verdict.strategy, report.verdict.decision)
+    test_images = sum(row["split"] == "test" for row in read_manifest(project / "data/prepared/manifest.csv"))
+    assert report.setup.test_images == test_images
+    assert f"Warning: the test split's {test_images} images tell two strategies apart only when" in result.stdout
     assert (project / "reports/verdict/label_issues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (
         "## The rule, and how it fares on families it was not fitted on"
@@ -153,7 +160,8 @@ def test_the_verdict_stage_writes_its_report_and_logs_an_mlflow_run(tmp_path):
     assert (run.info.end_time - run.info.start_time) / 1000 >= 0.9 * report.setup.seconds
     logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "verdict")}
     assert logged == {
-        f"verdict/{name}" for name in ("verdict.json", "verdict.md", "label_issues.png", "calibration.jsonl")
+        f"verdict/{name}"
+        for name in ("verdict.json", "verdict.md", "label_issues.png", "calibration.jsonl", "strategy.json")
     }
 
 

@@ -17,6 +17,7 @@ from pipeline.choice.decision import HEAD_IS_ENOUGH, Verdict
 from pipeline.choice.label_check import LabelCheckRow
 from pipeline.choice.rule_validation import Validation
 from pipeline.choice.verdict_rule import FittedRule, Scores
+from pipeline.model.scoring import small_test_split_warning
 
 
 class Frozen(BaseModel):
@@ -40,6 +41,7 @@ class VerdictSetup(Frozen):
     shift_threshold: float
     gallery_file: str
     seconds: float
+    test_images: int | None = None  # the split a comparison after the verdict is judged on; not in older reports
 
 
 class LabelIssue(Frozen):
@@ -106,6 +108,8 @@ def summary_lines(report: VerdictReport) -> list[str]:
     ]
     if verdict.outside:
         lines.append(f"Outside the calibration: {'; '.join(verdict.outside)}. So: {verdict.advice}.")
+    if setup.test_images is not None and (warning := small_test_split_warning(setup.test_images)):
+        lines.append(f"Warning: {warning}.")
     return lines + [f"{setup.seconds:.0f} s, decoding included."]
 
 

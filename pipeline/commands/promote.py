@@ -3,6 +3,7 @@
     python -m pipeline.commands.promote                  # the best version comparable with the champion
     python -m pipeline.commands.promote --version 3      # that version, if comparable and better
     python -m pipeline.commands.promote --version 3 --force
+    python -m pipeline.commands.promote --model digits-classifier   # whatever data params.yaml names now
 
 Versions are compared by the test accuracy export tagged them with, and only with versions of the
 same class list scored on the same test split as the champion (pipeline.tracking.registry). The best one
@@ -49,8 +50,9 @@ def main() -> None:
     parser.add_argument("--version", type=int, help="model version to promote (default: the best comparable one)")
     parser.add_argument("--alias", default=registry.CHAMPION, help="registry alias to set (default: champion)")
     parser.add_argument("--force", action="store_true", help="promote even if not comparable or not better")
+    parser.add_argument("--model", help="registered model (default: params.yaml's, named after its data.source)")
     args = parser.parse_args()
-    name = load_params().registered_model()
+    name = args.model or load_params().registered_model()
     try:
         store.check_reachable()  # MLflow's client would retry a dead server before it says so
     except store.TrackingServerUnreachable as exc:
@@ -58,7 +60,11 @@ def main() -> None:
     client = MlflowClient(tracking_uri=store.tracking_uri())
     candidates = registry.candidates(client, name)
     if not candidates:
-        sys.exit(f"not promoted: registered model {name!r} has no versions: run `dvc repro` first")
+        others = ", ".join(sorted(model.name for model in client.search_registered_models())) or "none"
+        sys.exit(
+            f"not promoted: registered model {name!r} has no versions: run `dvc repro` first, or name another "
+            f"with --model (registered: {others})"
+        )
     holder = registry.champion(client, name, args.alias)
     champion = next((c for c in candidates if holder and c.version == int(holder.version)), None)
     print(f"{name}:\n{table(candidates, champion)}\n")

@@ -24,6 +24,7 @@ class ModelCard(BaseModel):
     backbone: str
     weights: str  # the pretrained weights fine-tuning started from
     strategy: str
+    strategy_chosen_by: str = "params.yaml"  # or "the verdict: <its decision>" (finetune.strategy: verdict)
     data_source: str
     data_fingerprint: str  # SHA-256 of the prepared manifest: which images, labels and splits
     # what the pretrained weights were trained at (timm's pretrained_cfg, torchvision's transforms), where known:

@@ -16,7 +16,7 @@ from pipeline.config import load_params
 from pipeline.data.manifest import read_manifest
 from pipeline.data.splits import load_split
 from pipeline.model import model_file
-from pipeline.model.scoring import description, plot_confusion, score
+from pipeline.model.scoring import description, plot_confusion, score, small_test_split_warning
 from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
 from pipeline.tracking import runs, store
 
@@ -53,6 +53,8 @@ def main() -> None:
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
         f"on {len(test.labels)} images"
     )
+    if warning := small_test_split_warning(len(test.labels)):
+        print(f"warning: {warning}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from pipeline.atomic import atomic_path, check_writable, write_json
-from pipeline.config import load_params
+from pipeline.config import ConfigError, Params, load_params, with_verdict_strategy
 from pipeline.data.manifest import class_names, fingerprint, read_manifest
 from pipeline.data.splits import load_split
 from pipeline.finetune import checkpoint, distributed
@@ -26,7 +26,7 @@ from pipeline.finetune.records import EpochRecord
 from pipeline.finetune.strategies import Plan
 from pipeline.model import model_file
 from pipeline.model.features import pick_device
-from pipeline.paths import CHECKPOINT_FILE, MODEL_FILE, TRAIN_HISTORY, TRAIN_METRICS
+from pipeline.paths import CHECKPOINT_FILE, MODEL_FILE, TRAIN_HISTORY, TRAIN_METRICS, VERDICT_STRATEGY
 from pipeline.tracking import runs, store
 
 
@@ -54,8 +54,20 @@ def main() -> None:
         )
 
 
+def params_to_train() -> tuple[Params, str]:
+    """params.yaml's, `finetune.strategy: verdict` replaced by the verdict's answer; and what chose the strategy."""
+    try:
+        params, chosen = with_verdict_strategy(load_params(), VERDICT_STRATEGY)
+    except ConfigError as exc:
+        sys.exit(f"train: {exc}")
+    if chosen is None:
+        return params, "params.yaml"
+    print(f"finetune.strategy: verdict: {chosen.strategy} ({chosen.decision}, {VERDICT_STRATEGY})")
+    return params, f"the verdict: {chosen.decision}"
+
+
 def run_stage() -> None:
-    params = load_params()
+    params, chosen_by = params_to_train()
     check_writable(MODEL_FILE, CHECKPOINT_FILE, TRAIN_HISTORY, TRAIN_METRICS)  # before minutes of training
     store.check_reachable()  # fail fast, before minutes of loading and training
     distributed.start(pick_device(params.train.device))
@@ -72,6 +84,7 @@ def run_stage() -> None:
         run_id = run.info.run_id if main_rank else None
         if main_rank and not resume:
             runs.log_dataset(params.data.source, rows, fingerprint())
+            mlflow.set_tag("strategy.chosen_by", chosen_by)
 
         def save_checkpoint(state: checkpoint.TrainingState) -> None:
             checkpoint.save(dataclasses.replace(state, run_id=run_id), run_fingerprint)
@@ -81,7 +94,8 @@ def run_stage() -> None:
             callbacks.on_plan, callbacks.on_epoch = log_plan, runs.log_epoch
         result = train_model(params, class_names(rows), train, val, fingerprint(), callbacks, resume)
         if main_rank:
-            model_file.save(MODEL_FILE, result.model.state_dict(), result.card)
+            card = result.card.model_copy(update={"strategy_chosen_by": chosen_by})
+            model_file.save(MODEL_FILE, result.model.state_dict(), card)
             metrics = {
                 "best_val_accuracy": result.best.val_accuracy,
                 "best_epoch": result.best.epoch,

@@ -5,7 +5,8 @@
 Scores train + val (pipeline.choice.assessment), fits the rule that fares best on calibration families left out
 (pipeline.choice.rule_validation) on reports/verdict/calibration.jsonl, decides (pipeline.choice.decision), and
 writes reports/verdict/verdict.{json,md} and label_issues.png, logged on an MLflow run of their own.
-`python -m pipeline.commands.apply verdict` sets its strategy in params.yaml.
+Its answer, as finetune settings, goes to reports/verdict/strategy.json: what `finetune.strategy: verdict` trains;
+`python -m pipeline.commands.apply verdict` writes it into params.yaml instead.
 """
 
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import mlflow
 
-from pipeline.atomic import OutputNotWritable, atomic_path, check_writable
+from pipeline.atomic import OutputNotWritable, atomic_path, check_writable, write_json
 from pipeline.choice.assessment import Assessment, assess, issue_rows, write_gallery
 from pipeline.choice.coverage import Coverage
 from pipeline.choice.decision import decide
@@ -23,7 +24,8 @@ from pipeline.choice.label_check import read_rows
 from pipeline.choice.rule_validation import validate
 from pipeline.choice.verdict_report import VerdictReport, VerdictSetup, markdown, summary_lines
 from pipeline.choice.verdict_rule import fit, read_cases
-from pipeline.config import ConfigError, Params, load_params
+from pipeline.config import ConfigError, Params, VerdictStrategy, load_params
+from pipeline.data.manifest import read_manifest, split_sizes
 from pipeline.paths import (
     LABEL_CHECK,
     MANIFEST,
@@ -32,11 +34,13 @@ from pipeline.paths import (
     VERDICT_GALLERY,
     VERDICT_JSON,
     VERDICT_MD,
+    VERDICT_STRATEGY,
 )
 from pipeline.tracking import runs, store
 
 
-def setup_of(params: Params, assessment: Assessment, out_dir: Path, run_id: str, seconds: float) -> VerdictSetup:
+def setup_of(params: Params, assessment: Assessment, manifest: Path, out_dir: Path, run_id: str, seconds: float):
+    """What was judged and how: train + val were scored; of the test split, only its size matters here."""
     return VerdictSetup(
         date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         git_commit=runs.git_commit(),
@@ -54,11 +58,16 @@ def setup_of(params: Params, assessment: Assessment, out_dir: Path, run_id: str,
         shift_threshold=params.verdict.shift_threshold,
         gallery_file=(out_dir / VERDICT_GALLERY.name).as_posix(),
         seconds=seconds,
+        test_images=split_sizes(read_manifest(manifest))["test"],
     )
 
 
-def report_of(params: Params, assessment: Assessment, label_check, out_dir: Path, run_id: str, started: float):
-    """The rule chosen and fitted on the calibration cases, its verdict on these scores, and the whole report."""
+def report_of(
+    params: Params, assessment: Assessment, label_check, where: tuple[Path, Path], run_id: str, started: float
+):
+    """The rule chosen and fitted on the calibration cases, its verdict on these scores, and the whole report;
+    `where` is the manifest judged and the report's folder."""
+    manifest, out_dir = where
     cases = read_cases(out_dir / VERDICT_CALIBRATION.name)
     settings = (params.verdict.worth_it, params.verdict.shift_threshold, params.finetune.unfreeze_blocks)
     validation = validate(cases, settings)
@@ -68,7 +77,7 @@ def report_of(params: Params, assessment: Assessment, label_check, out_dir: Path
     rows = issue_rows(assessment, params.verdict.gallery)
     write_gallery(assessment, rows, out_dir / VERDICT_GALLERY.name)
     return VerdictReport(
-        setup=setup_of(params, assessment, out_dir, run_id, time.perf_counter() - started),
+        setup=setup_of(params, assessment, manifest, out_dir, run_id, time.perf_counter() - started),
         verdict=decided,
         scores=assessment.scores,
         rule=rule,
@@ -111,7 +120,7 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
         started = time.perf_counter()
         mlflow.log_params(runs.flatten(logged))
         assessment = assess(params, manifest, params.train.image_size, label_check=label_check)
-        report = report_of(params, assessment, label_check, out_dir, run.info.run_id, started)
+        report = report_of(params, assessment, label_check, (manifest, out_dir), run.info.run_id, started)
         runs.log_metrics(metrics_of(report))
         decided = report.verdict
         mlflow.set_tags(
@@ -127,7 +136,11 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
         report.write(out_dir / VERDICT_JSON.name)
         with atomic_path(out_dir / VERDICT_MD.name) as partial:
             partial.write_text(markdown(report))
-        for name in (VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY, VERDICT_CALIBRATION):
+        chosen = VerdictStrategy(
+            strategy=decided.strategy, unfreeze_blocks=decided.unfreeze_blocks, decision=decided.decision
+        )
+        write_json(out_dir / VERDICT_STRATEGY.name, chosen.model_dump())
+        for name in (VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY, VERDICT_CALIBRATION, VERDICT_STRATEGY):
             mlflow.log_artifact(str(out_dir / name.name), artifact_path="verdict")
     return report
 
@@ -135,12 +148,15 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
 def main() -> None:
     try:
         params = load_params()
-        check_writable(VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY)
+        check_writable(VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY, VERDICT_STRATEGY)
         report = verdict(params)
     except (ConfigError, OutputNotWritable) as exc:
         sys.exit(f"verdict: {exc}")
     print("\n".join(summary_lines(report)))
-    print(f"report: {VERDICT_MD}; `python -m pipeline.commands.apply verdict` sets this strategy in params.yaml")
+    print(
+        f"report: {VERDICT_MD}; `finetune.strategy: verdict` trains this strategy "
+        "(`python -m pipeline.commands.apply verdict` writes it into params.yaml)"
+    )
 
 
 if __name__ == "__main__":

@@ -80,6 +80,7 @@ def version_tags(
         "test_images": str(test_images),
         "test_accuracy": f"{test_accuracy:.6f}",
         "strategy": card.strategy,
+        "strategy_chosen_by": card.strategy_chosen_by,
         "backbone": card.backbone,
         "git_commit": commit,
         "dvc_experiment": experiment,
