@@ -4,12 +4,15 @@ another, and the train stage's params are the keys that change its result, so `d
 a change nor redo work for nothing."""
 
 import ast
+import json
 import re
+import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stage_env
 
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
 # Modules run by hand rather than as DVC stages: they too meet the stages only through files.
@@ -144,3 +147,31 @@ def test_train_params_leave_out_what_does_not_change_the_model():
     params = DVC["stages"]["train"]["params"]
     for how_it_runs in ("train.loader_workers", "mlflow.experiment", "train.distributed", "train"):
         assert how_it_runs not in params
+
+
+def stale_results(status: dict, tracked: set[str]) -> dict[str, list[str]]:
+    """From `dvc status --json`: per stage, the git-tracked deps, params and outputs that differ from dvc.lock.
+    What git does not hold (the built-in data, data/prepared, models/) is missing from a fresh clone: not stale."""
+    stale = {}
+    for stage, entries in status.items():
+        for entry in entries:
+            if isinstance(entry, str):  # "changed command", "always changed"
+                stale.setdefault(stage, []).append(entry)
+                continue
+            for changes in entry.values():
+                for path, how in changes.items():
+                    if path in tracked:
+                        shown = ", ".join(how) if isinstance(how, dict) else how  # params: {key: modified}
+                        stale.setdefault(stage, []).append(f"{path}: {shown}")
+    return stale
+
+
+@pytest.mark.slow  # in step only after `dvc repro`: the edit loop (make test-fast) would fail at every edit
+def test_the_committed_results_were_made_by_the_code_at_head():
+    """dvc.lock, and so the committed metrics and reports, in step with the code, params and data of this
+    checkout: results of older code show here, not as a fresh clone that `make run` leaves dirty."""
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split())
+    shown = subprocess.run(["dvc", "status", "--json"], cwd=ROOT, env=stage_env(), capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    stale = stale_results(json.loads(shown.stdout), tracked)
+    assert stale == {}, f"rerun `dvc repro` and commit its results: {stale}"
