@@ -48,6 +48,12 @@ SETTINGS = load_serving_config()
 # clients failed with a 500. So the session is never replaced; aiohttp keeps its connections fresh.
 TEN_YEARS_S = 10 * 365 * 24 * 3600.0
 
+# BentoML's /metrics counts requests by endpoint and status, times them and histograms the adaptive batches;
+# what it cannot know is which model answers them.
+SERVED_MODEL = bentoml.metrics.Gauge(
+    name="served_model", documentation="1 for the model this server serves", labelnames=["model", "version"]
+)
+
 
 @bentoml.service(
     workers=SETTINGS.model_workers,
@@ -123,6 +129,7 @@ class ImageClassifier:
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
+        SERVED_MODEL.labels(model=self.source.name, version=str(self.source.version or "file")).set(1)
         logger.info(
             "serving %s: %s on %s, %d classes, test accuracy %s",
             self.source.shown(path),

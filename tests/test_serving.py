@@ -573,3 +573,30 @@ def test_the_schema_marks_every_uploaded_image_as_a_file(server):
     info = schema["info"]
     assert "image classifier" in info["title"].lower() and "BentoML" not in info["description"]
     assert "/v1/classify" in info["description"] and info["version"] != "0.1.0"  # FastAPI's default
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """A sample of Prometheus's text format: the value of `name` whose labels include `labels`, or 0."""
+    for line in text.splitlines():
+        found = re.match(rf"{name}\{{(.*)\}} (\S+)$", line)
+        if found and all(f'{key}="{value}"' in found[1] for key, value in labels.items()):
+            return float(found[2])
+    return 0.0
+
+
+def test_metrics_count_requests_by_status_time_them_and_name_the_served_model(server):
+    """What an operator scrapes (docs/serving.md#metrics): BentoML's counters and histograms, and our model gauge."""
+    metrics = server.removesuffix("/v1") + "/metrics"
+
+    def classified(status: str) -> float:
+        counter = "bentoml_service_request_total"
+        return metric_value(httpx.get(metrics).text, counter, endpoint="/v1/classify", http_response_code=status)
+
+    before_ok, before_bad = classified("200"), classified("400")
+    assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
+    assert httpx.post(f"{server}/classify", files={"image": ("a.png", b"not an image")}).status_code == 400
+    assert (classified("200"), classified("400")) == (before_ok + 1, before_bad + 1)
+    text = httpx.get(metrics).text
+    assert metric_value(text, "served_model", model="tiny", version="1") == 1.0
+    assert metric_value(text, "bentoml_service_request_duration_seconds_count", endpoint="/v1/classify") >= 1
+    assert "bentoml_service_adaptive_batch_size_bucket" in text  # the batches ModelRunner was called with
