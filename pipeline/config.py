@@ -128,6 +128,7 @@ class ServingConfig(Strict):
     max_latency_ms: int = Field(ge=1)
     workers: int = Field(ge=1)
     model_workers: int = Field(ge=1)
+    follow_registry_s: float | None = Field(gt=0)
 
 
 class HalvingConfig(Strict):

@@ -44,6 +44,18 @@ def resolve_model(spec: str) -> tuple[Path, ModelSource]:
     return path, ModelSource(name=path.name)
 
 
+def alias_version(spec: str) -> int | None:
+    """The version `models:/NAME@ALIAS` names now (a query, no download); None for a spec that names no alias."""
+    if not spec.startswith(REGISTRY) or "@" not in spec:
+        return None
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import store
+
+    name, alias = spec.removeprefix(REGISTRY).split("@", 1)
+    return int(MlflowClient(tracking_uri=store.tracking_uri()).get_model_version_by_alias(name, alias).version)
+
+
 def from_registry(spec: str) -> tuple[Path, ModelSource]:
     """Download the registry version `spec` names from the MLflow store."""
     # Only a registry model needs MLflow: a server of an .onnx file starts without importing it.

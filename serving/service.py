@@ -23,7 +23,7 @@ import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import Form, UploadFile
+from fastapi import Form, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 
 from pipeline.config import ServingConfig, load_serving_config, served_model_origin
@@ -33,6 +33,7 @@ from serving.allocator import return_freed_images_to_the_system
 from serving.api_docs import docs_redirects, offline_documented_api
 from serving.api_models import Base64Request, Prediction, validation_refusal
 from serving.limits import RequestLimits
+from serving.model_follower import ModelFollower
 from serving.model_source import resolve_model
 from serving.request_images import Blob, decode_batch, from_base64, read_uploads, refuse
 
@@ -47,12 +48,6 @@ SETTINGS = load_serving_config()
 # _bentoml_impl/client/proxy2.py): with the default 100 calls, 1 request in 10 of 32 concurrent
 # clients failed with a 500. So the session is never replaced; aiohttp keeps its connections fresh.
 TEN_YEARS_S = 10 * 365 * 24 * 3600.0
-
-# BentoML's /metrics counts requests by endpoint and status, times them and histograms the adaptive batches;
-# what it cannot know is which model answers them.
-SERVED_MODEL = bentoml.metrics.Gauge(
-    name="served_model", documentation="1 for the model this server serves", labelnames=["model", "version"]
-)
 
 
 @bentoml.service(
@@ -73,12 +68,8 @@ class ModelRunner:
             raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
 
     def __init__(self) -> None:
-        path, _ = resolve_model(SETTINGS.model)
-        providers = onnx_runtime.PROVIDERS
-        if SETTINGS.tensorrt:
-            providers = ["TensorrtExecutionProvider", *providers]
-        self.session, _ = onnx_runtime.open_session(path, providers)
-        logger.info("serving %s (%s) on %s", SETTINGS.model, path, ", ".join(self.session.get_providers()))
+        providers = (["TensorrtExecutionProvider"] if SETTINGS.tensorrt else []) + onnx_runtime.PROVIDERS
+        self.follower = ModelFollower(SETTINGS.model, providers, SETTINGS.follow_registry_s)
 
     @bentoml.api(
         batchable=SETTINGS.adaptive_batching,
@@ -86,17 +77,26 @@ class ModelRunner:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities, and in a last column the registry version that computed each row (0: a file): a batch
+        merged from several requests runs on one session, and a switch between two calls must not be
+        misattributed."""
+        served = self.follower.served  # once: a switch during this call does not change what runs it
         # I/O binding: on CUDA the batch is copied to the device once and the probabilities back once.
-        binding = self.session.io_binding()
+        binding = served.session.io_binding()
         binding.bind_cpu_input(onnx_runtime.INPUT, images)
         binding.bind_output(onnx_runtime.OUTPUT)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        served.session.run_with_iobinding(binding)
+        probabilities = binding.copy_outputs_to_cpu()[0]
+        version = np.full((len(probabilities), 1), served.source.version or 0, dtype=probabilities.dtype)
+        return np.concatenate([probabilities, version], axis=1)
 
     @bentoml.api
-    def providers(self) -> list[str]:
-        """The ONNX Runtime providers really active (a GPU one may have failed to load)."""
-        return self.session.get_providers()
+    def served(self) -> dict:
+        """What is served now: where it came from, its card, the ONNX Runtime providers really active."""
+        served, refused = self.follower.served, self.follower.refused
+        card = served.card.model_dump(mode="json")
+        providers = served.session.get_providers()
+        return {**served.source.metadata_fields(), "card": card, "providers": providers, "not_switched_to": refused}
 
 
 api = offline_documented_api(
@@ -129,7 +129,6 @@ class ImageClassifier:
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
-        SERVED_MODEL.labels(model=self.source.name, version=str(self.source.version or "file")).set(1)
         logger.info(
             "serving %s: %s on %s, %d classes, test accuracy %s",
             self.source.shown(path),
@@ -144,7 +143,7 @@ class ImageClassifier:
             self._decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
         return self._decoders
 
-    async def classify_blobs(self, blobs: list[Blob], top_k: int | None) -> list[Prediction]:
+    async def classify_blobs(self, blobs: list[Blob], top_k: int | None, response: Response) -> list[Prediction]:
         if not blobs:
             raise refuse(HTTPStatus.BAD_REQUEST, "no images in the request")
         if len(blobs) > self.settings.max_images_per_request:
@@ -163,10 +162,12 @@ class ImageClassifier:
         batch = await anyio.to_thread.run_sync(
             decode_batch, blobs, self.card.image_size, self.settings, limiter=self.decoders()
         )
-        probabilities = await self.predict(batch)
-        if probabilities.shape[1] != len(classes):  # an alias moved between the two services' start-ups
+        answer = await self.predict(batch)
+        if answer.shape[1] != len(classes) + 1:  # an alias moved between the two services' start-ups
             raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
-        return Prediction.top(probabilities, classes, top_k)
+        versions = sorted({int(version) for version in answer[:, -1]})  # two, if a switch fell between its calls
+        response.headers["X-Model-Version"] = ", ".join(str(v) if v else "file" for v in versions)
+        return Prediction.top(answer[:, :-1], classes, top_k)
 
     async def predict(self, batch: np.ndarray) -> np.ndarray:
         try:
@@ -182,28 +183,33 @@ class ImageClassifier:
             ) from None
 
     @api.post("/classify")
-    async def classify(self, image: UploadFile, top_k: int | None = Form(None)) -> Prediction:
+    async def classify(self, image: UploadFile, response: Response, top_k: int | None = Form(None)) -> Prediction:
         """One image as the multipart field `image`: `curl -F image=@data/examples/cat.png .../v1/classify`."""
-        return (await self.classify_blobs(await read_uploads([image]), top_k))[0]
+        return (await self.classify_blobs(await read_uploads([image]), top_k, response))[0]
 
     @api.post("/classify_batch")
-    async def classify_batch(self, images: list[UploadFile], top_k: int | None = Form(None)) -> list[Prediction]:
+    async def classify_batch(
+        self, images: list[UploadFile], response: Response, top_k: int | None = Form(None)
+    ) -> list[Prediction]:
         """Several images as repeated multipart fields `images`; results in the same order."""
-        return await self.classify_blobs(await read_uploads(images), top_k)
+        return await self.classify_blobs(await read_uploads(images), top_k, response)
 
     @api.post("/classify_base64")
-    async def classify_base64(self, request: Base64Request) -> list[Prediction]:
+    async def classify_base64(self, request: Base64Request, response: Response) -> list[Prediction]:
         """JSON {"images": ["<base64>", ...], "top_k": 3} for clients that cannot send multipart."""
-        return await self.classify_blobs(from_base64(request.images, self.settings.max_image_bytes), request.top_k)
+        blobs = from_base64(request.images, self.settings.max_image_bytes)
+        return await self.classify_blobs(blobs, request.top_k, response)
 
     @api.get("/metadata")
     async def metadata(self) -> dict:
-        """The served model: where it came from, its model card, the active ONNX Runtime providers."""
+        """The model served now (the model service's: it follows the registry): where it came from, its model
+        card, the active ONNX Runtime providers."""
+        served = await self.model.to_async.served()
+        card = served.pop("card")
         return {
-            "model": self.source.name if self.source.version is None else self.settings.model,
-            **self.source.metadata_fields(),
-            **self.card.model_dump(mode="json"),
-            "providers": await self.model.to_async.providers(),
+            "model": served["name"] if served["version"] is None else self.settings.model,
+            **served,
+            **card,
             "adaptive_batching": self.settings.adaptive_batching,
             "max_batch_size": self.settings.max_batch_size if self.settings.adaptive_batching else None,
         }

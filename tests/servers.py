@@ -63,12 +63,14 @@ def resident_bytes(process: subprocess.Popen) -> int:
 def serving_process(env: dict[str, str], startup_timeout: float = 120):
     """`bentoml serve` on a free loopback port until the block ends; yields its base URL and process."""
     port = free_port()
-    # The log goes to a file, not a pipe: a full pipe would stall a busy server.
-    with tempfile.TemporaryFile() as log:
+    # The log goes to a file, not a pipe: a full pipe would stall a busy server. A BENTOML_HOME of its own: every
+    # `bentoml serve` empties $BENTOML_HOME/prometheus_multiproc_dir as it starts, so servers sharing one (tests
+    # running side by side) would wipe each other's /metrics.
+    with tempfile.TemporaryFile() as log, tempfile.TemporaryDirectory() as home:
         process = subprocess.Popen(
             serve_command(port),
             cwd=ROOT,
-            env=os.environ | env,
+            env=os.environ | {"BENTOML_HOME": home} | env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # so that stopping it stops its workers too

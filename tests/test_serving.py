@@ -12,10 +12,12 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
@@ -69,23 +71,36 @@ def sample_images() -> dict[str, bytes]:
     }
 
 
+def register_tiny(root, card: ModelCard = CARD, seed: int = 0) -> Path:
+    """A model exported by the pipeline (random weights drawn from `seed`), logged and registered as a new
+    version of `tiny` in the sqlite store under `root`; its ONNX file."""
+    torch.manual_seed(seed)
+    backbone = build("mobilenet_v3_small", "none", len(card.classes))
+    model = Classifier(backbone.model.body, backbone.model.head, card.mean, card.std).eval()
+    images = torch.randint(0, 256, (4, 3, card.image_size, card.image_size), dtype=torch.uint8)
+    path = root / f"seed-{seed}" / "model.onnx"
+    path.parent.mkdir()
+    export_checked(model, card, images, path, opset=18, tolerance=1e-4)
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    experiment = mlflow.get_experiment_by_name("serving")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
+    )
+    with mlflow.start_run(experiment_id=experiment_id):
+        mlflow.onnx.log_model(
+            onnx.load(str(path)), name="model", registered_model_name="tiny", metadata=onnx_metadata(card)
+        )
+    return path
+
+
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """A model exported by the pipeline, logged and registered as `tiny` v1 with alias champion."""
     root = tmp_path_factory.mktemp("registry")
-    torch.manual_seed(0)
-    backbone = build("mobilenet_v3_small", "none", len(CLASSES))
-    model = Classifier(backbone.model.body, backbone.model.head, CARD.mean, CARD.std).eval()
-    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
-    path = root / "model.onnx"
-    export_checked(model, CARD, images, path, opset=18, tolerance=1e-4)
+    path = register_tiny(root)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.create_experiment("serving", artifact_location=(root / "mlruns").as_uri())
-    with mlflow.start_run(experiment_id=experiment):
-        mlflow.onnx.log_model(
-            onnx.load(str(path)), name="model", registered_model_name="tiny", metadata=onnx_metadata(CARD)
-        )
     mlflow.MlflowClient(uri).set_registered_model_alias("tiny", "champion", "1")
     return {"uri": uri, "onnx": path}
 
@@ -600,3 +615,49 @@ def test_metrics_count_requests_by_status_time_them_and_name_the_served_model(se
     assert metric_value(text, "served_model", model="tiny", version="1") == 1.0
     assert metric_value(text, "bentoml_service_request_duration_seconds_count", endpoint="/v1/classify") >= 1
     assert "bentoml_service_adaptive_batch_size_bucket" in text  # the batches ModelRunner was called with
+
+
+def test_a_moved_alias_is_served_without_a_restart_and_a_misfit_version_is_not(tmp_path):
+    """promote moves @champion while a client sends requests: none fails, the old version answers until the
+    new one does, within 10 s; a version of other classes is not switched to, and /v1/metadata says why."""
+    for seed, card in ((0, CARD), (1, CARD), (2, model_card(classes=["a", "b"], image_size=40))):
+        register_tiny(tmp_path, card, seed)  # v1, v2, v3
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    registry = mlflow.MlflowClient(uri)
+    registry.set_registered_model_alias("tiny", "champion", "1")
+    env = {"SERVING_MODEL": "models:/tiny@champion", "MLFLOW_TRACKING_URI": uri, "SERVING_FOLLOW_REGISTRY_S": "0.5"}
+    answers, stop = [], threading.Event()
+
+    def keep_asking(url: str) -> None:
+        with httpx.Client(timeout=30) as client:
+            while not stop.is_set():
+                response = client.post(f"{url}/v1/classify", files={"image": ("a.png", GOOD)})
+                answers.append((time.monotonic(), response.status_code, response.headers.get("x-model-version")))
+
+    def first_answer_from(version: str, deadline_s: float) -> float:
+        deadline = time.monotonic() + deadline_s
+        while time.monotonic() < deadline:
+            found = [when for when, _, answered_by in list(answers) if answered_by == version]
+            if found:
+                return found[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no answer from v{version} within {deadline_s} s: {answers[-3:]}")
+
+    with running_service(env) as url, ThreadPoolExecutor(1) as pool:
+        asking = pool.submit(keep_asking, url)
+        first_answer_from("1", 30)
+        moved = time.monotonic()
+        registry.set_registered_model_alias("tiny", "champion", "2")
+        assert first_answer_from("2", 10) - moved < 10
+        registry.set_registered_model_alias("tiny", "champion", "3")
+        deadline = time.monotonic() + 10
+        while (info := httpx.get(f"{url}/v1/metadata").json())["not_switched_to"] is None:
+            assert time.monotonic() < deadline, "v3 was neither served nor refused"
+            time.sleep(0.1)
+        stop.set()
+        asking.result()
+    assert info["version"] == 2 and info["not_switched_to"]["version"] == 3
+    assert "classes or input size differ" in info["not_switched_to"]["why"]
+    assert [status for _, status, _ in answers].count(200) == len(answers)  # not one request failed
+    versions = [answered_by for when, _, answered_by in answers if when > moved]
+    assert set(versions) <= {"1", "2"} and versions[-1] == "2"  # v1 until v2, never v3

@@ -10,7 +10,7 @@ same class list scored on the same test split as the champion (pipeline.tracking
 replaces the champion only if the test split separates them: an exact McNemar test on the images
 only one of the two got right, at the 5% level. --force promotes anyway and says what it overrode; a version
 without the tags export writes (left by a killed export of an older pipeline) is never promoted.
-`make serve` loads `models:/NAME@champion` at start-up: restart it to serve the new champion.
+A running `make serve` of `models:/NAME@champion` switches to the new champion within serving.follow_registry_s.
 """
 
 import argparse
@@ -88,7 +88,7 @@ def main() -> None:
     was = f" (was v{champion.version})" if champion else ""
     print(
         f"models:/{name}@{args.alias} -> v{chosen.version}{was}, {accuracy_text(chosen)}; "
-        "restart `make serve` to serve it"
+        f"a running `make serve` of it switches within serving.follow_registry_s"
     )
 
 
