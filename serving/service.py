@@ -210,5 +210,8 @@ class ImageClassifier:
 
 
 ImageClassifier.add_asgi_middleware(
-    RequestLimits, max_bytes=SETTINGS.max_request_bytes, body_timeout_s=SETTINGS.body_timeout_s
+    RequestLimits,
+    max_bytes=SETTINGS.max_request_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    body_deadline_s=SETTINGS.body_deadline_s,
 )
