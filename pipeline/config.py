@@ -123,6 +123,9 @@ class ServingConfig(Strict):
     max_request_bytes: int = Field(ge=1)
     body_timeout_s: float = Field(gt=0)
     body_deadline_s: float = Field(gt=0)
+    header_timeout_s: float = Field(gt=0)
+    keep_alive_s: float = Field(gt=0)
+    max_connections: int = Field(ge=1)
     image_formats: list[str] = Field(min_length=1)
     adaptive_batching: bool
     max_batch_size: int = Field(ge=1)
