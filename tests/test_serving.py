@@ -412,7 +412,7 @@ def bounded_server(registry):
         "SERVING_HEADER_TIMEOUT_S": "2",
         "SERVING_BODY_TIMEOUT_S": "1",
         "SERVING_BODY_DEADLINE_S": "2",
-        "SERVING_KEEP_ALIVE_S": "1",
+        "SERVING_KEEP_ALIVE_S": "4",  # longer than the header timeout, to tell the two apart
         "SERVING_MAX_CONNECTIONS": "8",
     }
     with serving_process(env) as (url, process):
@@ -457,10 +457,15 @@ def test_silent_and_slow_connections_are_closed_on_time(bounded_server):
         answer, closed_after = trickle(slow_body, b" " * 1000, 0.3)  # each byte within the 1 s gap timeout
         assert closed_after is not None and closed_after < 6
         assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive whole within 2 s" in answer
-    with connect(url) as idle:
-        idle.sendall(GET_READYZ)
-        answer, closed = read_to_eof(idle, 8)
-        assert answer.startswith(b"HTTP/1.1 200 ") and closed  # after the 1 s keep-alive
+    with connect(url) as kept_alive:  # pipelined requests are answered, then the idle connection closed
+        kept_alive.sendall(GET_READYZ * 2)
+        started = time.monotonic()
+        answer, closed = read_to_eof(kept_alive, 10)
+        assert answer.count(b"HTTP/1.1 200 ") == 2 and closed and 3.5 < time.monotonic() - started < 9
+    with connect(url) as half_pipelined:  # a head that stops half-way behind an answered one
+        half_pipelined.sendall(GET_READYZ + GET_READYZ[:20])
+        answer, closed = read_to_eof(half_pipelined, 8)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer and closed
 
 
 def test_connections_over_the_cap_are_refused_and_the_server_serves_after(bounded_server):
