@@ -61,9 +61,9 @@ compare: setup
 	python -m pipeline.commands.compare
 
 # The model in SERVING_MODEL (default: the registry's champion, see params.yaml `serving`).
-# Keep-alive longer than clients' own (5 s in httpx, requests, aiohttp): no request is sent on a closing connection.
+# Keep-alive, header and connection limits are params.yaml's `serving` settings (serving/connections.py).
 serve: setup
-	bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port $(SERVE_PORT) --timeout-keep-alive 75
+	bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port $(SERVE_PORT)
 
 bento: setup
 	bentoml build -f serving/bentofile.yaml .

@@ -122,6 +122,10 @@ class ServingConfig(Strict):
     max_images_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1)
     body_timeout_s: float = Field(gt=0)
+    body_deadline_s: float = Field(gt=0)
+    header_timeout_s: float = Field(gt=0)
+    keep_alive_s: float = Field(gt=0)
+    max_connections: int = Field(ge=1)
     image_formats: list[str] = Field(min_length=1)
     adaptive_batching: bool
     max_batch_size: int = Field(ge=1)

@@ -32,6 +32,7 @@ from pipeline.release.onnx_runtime import ModelLoadError
 from serving.allocator import return_freed_images_to_the_system
 from serving.api_docs import docs_redirects, offline_documented_api
 from serving.api_models import Base64Request, Prediction, validation_refusal
+from serving.connections import ConnectionLimits, bound_connections
 from serving.limits import RequestLimits
 from serving.model_follower import ModelFollower
 from serving.model_source import resolve_model
@@ -42,6 +43,7 @@ logger = logging.getLogger("bentoml.serving")
 return_freed_images_to_the_system()
 # The batching decorator below is evaluated at import, so the settings are read here, once.
 SETTINGS = load_serving_config()
+bound_connections(ConnectionLimits(SETTINGS.header_timeout_s, SETTINGS.keep_alive_s, SETTINGS.max_connections))
 
 # BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age`
 # seconds and closes the old one under the calls still in flight on it (bentoml 1.4.39,
@@ -216,5 +218,8 @@ class ImageClassifier:
 
 
 ImageClassifier.add_asgi_middleware(
-    RequestLimits, max_bytes=SETTINGS.max_request_bytes, body_timeout_s=SETTINGS.body_timeout_s
+    RequestLimits,
+    max_bytes=SETTINGS.max_request_bytes,
+    body_timeout_s=SETTINGS.body_timeout_s,
+    body_deadline_s=SETTINGS.body_deadline_s,
 )

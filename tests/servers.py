@@ -22,16 +22,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-# Longer than a client's own keep-alive (httpx: 5 s), so that a client never sends a request on a
-# connection the server is closing; at uvicorn's 5 s the soak saw 5 in 31,172 requests fail so.
-KEEP_ALIVE_S = "75"
-
-
 def serve_command(port: int) -> list[str]:
     """What `make serve` runs, on `port`, by this interpreter (also where bentoml has no script on PATH)."""
     bentoml = [sys.executable, "-m", "bentoml"]
-    serve = [*bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
-    return [*serve, "--timeout-keep-alive", KEEP_ALIVE_S]
+    return [*bentoml, "serve", "serving.service:ImageClassifier", "--host", "127.0.0.1", "--port", str(port)]
 
 
 @contextmanager

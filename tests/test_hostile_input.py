@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import onnx
@@ -227,7 +228,7 @@ def test_the_body_limit_counts_the_bytes_received_not_the_declared_length():
     from serving.limits import RequestLimits
 
     def limits(app):
-        return RequestLimits(app, max_bytes=1000, body_timeout_s=5)
+        return RequestLimits(app, max_bytes=1000, body_timeout_s=5, body_deadline_s=30)
 
     over_declared = run_asgi(limits, [(b"content-length", b"100")], [b"x" * 60, b"x" * 60])
     assert over_declared[0]["status"] == 413 and b"over 100 bytes" in over_declared[1]["body"]
@@ -235,3 +236,126 @@ def test_the_body_limit_counts_the_bytes_received_not_the_declared_length():
     assert over_limit[0]["status"] == 413 and b"over 1000 bytes" in over_limit[1]["body"]
     within = run_asgi(limits, [(b"content-length", b"120")], [b"x" * 60, b"x" * 60])
     assert within[0]["status"] == 200 and within[1]["body"] == b"read"
+
+
+def closes(response_start: dict) -> bool:
+    return (b"connection", b"close") in response_start["headers"]
+
+
+def test_every_refusal_before_the_body_is_whole_closes_the_connection():
+    """Issue 28 row 6: the unread rest of a body would otherwise be read as the next request."""
+    from serving.limits import RequestLimits
+
+    def limits(app):
+        return RequestLimits(app, max_bytes=1000, body_timeout_s=5, body_deadline_s=30)
+
+    framed_two_ways = run_asgi(limits, [(b"content-length", b"10"), (b"transfer-encoding", b"chunked")], [b""])
+    chunked = run_asgi(limits, [(b"transfer-encoding", b"chunked")], [b""])
+    declared_too_long = run_asgi(limits, [(b"content-length", b"5000")], [b""])
+    longer_than_declared = run_asgi(limits, [(b"content-length", b"100")], [b"x" * 60, b"x" * 60])
+    statuses = [r[0]["status"] for r in (framed_two_ways, chunked, declared_too_long, longer_than_declared)]
+    assert statuses == [400, 411, 413, 413]
+    assert all(closes(r[0]) for r in (framed_two_ways, chunked, declared_too_long, longer_than_declared))
+    read_whole = run_asgi(limits, [(b"content-length", b"120")], [b"x" * 60, b"x" * 60])
+    assert read_whole[0]["status"] == 200 and not closes(read_whole[0])
+
+
+def test_an_answer_the_app_sends_before_reading_the_body_closes_the_connection():
+    from serving.limits import RequestLimits
+
+    async def app_that_reads_nothing(scope, receive, send):
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"no such route"})
+
+    def run(headers):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        middleware = RequestLimits(app_that_reads_nothing, max_bytes=1000, body_timeout_s=5, body_deadline_s=30)
+        asyncio.run(middleware({"type": "http", "headers": headers}, receive, send))
+        return sent[0]
+
+    assert closes(run([(b"content-length", b"50")]))
+    assert not closes(run([])) and not closes(run([(b"content-length", b"0")]))  # no body: kept alive
+
+
+def test_a_body_that_trickles_in_faster_than_the_gap_timeout_still_meets_a_deadline():
+    """Issue 28 row 8: the gap between bytes was the only bound; a byte every 20 s held a request for ever."""
+    from serving.limits import RequestLimits
+
+    async def app(scope, receive, send):
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"read"})
+
+    async def trickle():
+        await asyncio.sleep(0.05)  # each byte well inside the 1 s gap timeout
+        return {"type": "http.request", "body": b"x", "more_body": True}
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    middleware = RequestLimits(app, max_bytes=1000, body_timeout_s=1, body_deadline_s=0.5)
+    started = time.monotonic()
+    asyncio.run(middleware({"type": "http", "headers": [(b"content-length", b"900")]}, trickle, send))
+    assert 0.4 < time.monotonic() - started < 1
+    assert sent[0]["status"] == 408 and b"did not arrive whole within 0.5 s" in sent[1]["body"] and closes(sent[0])
+
+
+@pytest.mark.parametrize(
+    ("text", "status", "message"),
+    [
+        ("data:image/png;base64iVBORw0KGgo", 400, "data: URL without a comma"),  # row 7: was a 500
+        ("data:image/png,%89PNG", 400, "data: URL that is not base64"),
+        ("data:,abc", 400, "not base64"),
+        ("QUJD%%", 400, "not valid base64: only A-Z"),
+        ("QUJDé", 400, "not valid base64"),
+        ("QUJDR", 400, "not valid base64"),
+        ("AB " * 400, 413, "over the limit of 100 bytes"),
+        ("data:image/png;base64," + "A" * 200, 413, "over the limit of 100 bytes"),
+    ],
+)
+def test_base64_images_are_refused_with_a_4xx_that_says_why(text, status, message):
+    from fastapi import HTTPException
+
+    from serving.request_images import from_base64
+
+    with pytest.raises(HTTPException) as refused:
+        from_base64(["QUJD", text], max_image_bytes=100)
+    assert refused.value.status_code == status and refused.value.detail.startswith("image 1 ")
+    assert message in refused.value.detail
+
+
+def test_base64_decodes_wrapped_lines_and_data_urls_up_to_the_limit():
+    import base64
+
+    from serving.request_images import from_base64
+
+    blob = os.urandom(3000)
+    wrapped_crlf = base64.encodebytes(blob).decode().replace("\n", "\r\n")
+    pem_lines = "\n".join(base64.b64encode(blob).decode()[i : i + 64] for i in range(0, 4000, 64))
+    texts = [wrapped_crlf, pem_lines, "data:image/png;base64," + base64.b64encode(blob).decode()]
+    assert [b for _, b in from_base64(texts, max_image_bytes=3000)] == [blob] * 3
+
+
+def test_base64_over_the_limit_is_refused_without_copying_the_text():
+    """Issue 28 row 4: 96 MB of "AB " cost 2.4 GB and seconds, split into words before the size check."""
+    code = (
+        "from fastapi import HTTPException\n"
+        "from serving.request_images import from_base64\n"
+        "text = 'AB ' * 32_000_000\n"
+        "before = peak()\n"
+        "try:\n"
+        "    from_base64([text], 10_000_000)\n"
+        "except HTTPException as refused:\n"
+        "    assert refused.status_code == 413, refused\n"
+    )
+    assert peak_rss_of(code) < 20 * MiB

@@ -24,6 +24,7 @@ import httpx
 import mlflow
 import numpy as np
 import onnx
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -279,6 +280,18 @@ BAD_REQUESTS = {
         "The body is not valid JSON (Expecting property name",
     ),
     "bad base64": ("classify_base64", {"json": {"images": ["%%%"]}}, 400, "not valid base64"),
+    "a data: URL without a comma (issue 28 row 7)": (
+        "classify_base64",
+        {"json": {"images": ["data:image/png;base64"]}},
+        400,
+        "image 0 is a data: URL without a comma",
+    ),
+    "a data: URL that is not base64": (
+        "classify_base64",
+        {"json": {"images": ["data:image/png,%89PNG"]}},
+        400,
+        "image 0 is a data: URL that is not base64",
+    ),
     "empty batch": ("classify_base64", {"json": {"images": []}}, 400, "no images"),
     "chunked body": (
         "classify",
@@ -343,6 +356,153 @@ def test_base64_wrapped_in_lines_is_accepted(server, registry):
     answer = httpx.post(f"{server}/classify_base64", json={"images": [encoded], "top_k": 4})
     assert answer.status_code == 200, answer.text
     np.testing.assert_allclose(as_array(answer.json()[0]), expected_probabilities(registry, [GOOD])[0], atol=1e-5)
+
+
+def connect(url: str) -> socket.socket:
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def read_to_eof(connection: socket.socket, within_s: float) -> tuple[bytes, bool]:
+    """What the server sends within `within_s`, and whether it closed the connection by then."""
+    deadline, answer = time.monotonic() + within_s, b""
+    while (left := deadline - time.monotonic()) > 0:
+        connection.settimeout(left)
+        try:
+            chunk = connection.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return answer, True
+        if not chunk:
+            return answer, True
+        answer += chunk
+    return answer, False
+
+
+def trickle(connection: socket.socket, data: bytes, every_s: float) -> tuple[bytes, float | None]:
+    """Send `data` a byte every `every_s`, as a slow client does: what came back, and how many seconds
+    until the server closed the connection (None: it did not, until `data` was all sent)."""
+    started, answer = time.monotonic(), b""
+    for byte in data:
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:  # closed under us: what it said is still to be read
+            more, closed = read_to_eof(connection, 5)
+            return answer + more, time.monotonic() - started if closed else None
+        more, closed = read_to_eof(connection, every_s)
+        answer += more
+        if closed:
+            return answer, time.monotonic() - started
+    return answer, None
+
+
+GET_READYZ = b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+UNREAD_BODIES = {  # issue 28 row 6: each refused before its body is read, a GET pipelined behind it
+    "framed two ways": (b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n", 400),
+    "chunked": (b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\n\r\n", 411),
+    "declared over the limit": (b"Content-Length: 400000\r\n", b"--x\r\n", 413),
+}
+
+
+@pytest.mark.parametrize("case", UNREAD_BODIES)
+def test_a_refusal_before_the_body_is_read_ends_the_connection(server, case):
+    framing, body, status = UNREAD_BODIES[case]
+    head = b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+    with connect(server) as connection:
+        connection.sendall(head + framing + b"\r\n" + body + GET_READYZ)
+        answer, closed = read_to_eof(connection, 10)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
+    assert closed, "the connection stayed open after the refusal"
+
+
+@pytest.fixture(scope="module")
+def bounded_server(registry):
+    """The server with short connection limits (and a body limit a 36 MB request fits in), and its process."""
+    env = LIMITS | {
+        "SERVING_MODEL": str(registry["onnx"]),
+        "SERVING_MAX_REQUEST_BYTES": "40000000",
+        "SERVING_HEADER_TIMEOUT_S": "2",
+        "SERVING_BODY_TIMEOUT_S": "1",
+        "SERVING_BODY_DEADLINE_S": "2",
+        "SERVING_KEEP_ALIVE_S": "4",  # longer than the header timeout, to tell the two apart
+        "SERVING_MAX_CONNECTIONS": "8",
+    }
+    with serving_process(env) as (url, process):
+        yield url, process
+
+
+def peak_resident_bytes(process: subprocess.Popen) -> int:
+    """The sum of the peak resident memory (VmHWM) of a server and every process it started."""
+    root = psutil.Process(process.pid)
+    total = 0
+    for member in [root, *root.children(recursive=True)]:
+        status = (Path("/proc") / str(member.pid) / "status").read_text()
+        total += int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+    return total
+
+
+def test_base64_over_the_limit_is_refused_fast_and_without_copies(bounded_server):
+    """Issue 28 row 4: 96 MB of "AB " took 4-12 s and 2.4 GB before its 413 (here 36 MB, within the body limit)."""
+    url, process = bounded_server
+    body = ('{"images": ["' + "AB " * 12_000_000 + '"]}').encode()
+    before, started = peak_resident_bytes(process), time.monotonic()
+    answer = httpx.post(f"{url}/v1/classify_base64", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 413 and "over the limit of 60000 bytes" in answer.json()["detail"]
+    assert time.monotonic() - started < 3
+    assert peak_resident_bytes(process) - before < 5 * len(body)  # the body, its text, pydantic's
+
+
+def test_silent_and_slow_connections_are_closed_on_time(bounded_server):
+    """Issue 28 row 8: connections that stay silent, trickle headers or drip a body were held for 120 s."""
+    url, _ = bounded_server
+    with connect(url) as silent:
+        started = time.monotonic()
+        answer, closed = read_to_eof(silent, 8)
+        assert closed and answer == b"" and 1.5 < time.monotonic() - started < 6
+    with connect(url) as slow_head:
+        answer, closed_after = trickle(slow_head, b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100, 0.1)
+        assert closed_after is not None and closed_after < 6
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"headers did not arrive whole within 2 s" in answer
+    head = b"POST /v1/classify_base64 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    with connect(url) as slow_body:  # JSON is parsed once whole: the body is read to its end first
+        slow_body.sendall(head + b"Content-Length: 1000\r\n\r\n")
+        answer, closed_after = trickle(slow_body, b" " * 1000, 0.3)  # each byte within the 1 s gap timeout
+        assert closed_after is not None and closed_after < 6
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"did not arrive whole within 2 s" in answer
+    with connect(url) as kept_alive:  # pipelined requests are answered, then the idle connection closed
+        kept_alive.sendall(GET_READYZ * 2)
+        started = time.monotonic()
+        answer, closed = read_to_eof(kept_alive, 10)
+        assert answer.count(b"HTTP/1.1 200 ") == 2 and closed and 3.5 < time.monotonic() - started < 9
+    with connect(url) as half_pipelined:  # a head that stops half-way behind an answered one
+        half_pipelined.sendall(GET_READYZ + GET_READYZ[:20])
+        answer, closed = read_to_eof(half_pipelined, 8)
+        assert answer.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in answer and closed
+
+
+def test_connections_over_the_cap_are_refused_and_the_server_serves_after(bounded_server):
+    url, _ = bounded_server
+    held = [connect(url) for _ in range(8)]
+    try:
+        with connect(url) as one_too_many:
+            answer, closed = read_to_eof(one_too_many, 1.5)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"limit of 8 connections" in answer and closed
+    finally:
+        for connection in held:
+            connection.close()
+    deadline = time.monotonic() + 10  # the server sees the held ones close as it gets to them
+    while not answers_200(f"{url}/readyz") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert answers_200(f"{url}/readyz")
+
+
+def answers_200(url: str) -> bool:
+    try:
+        return httpx.get(url).status_code == 200
+    except httpx.TransportError:  # a refused connection may be reset before its 503 is read
+        return False
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS)
