@@ -3,15 +3,14 @@
     make serve          # = bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port 3000
     curl -F image=@data/examples/cat.png http://127.0.0.1:3000/v1/classify
 
-Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's
-images (serving.request_images: a bad image is refused with a 4xx on its own request, never failing a
-batch of others), then calls `ModelRunner.predict`, which is batchable: BentoML merges concurrent
-requests into one ONNX Runtime call (adaptive batching). The graph normalises its uint8 input itself,
-so the service needs Pillow and ONNX Runtime, not torch.
+Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's images
+(serving.request_images: a bad image is refused with a 4xx on its own request, never failing a batch of others),
+then calls `ModelRunner.predict`, which is batchable: BentoML merges concurrent requests into one ONNX Runtime
+call (adaptive batching). The graph normalises its uint8 input itself, so the service needs no torch.
 
-Which model is served (serving.model_source) and the limits (serving.limits for the body's) come from
-params.yaml's `serving` section, each overridable by SERVING_<KEY>. Class names and input size come
-from the model card in the model's metadata (pipeline.model.card).
+Which model is served (serving.model_source, kept in step with the registry by serving.model_follower) and the
+limits (serving.limits, serving.connections) come from params.yaml's `serving` section, each overridable by
+SERVING_<KEY>. Class names and input size come from the model card in the model's metadata.
 """
 
 import logging
@@ -79,9 +78,8 @@ class ModelRunner:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities, and in a last column the registry version that computed each row (0: a file): a batch
-        merged from several requests runs on one session, and a switch between two calls must not be
-        misattributed."""
+        """Probabilities, and in a last column the registry version that computed each row (0: a file): a merged
+        batch runs on one session, and a switch between two calls must not be misattributed."""
         served = self.follower.served  # once: a switch during this call does not change what runs it
         # I/O binding: on CUDA the batch is copied to the device once and the probabilities back once.
         binding = served.session.io_binding()
@@ -95,10 +93,9 @@ class ModelRunner:
     @bentoml.api
     def served(self) -> dict:
         """What is served now: where it came from, its card, the ONNX Runtime providers really active."""
-        served, refused = self.follower.served, self.follower.refused
-        card = served.card.model_dump(mode="json")
-        providers = served.session.get_providers()
-        return {**served.source.metadata_fields(), "card": card, "providers": providers, "not_switched_to": refused}
+        served, refused = self.follower.served, self.follower.refused  # once each, as in predict
+        fields = {"card": served.card.model_dump(mode="json"), "providers": served.session.get_providers()}
+        return served.source.metadata_fields() | fields | {"not_switched_to": refused}
 
 
 api = offline_documented_api(
@@ -131,13 +128,9 @@ class ImageClassifier:
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
+        shown = f"{self.source.shown(path)}: {self.card.strategy} on {self.card.data_source}"
         logger.info(
-            "serving %s: %s on %s, %d classes, test accuracy %s",
-            self.source.shown(path),
-            self.card.strategy,
-            self.card.data_source,
-            len(self.card.classes),
-            self.source.test_accuracy,
+            "serving %s, %d classes, test accuracy %s", shown, len(self.card.classes), self.source.test_accuracy
         )
 
     def decoders(self) -> anyio.CapacityLimiter:
