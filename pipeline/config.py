@@ -33,6 +33,8 @@ class DataConfig(Strict):
     val_fraction: float = Field(gt=0, lt=1)
     test_fraction: float = Field(gt=0, lt=1)
     max_image_pixels: int = Field(ge=1)
+    decode_memory_mb: int = Field(ge=16)
+    decode_seconds: float = Field(gt=0)
     decoded: Literal["memory", "disk", "shards", "auto"]
     shards: str = Field(min_length=1)
 
@@ -119,6 +121,8 @@ class ServingConfig(Strict):
     top_k: int = Field(ge=1)
     max_image_bytes: int = Field(ge=1)
     max_image_pixels: int = Field(ge=1)
+    decode_memory_mb: int = Field(ge=16)
+    decode_seconds: float = Field(gt=0)
     max_images_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1)
     body_timeout_s: float = Field(gt=0)

@@ -1,17 +1,20 @@
 """A request's images: taken from base64 or uploads, checked, decoded and resized into one uint8 NCHW batch
-with the pipeline's own `load_rgb`/`resize_square`. The first bad image refuses its request with a 4xx
-that names it; the other requests of a batch are not concerned."""
+with the pipeline's own `load_rgb`/`resize_square`, in the bounded decoder processes of
+pipeline.data.decode_box. The first bad image refuses its request with a 4xx that names it (413 for one
+over the box's memory or time); the other requests of a batch are not concerned."""
 
+import asyncio
 import binascii
-import io
 import re
+from concurrent.futures import Future
 from http import HTTPStatus
 
 import numpy as np
 from fastapi import HTTPException, UploadFile
 
 from pipeline.config import ServingConfig
-from pipeline.data.images import BadImage, load_rgb, resize_square
+from pipeline.data.decode_box import DecodeBox, OverLimit
+from pipeline.data.images import BadImage
 
 Blob = tuple[str, bytes]  # an image file as sent, and how the answer names it
 
@@ -70,20 +73,48 @@ def from_base64(texts: list[str], max_image_bytes: int) -> list[Blob]:
     return [(f"image {i}", decode_base64(text, f"image {i}", max_image_bytes)) for i, text in enumerate(texts)]
 
 
-def decode_batch(blobs: list[Blob], image_size: int, settings: ServingConfig) -> np.ndarray:
-    """Image files to a uint8 NCHW batch of `image_size`, refusing the request on the first bad image."""
-    arrays = []
+def check_size(name: str, blob: bytes, max_image_bytes: int) -> None:
+    if not blob:
+        raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is empty")
+    if len(blob) > max_image_bytes:
+        raise refuse(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} is {len(blob)} bytes, over the limit of {max_image_bytes}"
+        )
+
+
+async def client_gone(receive) -> None:
+    """Returns when the client disconnects: once the body is read, an ASGI receive waits only for that."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def decode_batch(
+    blobs: list[Blob], image_size: int, settings: ServingConfig, box: DecodeBox, receive
+) -> np.ndarray:
+    """Image files to a uint8 NCHW batch of `image_size`, each decoded in `box`, refusing the request on the
+    first bad image (in request order). A client that disconnects abandons its decodes: their children
+    are killed, not left to run to their limit."""
     for name, blob in blobs:
-        if not blob:
-            raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is empty")
-        if len(blob) > settings.max_image_bytes:
-            raise refuse(
-                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
-                f"{name} is {len(blob)} bytes, over the limit of {settings.max_image_bytes}",
-            )
-        try:
-            image = load_rgb(io.BytesIO(blob), settings.max_image_pixels, tuple(settings.image_formats))
-        except BadImage as exc:
-            raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None
-        arrays.append(resize_square(image, image_size))
-    return np.stack(arrays)
+        check_size(name, blob, settings.max_image_bytes)
+    formats = tuple(settings.image_formats)
+    futures = [box.submit(blob, settings.max_image_pixels, formats, image_size) for _, blob in blobs]
+    watcher = asyncio.ensure_future(client_gone(receive))
+    decoded = asyncio.gather(*(asyncio.wrap_future(future) for future in futures), return_exceptions=True)
+    try:
+        await asyncio.wait([watcher, decoded], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        for future in futures:
+            future.cancel()  # a running one's child is killed: the client left, or another image failed
+    if not decoded.done():
+        raise refuse(HTTPStatus.BAD_REQUEST, "the client disconnected before its images were decoded")
+    return np.stack([square_of(name, future, box) for (name, _), future in zip(blobs, futures, strict=True)])
+
+
+def square_of(name: str, future: Future, box: DecodeBox) -> np.ndarray:
+    try:
+        return box.result(future)
+    except OverLimit as exc:
+        raise refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} {exc}") from None
+    except BadImage as exc:
+        raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None

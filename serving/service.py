@@ -4,9 +4,10 @@
     curl -F image=@data/examples/cat.png http://127.0.0.1:3000/v1/classify
 
 Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's images
-(serving.request_images: a bad image is refused with a 4xx on its own request, never failing a batch of others),
-then calls `ModelRunner.predict`, which is batchable: BentoML merges concurrent requests into one ONNX Runtime
-call (adaptive batching). The graph normalises its uint8 input itself, so the service needs no torch.
+(serving.request_images, in decoder processes bounded by pipeline.data.decode_box: a bad image is refused with
+a 4xx on its own request, never failing a batch of others), then calls `ModelRunner.predict`, which is batchable:
+BentoML merges concurrent requests into one ONNX Runtime call (adaptive batching). The graph normalises its
+uint8 input itself, so the service needs no torch.
 
 Which model is served (serving.model_source, kept in step with the registry by serving.model_follower) and the
 limits (serving.limits, serving.connections) come from params.yaml's `serving` section, each overridable by
@@ -18,14 +19,14 @@ import os
 from http import HTTPStatus
 
 import aiohttp
-import anyio
 import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
-from fastapi import Form, Response, UploadFile
+from fastapi import Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 
 from pipeline.config import ServingConfig, load_serving_config, served_model_origin
+from pipeline.data.decode_box import DecodeBox, DecodeLimits
 from pipeline.release import onnx_runtime
 from pipeline.release.onnx_runtime import ModelLoadError
 from serving.allocator import return_freed_images_to_the_system
@@ -124,7 +125,9 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
-        self._decoders: anyio.CapacityLimiter | None = None
+        # one decoder process per core, as many decodes at a time as before, each bounded by the box
+        limits = DecodeLimits(SETTINGS.decode_memory_mb, SETTINGS.decode_seconds, "serving")
+        self.box = DecodeBox(limits, workers=os.cpu_count() or 1)
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
@@ -133,12 +136,9 @@ class ImageClassifier:
             "serving %s, %d classes, test accuracy %s", shown, len(self.card.classes), self.source.test_accuracy
         )
 
-    def decoders(self) -> anyio.CapacityLimiter:
-        if self._decoders is None:  # made in the event loop, on first use
-            self._decoders = anyio.CapacityLimiter(os.cpu_count() or 1)
-        return self._decoders
-
-    async def classify_blobs(self, blobs: list[Blob], top_k: int | None, response: Response) -> list[Prediction]:
+    async def classify_blobs(
+        self, blobs: list[Blob], top_k: int | None, request: Request, response: Response
+    ) -> list[Prediction]:
         if not blobs:
             raise refuse(HTTPStatus.BAD_REQUEST, "no images in the request")
         if len(blobs) > self.settings.max_images_per_request:
@@ -153,10 +153,7 @@ class ImageClassifier:
                 HTTPStatus.BAD_REQUEST,
                 f"top_k must be between 1 and {len(classes)} (the number of classes), got {top_k}",
             )
-        # at most one decode per core at a time: each may hold an image of max_image_pixels in memory
-        batch = await anyio.to_thread.run_sync(
-            decode_batch, blobs, self.card.image_size, self.settings, limiter=self.decoders()
-        )
+        batch = await decode_batch(blobs, self.card.image_size, self.settings, self.box, request.receive)
         answer = await self.predict(batch)
         if answer.shape[1] != len(classes) + 1:  # an alias moved between the two services' start-ups
             raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
@@ -178,22 +175,24 @@ class ImageClassifier:
             ) from None
 
     @api.post("/classify")
-    async def classify(self, image: UploadFile, response: Response, top_k: int | None = Form(None)) -> Prediction:
+    async def classify(
+        self, image: UploadFile, request: Request, response: Response, top_k: int | None = Form(None)
+    ) -> Prediction:
         """One image as the multipart field `image`: `curl -F image=@data/examples/cat.png .../v1/classify`."""
-        return (await self.classify_blobs(await read_uploads([image]), top_k, response))[0]
+        return (await self.classify_blobs(await read_uploads([image]), top_k, request, response))[0]
 
     @api.post("/classify_batch")
     async def classify_batch(
-        self, images: list[UploadFile], response: Response, top_k: int | None = Form(None)
+        self, images: list[UploadFile], request: Request, response: Response, top_k: int | None = Form(None)
     ) -> list[Prediction]:
         """Several images as repeated multipart fields `images`; results in the same order."""
-        return await self.classify_blobs(await read_uploads(images), top_k, response)
+        return await self.classify_blobs(await read_uploads(images), top_k, request, response)
 
     @api.post("/classify_base64")
-    async def classify_base64(self, request: Base64Request, response: Response) -> list[Prediction]:
+    async def classify_base64(self, body: Base64Request, request: Request, response: Response) -> list[Prediction]:
         """JSON {"images": ["<base64>", ...], "top_k": 3} for clients that cannot send multipart."""
-        blobs = from_base64(request.images, self.settings.max_image_bytes)
-        return await self.classify_blobs(blobs, request.top_k, response)
+        blobs = from_base64(body.images, self.settings.max_image_bytes)
+        return await self.classify_blobs(blobs, body.top_k, request, response)
 
     @api.get("/metadata")
     async def metadata(self) -> dict:

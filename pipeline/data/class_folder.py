@@ -1,11 +1,11 @@
 """A user's folder of images, one sub-folder per class, validated and split: data/prepared/manifest.csv.
 
-Every candidate file is decoded; the ones that fail are skipped and listed with the reason in
-data/prepared/report.json. The split is seeded and stratified (pipeline.stages.prepare runs it).
+Every candidate file is decoded, in the bounded decoder processes of pipeline.data.decode_box; the ones
+that fail (or exceed the box) are skipped and listed with the reason in data/prepared/report.json.
+The split is seeded and stratified (pipeline.stages.prepare runs it).
 """
 
 import hashlib
-import io
 import os
 import random
 from collections import Counter
@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.config import ConfigError, DataConfig
-from pipeline.data.images import BadImage, load_rgb
+from pipeline.data.decode_box import DecodeBox, DecodeLimits
+from pipeline.data.images import BadImage
 from pipeline.data.manifest import SPLITS, write_manifest
 from pipeline.paths import MANIFEST, PREPARE_REPORT, PREPARED_DIR
 
@@ -79,30 +80,51 @@ def list_classes(source: Path) -> dict[str, list[Path]]:
     return classes
 
 
-def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Random):
-    """Decode files in seeded order until `cap` are good; return (good [(path, sha256)], skipped)."""
-    order = files[:]
-    rng.shuffle(order)
-    good, skipped = [], []
-    for path in order:
-        if cap is not None and len(good) == cap:
-            break
+def submitted(paths: list[Path], max_pixels: int, box: DecodeBox):
+    """Each path with (its sha256, its decode's future), or with the reason it is skipped unread."""
+    for path in paths:
         if not is_utf8(path):  # the manifest and report are UTF-8 text
-            skipped.append({"path": printable(path), "reason": "the file name is not valid UTF-8"})
+            yield path, {"path": printable(path), "reason": "the file name is not valid UTF-8"}
             continue
         try:
             data = path.read_bytes()
         except OSError as exc:  # unreadable (permissions), or gone since it was listed
-            skipped.append({"path": str(path), "reason": f"cannot be read: {exc.strerror}"})
+            yield path, {"path": str(path), "reason": f"cannot be read: {exc.strerror}"}
             continue
-        try:
-            if not data:
-                raise BadImage("empty file")
-            load_rgb(io.BytesIO(data), max_pixels)
-        except BadImage as exc:
-            skipped.append({"path": str(path), "reason": str(exc)})
+        if not data:
+            yield path, {"path": str(path), "reason": "empty file"}
             continue
-        good.append((path, hashlib.sha256(data).hexdigest()))
+        yield path, (hashlib.sha256(data).hexdigest(), box.submit(data, max_pixels, None, None))
+
+
+def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Random, box: DecodeBox):
+    """Decode files in seeded order until `cap` are good; return (good [(path, sha256)], skipped). The box
+    decodes a window of files at a time in parallel; they are judged in order, so the result is the same
+    as one at a time."""
+    order = files[:]
+    rng.shuffle(order)
+    good, skipped = [], []
+    window = 4 * box.workers
+    for start in range(0, len(order), window):
+        if cap is not None and len(good) == cap:
+            break
+        outcomes = list(submitted(order[start : start + window], max_pixels, box))
+        for path, outcome in outcomes:
+            if cap is not None and len(good) == cap:
+                break
+            if isinstance(outcome, dict):
+                skipped.append(outcome)
+                continue
+            digest, future = outcome
+            try:
+                box.result(future)
+            except BadImage as exc:
+                skipped.append({"path": str(path), "reason": str(exc)})
+                continue
+            good.append((path, digest))
+        for _, outcome in outcomes:  # the ones past the cap: not needed
+            if not isinstance(outcome, dict):
+                outcome[1].cancel()
     return sorted(good), skipped
 
 
@@ -131,18 +153,20 @@ def prepare(data: DataConfig, seed: int, out_dir: Path = PREPARED_DIR) -> dict:
     source = Path(data.source)
     classes = list_classes(source)
     rows, skipped, per_class = [], [], {}
-    for label, files in tqdm(classes.items(), desc="validating classes", disable=None):
-        rng = random.Random(f"{seed}-{label}")
-        good, bad = validate(files, data.max_per_class, data.max_image_pixels, rng)
-        skipped += bad
-        if not good:
-            raise ConfigError(f"data.source: class folder {source / label} has no readable images")
-        try:
-            splits = split_class(good, data.val_fraction, data.test_fraction, rng)
-        except ValueError as exc:
-            raise ConfigError(f"data.source: class folder {source / label} {exc}; it has {len(good)}") from None
-        per_class[label] = {split: len(items) for split, items in splits.items()}
-        rows += [(manifest_path(p), label, split, digest) for split, items in splits.items() for p, digest in items]
+    limits = DecodeLimits(data.decode_memory_mb, data.decode_seconds, "data")
+    with DecodeBox(limits, workers=os.cpu_count() or 1) as box:
+        for label, files in tqdm(classes.items(), desc="validating classes", disable=None):
+            rng = random.Random(f"{seed}-{label}")
+            good, bad = validate(files, data.max_per_class, data.max_image_pixels, rng, box)
+            skipped += bad
+            if not good:
+                raise ConfigError(f"data.source: class folder {source / label} has no readable images")
+            try:
+                splits = split_class(good, data.val_fraction, data.test_fraction, rng)
+            except ValueError as exc:
+                raise ConfigError(f"data.source: class folder {source / label} {exc}; it has {len(good)}") from None
+            per_class[label] = {split: len(items) for split, items in splits.items()}
+            rows += [(manifest_path(p), label, split, d) for split, items in splits.items() for p, d in items]
 
     with atomic_dir(out_dir) as partial:
         write_manifest(partial / MANIFEST.name, rows)

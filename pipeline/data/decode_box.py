@@ -1,0 +1,143 @@
+"""Decoding in a box: every image file is decoded in a pool of decoder processes whose memory and CPU time
+the operating system bounds, so that a file built to cost far more than its declared size (a tile larger
+than its image, a scan repeated thousands of times, thousands of inflating chunks) costs at most the box.
+
+    with DecodeBox(DecodeLimits(memory_mb=512, seconds=10), workers=2) as box:
+        square = box.result(box.submit(blob, max_pixels=40_000_000, formats=None, size=96))
+
+The per-format checks of `load_rgb` (declared pixels, accepted formats) still run first, in the child.
+Each decode may map `memory_mb` more than the child had before it (RLIMIT_AS, set per decode above the
+child's own size: Python, numpy and Pillow already map hundreds of MB), use `seconds` of CPU (RLIMIT_CPU,
+the operating system's backstop) and run `seconds` of wall-clock time (the pool's deadline). A child that
+exceeds either is killed and replaced (pebble's ProcessPool); so is one whose decode is cancelled
+(`future.cancel()`: the service's client left). The child returns the resized uint8 3 x size x size array,
+never the whole image.
+"""
+
+import io
+import math
+import multiprocessing
+import os
+import resource
+import signal
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+from pebble import ProcessExpired, ProcessPool
+
+from pipeline.data.images import BadImage, load_rgb, resize_square
+
+# A child that met its memory limit exits with this code rather than carry on with a heap that failed
+# an allocation: the parent reads it as "over the memory limit" and the pool starts a fresh child.
+EXIT_OVER_MEMORY = 75
+# A long-lived child's mappings drift up a little with each decode (allocator arenas); a fresh one after
+# this many keeps "memory_mb above the child's size" meaning memory_mb above a clean child.
+DECODES_PER_CHILD = 1000
+# How Pillow words a decoder's failed allocation (IMAGING_CODEC_MEMORY, from libtiff's tile buffer for one):
+# at the box's limit that is the limit, not a broken file
+CODEC_OUT_OF_MEMORY = "decoder error -9"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decode may cost; `section` names the config section the limits came from, for messages."""
+
+    memory_mb: int
+    seconds: float
+    section: str = "data"
+
+
+class OverLimit(BadImage):
+    """A file whose decode needed more memory or time than the box gives; the message names the limit."""
+
+
+def virtual_bytes() -> int:
+    """This process's mapped virtual memory (VmSize), what RLIMIT_AS bounds."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def start_child() -> None:
+    """Pool initializer: a child killed by RLIMIT_CPU's SIGXCPU must not write a core file, and SIGTERM
+    kills at once: pebble's Python handler would run only when the decoder's C code returns."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def bound_this_decode(memory_mb: int, seconds: float) -> None:
+    """Limits for the decode about to run, above what the child already uses: soft limits only, so that
+    the next decode can set its own (an unprivileged process cannot raise a hard limit it lowered)."""
+    _, hard_memory = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (virtual_bytes() + memory_mb * 2**20, hard_memory))
+    _, hard_cpu = resource.getrlimit(resource.RLIMIT_CPU)
+    resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(cpu_seconds() + seconds), hard_cpu))
+
+
+def decode_in_child(
+    blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None, limits: DecodeLimits
+) -> np.ndarray | None:
+    """Runs in a decoder process: the file's centre square at `size` (None: decode only, to validate)."""
+    bound_this_decode(limits.memory_mb, limits.seconds)
+    try:
+        image = load_rgb(io.BytesIO(blob), max_pixels, formats)
+        return None if size is None else resize_square(image, size)
+    except MemoryError:
+        os._exit(EXIT_OVER_MEMORY)
+    except BadImage as exc:
+        if str(exc).endswith(CODEC_OUT_OF_MEMORY):
+            os._exit(EXIT_OVER_MEMORY)
+        raise
+
+
+class DecodeBox:
+    """A pool of `workers` decoder processes with `limits`; a context manager, or `close()` when done."""
+
+    def __init__(self, limits: DecodeLimits, workers: int) -> None:
+        self.limits, self.workers = limits, workers
+        # forkserver: a fresh child is a fork of a small clean process (Pillow and numpy imported once),
+        # not of the caller, whose threads and memory (the service's event loop, ONNX Runtime) it would copy
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        self.pool = ProcessPool(workers, DECODES_PER_CHILD, start_child, context=context)
+
+    def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Future:
+        """Start decoding `blob`; `result` turns the future into the square or the reason it has none."""
+        return self.pool.schedule(
+            decode_in_child, (blob, max_pixels, formats, size, self.limits), timeout=self.limits.seconds
+        )
+
+    def result(self, future: Future) -> np.ndarray | None:
+        """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box."""
+        try:
+            return future.result()
+        except TimeoutError:
+            raise self.over_time() from None
+        except ProcessExpired as exc:
+            raise self.expired(exc.exitcode) from None
+
+    def expired(self, exitcode: int) -> BadImage:
+        if exitcode == EXIT_OVER_MEMORY:
+            section = self.limits.section
+            return OverLimit(f"needs more than {self.limits.memory_mb} MB to decode: {section}.decode_memory_mb")
+        if exitcode == -signal.SIGXCPU:
+            return self.over_time()
+        return BadImage(f"the decoder process ended with exit code {exitcode} on it")
+
+    def over_time(self) -> OverLimit:
+        return OverLimit(f"needs more than {self.limits.seconds:g} s to decode: {self.limits.section}.decode_seconds")
+
+    def close(self) -> None:
+        self.pool.stop()  # kills the children now: a running decode is abandoned, not waited for
+        self.pool.join()
+
+    def __enter__(self) -> "DecodeBox":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
