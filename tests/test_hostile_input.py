@@ -7,22 +7,26 @@ import asyncio
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 import numpy as np
 import onnx
+import psutil
 import pytest
 import torch
 from PIL import Image
 
 from pipeline.data.class_folder import prepare
+from pipeline.data.decode_box import DecodeBox, DecodeLimits, OverLimit
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
 from pipeline.release import onnx_runtime
 from pipeline.release.onnx_export import export_checked
 from tests.conftest import ROOT, data_config, model_card
+from tests.hostile_files import jpeg_with_repeated_scans, png_with_many_profiles, tiff_with_a_huge_tile
 
 MiB = 2**20
 
@@ -359,3 +363,70 @@ def test_base64_over_the_limit_is_refused_without_copying_the_text():
         "    assert refused.status_code == 413, refused\n"
     )
     assert peak_rss_of(code) < 20 * MiB
+
+
+# Issue 28, rows 1, 2 and 5: files that pass the declared-size and format checks and still cost a decoder
+# far more than their size; the box (pipeline.data.decode_box) bounds each decode, here at 128 MB and 1 s.
+HOSTILE = {
+    "huge_tile.tif": (lambda: tiff_with_a_huge_tile(16384), "needs more than 128 MB to decode: data.decode_memory_mb"),
+    "repeated_scans.jpg": (lambda: jpeg_with_repeated_scans(2048, 2000), "needs more than 1 s to decode"),
+    "many_profiles.png": (lambda: png_with_many_profiles(4000), "needs more than 1 s to decode"),
+}
+
+
+@pytest.mark.slow
+def test_prepare_skips_files_that_exceed_the_decode_box_naming_the_limit(image_folder, tmp_path):
+    """Before: each was accepted, the TIFF for +256 MB of memory, the others after 2 to 5 s of CPU each."""
+    for name, (make, _) in HOSTILE.items():
+        (image_folder / "red" / name).write_bytes(make())
+    code = (
+        "import json, sys, time\n"
+        "from pipeline.data.class_folder import prepare\n"
+        "from tests.conftest import data_config\n"
+        "data = data_config(sys.argv[1], decode_memory_mb=128, decode_seconds=1)\n"
+        "start = time.monotonic()\n"
+        "from pathlib import Path\n"
+        "prepare(data, seed=1, out_dir=Path(sys.argv[2]))\n"
+        "print(f'{time.monotonic() - start:.1f}', file=sys.stderr)\n"
+    )
+    assert peak_rss_of(code, str(image_folder), str(tmp_path / "out")) < 64 * MiB  # the prepare process's own
+    skipped = json.loads((tmp_path / "out" / "report.json").read_text())["skipped"]
+    reasons = {item["path"].rsplit("/", 1)[-1]: item["reason"] for item in skipped}
+    for name, (_, message) in HOSTILE.items():
+        assert message in reasons[name], reasons
+    assert "huge_tile.tif" not in (tmp_path / "out" / "manifest.csv").read_text()
+
+
+def test_a_decoder_over_its_limit_is_replaced_and_the_next_file_decodes():
+    good = png(np.full((30, 40, 3), 200, dtype=np.uint8))
+    with DecodeBox(DecodeLimits(memory_mb=128, seconds=1), workers=1) as box:
+        before = box.result(box.submit(good, 10**6, None, 16))
+        children = {p.pid for p in psutil.Process().children(recursive=True)}
+        with pytest.raises(OverLimit, match="128 MB"):
+            box.result(box.submit(tiff_with_a_huge_tile(16384), 10**6, None, 16))
+        after = box.result(box.submit(good, 10**6, None, 16))
+        assert {p.pid for p in psutil.Process().children(recursive=True)} != children
+    assert before.shape == (3, 16, 16) and np.array_equal(before, after)
+
+
+def test_a_cancelled_decode_kills_its_decoder_at_once():
+    with DecodeBox(DecodeLimits(memory_mb=128, seconds=30), workers=1) as box:
+        box.result(box.submit(png(np.zeros((4, 4, 3), dtype=np.uint8)), 10**6, None, 16))  # the child is up
+        future = box.submit(jpeg_with_repeated_scans(2048, 2000), 10**6, None, 16)
+        time.sleep(0.3)
+        start = time.monotonic()
+        future.cancel()
+        again = box.result(box.submit(png(np.zeros((4, 4, 3), dtype=np.uint8)), 10**6, None, 16))
+        assert again.shape == (3, 16, 16) and time.monotonic() - start < 2  # not the 5 s the file costs
+
+
+def test_the_box_gives_the_pixels_of_an_in_process_decode(image_folder):
+    with DecodeBox(DecodeLimits(memory_mb=512, seconds=10), workers=2) as box:
+        for path in sorted((image_folder / "red").iterdir()):
+            try:
+                expected = resize_square(load_rgb(path, 10**6), 24)
+            except BadImage as exc:
+                with pytest.raises(BadImage, match=re.escape(str(exc))):
+                    box.result(box.submit(path.read_bytes(), 10**6, None, 24))
+                continue
+            assert np.array_equal(box.result(box.submit(path.read_bytes(), 10**6, None, 24)), expected)
