@@ -35,7 +35,15 @@ from pipeline.model.card import ModelCard
 from pipeline.release.onnx_export import export_checked, onnx_metadata
 from pipeline.release.onnx_runtime import classify_files
 from tests.conftest import ROOT, model_card
-from tests.servers import free_port, resident_by_process, running_service, serve_command, serving_process
+from tests.hostile_files import jpeg_with_repeated_scans, png_with_many_profiles, tiff_with_a_huge_tile
+from tests.servers import (
+    free_port,
+    resident_by_process,
+    resident_bytes,
+    running_service,
+    serve_command,
+    serving_process,
+)
 
 pytestmark = pytest.mark.slow
 CLASSES = ["cat", "dog", "owl", "yak"]
@@ -821,3 +829,91 @@ def test_a_moved_alias_is_served_without_a_restart_and_a_misfit_version_is_not(t
     assert [status for _, status, _ in answers].count(200) == len(answers)  # not one request failed
     versions = [answered_by for when, _, answered_by in answers if when > moved]
     assert set(versions) <= {"1", "2"} and versions[-1] == "2"  # v1 until v2, never v3
+
+
+# Issue 28, rows 1, 2 and 5: files that pass every per-format check and cost a decoder far more than their
+# size. The box (pipeline.data.decode_box) is set low here: 128 MB and 1 s per decode.
+BOX_LIMITS = {
+    "SERVING_MAX_IMAGE_BYTES": "5000000",
+    "SERVING_MAX_IMAGE_PIXELS": "40000000",
+    "SERVING_MAX_REQUEST_BYTES": "20000000",
+    "SERVING_IMAGE_FORMATS": "PNG,JPEG,TIFF",
+    "SERVING_DECODE_MEMORY_MB": "128",
+    "SERVING_DECODE_SECONDS": "1",
+}
+OVER_MEMORY = "needs more than 128 MB to decode: serving.decode_memory_mb"
+OVER_TIME = "needs more than 1 s to decode: serving.decode_seconds"
+HOSTILE = {  # before: 200, after +256 MB of server memory, 5 s and 2.5 s of CPU
+    "huge_tile.tif": (lambda: tiff_with_a_huge_tile(16384), OVER_MEMORY),
+    "repeated_scans.jpg": (lambda: jpeg_with_repeated_scans(2048, 2000), OVER_TIME),
+    "many_profiles.png": (lambda: png_with_many_profiles(4000), OVER_TIME),
+}
+
+
+@pytest.fixture(scope="module")
+def boxed_server(registry):
+    env = LIMITS | BOX_LIMITS | {"SERVING_MODEL": str(registry["onnx"])}
+    with serving_process(env) as (url, process):
+        assert httpx.post(f"{url}/v1/classify", files={"image": ("a.png", GOOD)}).status_code == 200  # decoders up
+        yield f"{url}/v1", process
+
+
+def decoder_pids(process: subprocess.Popen) -> set[int]:
+    """The server's decoder processes: the box's pool, forked from the forkserver (the only fork in the tree)."""
+    root = psutil.Process(process.pid)
+    forkservers = [p for p in root.children(recursive=True) if "forkserver" in " ".join(p.cmdline())]
+    return {child.pid for server in forkservers for child in server.children()}
+
+
+def test_files_that_exceed_the_decode_box_get_a_413_naming_the_limit(boxed_server):
+    url, process = boxed_server
+    idle = resident_bytes(process)
+    peak = idle
+    for name, (make, message) in HOSTILE.items():
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answer = pool.submit(httpx.post, f"{url}/classify", files={"image": (name, make())}, timeout=60)
+            while not answer.done():
+                peak = max(peak, resident_bytes(process))
+                time.sleep(0.02)
+        response = answer.result()
+        assert (response.status_code, response.json()["detail"]) == (413, f"image 0 ({name}) {message}")
+        assert httpx.post(f"{url}/classify", files={"image": ("a.png", GOOD)}).status_code == 200  # replaced
+    assert peak - idle < 200 * 2**20  # the TIFF's tile alone is 256 MB
+
+
+def test_a_good_request_is_answered_while_hostile_decodes_fill_every_decoder(boxed_server):
+    """Before: as many of these files as cores held every decoder for their 5 s each; the good request waited."""
+    url, _ = boxed_server
+    hostile = jpeg_with_repeated_scans(2048, 2000)
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        send = {"files": {"image": ("scans.jpg", hostile)}, "timeout": 60}
+        refused = [pool.submit(httpx.post, f"{url}/classify", **send) for _ in range(os.cpu_count())]
+        time.sleep(0.3)  # every decoder busy
+        start = time.monotonic()
+        good = httpx.post(f"{url}/classify", files={"image": ("a.png", GOOD)}, timeout=60)
+        waited = time.monotonic() - start
+        assert [r.result().status_code for r in refused] == [413] * len(refused)
+    assert good.status_code == 200 and waited < 2
+
+
+def test_a_client_that_leaves_abandons_its_decode(boxed_server):
+    """Before: the decode ran on to its end (5 s of CPU here) with nobody to answer."""
+    url, process = boxed_server
+    before = decoder_pids(process)
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="image"; filename="scans.jpg"\r\n'
+        b"Content-Type: image/jpeg\r\n\r\n" + jpeg_with_repeated_scans(2048, 2000) + b"\r\n--x--\r\n"
+    )
+    head = (
+        b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    host, port = url.removeprefix("http://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(head + body)
+        time.sleep(0.2)  # decoding by now; its deadline is 1 s away
+    left = time.monotonic()
+    while decoder_pids(process) == before and time.monotonic() - left < 5:
+        time.sleep(0.02)
+    assert decoder_pids(process) != before and time.monotonic() - left < 0.6  # killed, well before its deadline
+    assert httpx.post(f"{url}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
