@@ -558,6 +558,56 @@ class VerdictCostResult(Kind):
         return self.with_block_probes / self.without_block_probes
 
 
+# ---------------------------------------------------------------- benchmarks.decode_box
+
+
+class DecodeBoxArgs(Figures):
+    workers: int  # decoder processes (and threads, in process) of the parallel figures: the cores
+    rounds: int
+    memory_mb: int  # the box the hostile files go through
+    seconds: float
+
+
+class DecodeCost(Figures):
+    """One set of good files: CPU ms per image one at a time (the caller's and its decoders'), and wall-clock
+    images/s with every core busy."""
+
+    images: str
+    count: int
+    file_kb: float
+    size: int
+    in_process_ms: float
+    boxed_ms: float
+    in_process_per_s: float
+    boxed_per_s: float
+
+    @property
+    def added_ms(self) -> float:
+        return self.boxed_ms - self.in_process_ms
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.boxed_per_s / self.in_process_per_s
+
+
+class HostileDecode(Figures):
+    name: str
+    file_kb: float
+    before_cpu_s: float  # decoded in process, as before the box
+    before_peak_mb: float
+    before: str
+    boxed_s: float  # wall-clock seconds to the box's answer
+    boxed: str
+
+
+class DecodeBoxResult(Kind):
+    """benchmarks/decode_box.py: the box's cost on good files, and the hostile files before and after."""
+
+    args: DecodeBoxArgs
+    sets: list[DecodeCost]
+    hostile: list[HostileDecode]
+
+
 KINDS: dict[str, type[Kind]] = {
     "training": TrainingResult,
     "inference": InferenceResult,
@@ -569,4 +619,5 @@ KINDS: dict[str, type[Kind]] = {
     "sitting": SittingResult,
     "pipeline-run": PipelineRunResult,
     "verdict-cost": VerdictCostResult,
+    "decode-box": DecodeBoxResult,
 }
