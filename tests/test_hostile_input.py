@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -430,3 +431,19 @@ def test_the_box_gives_the_pixels_of_an_in_process_decode(image_folder):
                     box.result(box.submit(path.read_bytes(), 10**6, None, 24))
                 continue
             assert np.array_equal(box.result(box.submit(path.read_bytes(), 10**6, None, 24)), expected)
+
+
+@pytest.mark.parametrize(
+    ("work", "ends"),
+    [
+        ("bytearray(256 * 2**20)", "MemoryError"),  # the 128 MB above the child's size
+        ("while True: pass", f"signal {signal.SIGXCPU}"),  # the operating system's backstop to the deadline
+    ],
+)
+def test_the_limits_of_a_decode_are_the_operating_systems(work, ends):
+    """The box's limits hold without the pool: RLIMIT_AS refuses the allocation, RLIMIT_CPU kills the loop."""
+    code = f"from pipeline.data.decode_box import bound_this_decode\nbound_this_decode(128, 1)\n{work}\n"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    outcome = f"signal {-result.returncode}" if result.returncode < 0 else result.stderr.strip().splitlines()[-1]
+    assert outcome.startswith(ends) and time.monotonic() - started < 10
