@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
 from pipeline.data.decode_box import DecodeBox, DecodeLimits, OverLimit
 from pipeline.data.images import BadImage, load_rgb, resize_square
@@ -447,3 +448,18 @@ def test_the_limits_of_a_decode_are_the_operating_systems(work, ends):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30)
     outcome = f"signal {-result.returncode}" if result.returncode < 0 else result.stderr.strip().splitlines()[-1]
     assert outcome.startswith(ends) and time.monotonic() - started < 10
+
+
+@pytest.mark.slow
+def test_the_costliest_good_file_at_the_pixel_limit_decodes_within_the_default_box():
+    """An RGBA PNG at the default pixel limit becomes RGB through a few image-sized copies: the most memory
+    a good file needs, which params.yaml's decode_memory_mb must hold, in decode_seconds."""
+    data = load_params(ROOT / "params.yaml").data
+    side = int(data.max_image_pixels**0.5)
+    pixels = np.zeros((side, side, 4), dtype=np.uint8)
+    pixels[::7, ::5] = (200, 100, 50, 128)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    with DecodeBox(DecodeLimits(data.decode_memory_mb, data.decode_seconds), workers=1) as box:
+        square = box.result(box.submit(buffer.getvalue(), data.max_image_pixels, None, 96))
+    assert square.shape == (3, 96, 96)
