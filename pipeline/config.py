@@ -109,7 +109,7 @@ class ExportConfig(Strict):
 
 
 class MlflowConfig(Strict):
-    experiment: str = Field(min_length=1)
+    experiment: str | None = Field(min_length=1)
     registered_model: str | None = Field(min_length=1, pattern=r"^[\w.-]+$")
 
 
@@ -202,11 +202,19 @@ class Params(Strict):
     compare: CompareConfig
     verdict: VerdictConfig
 
+    def data_name(self) -> str:
+        """The data folder's name, as MLflow allows names: `/home/me/My Photos/flowers 2024/` -> flowers-2024."""
+        return re.sub(r"[^\w.-]+", "-", Path(self.data.source).name).strip("-.") or "data"
+
     def registered_model(self) -> str:
         """mlflow.registered_model, or `<data folder>-classifier`: one registered model per dataset, so a
         model of other classes never becomes a version of another's."""
-        folder = re.sub(r"[^\w.-]+", "-", Path(self.data.source).name).strip("-.") or "data"
-        return self.mlflow.registered_model or f"{folder}-classifier"
+        return self.mlflow.registered_model or f"{self.data_name()}-classifier"
+
+    def experiment(self) -> str:
+        """mlflow.experiment, or the data folder's name: one MLflow experiment per dataset, so that runs whose
+        accuracies compare sit together."""
+        return self.mlflow.experiment or self.data_name()
 
 
 class ConfigError(ValueError):

@@ -174,7 +174,7 @@ def test_experiment_in_a_temp_copy_logs_to_the_project_store(project):
     before = digits_versions(project)
     sh(project, "dvc", "exp", "run", "--temp", "-n", "probe", "-S", "finetune.strategy=head")
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))
-    experiment = client(project).get_experiment_by_name("transfer-learning")
+    experiment = client(project).get_experiment_by_name("digits")
     assert experiment.artifact_location == (project / "mlruns").as_uri()
     runs = client(project).search_runs([experiment.experiment_id])
     probe = [r for r in runs if r.data.tags.get("dvc_experiment") == "probe"]
@@ -249,7 +249,7 @@ def test_queued_experiments_on_two_workers_do_not_clobber_each_other(project, tm
     finally:
         sh(project, "dvc", "queue", "stop")  # an idle worker may otherwise wait for tasks forever
     assert status.count("Success") == 2, status + sh(project, "dvc", "queue", "logs", "q-head")
-    experiment = client(project).get_experiment_by_name("transfer-learning")
+    experiment = client(project).get_experiment_by_name("digits")
     shown = json.loads(sh(project, "dvc", "exp", "show", "--json"))
     for name, strategy in strategies.items():
         [run] = client(project).search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")

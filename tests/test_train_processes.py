@@ -107,7 +107,7 @@ def single(project) -> dict:
 def run_ids(project: Path) -> set[str]:
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     return {
-        r.info.run_id for r in client.search_runs([client.get_experiment_by_name("transfer-learning").experiment_id])
+        r.info.run_id for r in client.search_runs([client.get_experiment_by_name("images").experiment_id])
     }
 
 

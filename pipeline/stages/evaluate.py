@@ -4,7 +4,7 @@
 
 Writes metrics/evaluate.json (accuracy, macro-F1, ECE, per-class precision and recall),
 metrics/test_predictions.csv (DVC's confusion-matrix plot) and metrics/confusion_matrix.png,
-and logs them to the MLflow run of the model.
+and logs them to the MLflow run of the model; the experiment's description then lists this run among the others.
 """
 
 import csv
@@ -18,7 +18,7 @@ from pipeline.data.splits import load_split
 from pipeline.model import model_file
 from pipeline.model.scoring import description, plot_confusion, score, small_test_split_warning
 from pipeline.paths import CONFUSION_PNG, EVALUATE_METRICS, MODEL_FILE, TEST_PREDICTIONS
-from pipeline.tracking import runs, store
+from pipeline.tracking import experiment_page, runs, store
 
 
 def main() -> None:
@@ -49,6 +49,7 @@ def main() -> None:
         mlflow.log_artifact(str(CONFUSION_PNG))
         mlflow.log_artifact(str(EVALUATE_METRICS))
         runs.describe_run(description(card, rows, run.data.metrics, metrics["accuracy"]))
+        experiment_page.describe_experiment(run.info.experiment_id, params.data_name())  # with this accuracy
     print(
         f"test accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ECE {metrics['ece']:.4f} "
         f"on {len(test.labels)} images"

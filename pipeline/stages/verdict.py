@@ -4,9 +4,9 @@
 
 Scores train + val (pipeline.choice.assessment), fits the rule that fares best on calibration families left out
 (pipeline.choice.rule_validation) on reports/verdict/calibration.jsonl, decides (pipeline.choice.decision), and
-writes reports/verdict/verdict.{json,md} and label_issues.png, logged on an MLflow run of their own.
-Its answer, as finetune settings, goes to reports/verdict/strategy.json: what `finetune.strategy: verdict` trains;
-`python -m pipeline.commands.apply verdict` writes it into params.yaml instead.
+writes reports/verdict/verdict.{json,md} and label_issues.png, logged on an MLflow run of their own and in the
+experiment's description. Its answer, as finetune settings, goes to reports/verdict/strategy.json: what
+`finetune.strategy: verdict` trains; `python -m pipeline.commands.apply verdict` writes it into params.yaml instead.
 """
 
 import sys
@@ -36,7 +36,7 @@ from pipeline.paths import (
     VERDICT_MD,
     VERDICT_STRATEGY,
 )
-from pipeline.tracking import runs, store
+from pipeline.tracking import experiment_page, runs, store
 
 
 def setup_of(params: Params, assessment: Assessment, manifest: Path, out_dir: Path, run_id: str, seconds: float):
@@ -142,6 +142,7 @@ def verdict(params: Params, manifest: Path = MANIFEST, out_dir: Path = VERDICT_D
         write_json(out_dir / VERDICT_STRATEGY.name, chosen.model_dump())
         for name in (VERDICT_JSON, VERDICT_MD, VERDICT_GALLERY, VERDICT_CALIBRATION, VERDICT_STRATEGY):
             mlflow.log_artifact(str(out_dir / name.name), artifact_path="verdict")
+    experiment_page.describe_experiment(run.info.experiment_id, params.data_name())
     return report
 
 

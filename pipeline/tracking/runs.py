@@ -20,6 +20,7 @@ from pipeline.config import PARAMS_FILE, Params
 from pipeline.data.manifest import class_names, split_sizes
 from pipeline.finetune.records import EpochRecord
 from pipeline.paths import RUN_FILE, project_root
+from pipeline.tracking import experiment_page
 from pipeline.tracking.store import check_reachable, tracking_uri
 
 
@@ -41,20 +42,21 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 # MLflow 3's UI opens an experiment on what its kind tag says; without it, a new experiment opens on
 # GenAI traces. "custom_model_development" ("Machine learning" in the UI) opens on the runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_TAGS = EXPERIMENT_KIND | experiment_page.view_tag()
 
 
 def use_experiment(params: Params) -> None:
-    """Point MLflow at the project's store and `mlflow.experiment`, creating it if needed."""
-    local_store = "MLFLOW_TRACKING_URI" not in os.environ  # read first: set_tracking_uri exports it
+    """Point MLflow at the project's store and the data's experiment (Params.experiment), creating it if needed."""
+    name = params.experiment()
+    # a server keeps artifacts where it says; the environment cannot tell (set_tracking_uri exports the URI)
+    local_store = tracking_uri().startswith("sqlite:")
     mlflow.set_tracking_uri(tracking_uri())
-    if local_store and mlflow.get_experiment_by_name(params.mlflow.experiment) is None:
+    if local_store and mlflow.get_experiment_by_name(name) is None:
         # MLflow would put artifacts under the current directory, which may be DVC's temporary copy.
-        mlflow.create_experiment(
-            params.mlflow.experiment, artifact_location=(project_root() / "mlruns").as_uri(), tags=EXPERIMENT_KIND
-        )
-    experiment = mlflow.set_experiment(params.mlflow.experiment)
-    if not EXPERIMENT_KIND.items() <= experiment.tags.items():  # made elsewhere, or by an older version
-        mlflow.set_experiment_tags(EXPERIMENT_KIND)
+        mlflow.create_experiment(name, artifact_location=(project_root() / "mlruns").as_uri(), tags=EXPERIMENT_TAGS)
+    experiment = mlflow.set_experiment(name)
+    if not EXPERIMENT_TAGS.items() <= experiment.tags.items():  # made elsewhere, or by an older version
+        mlflow.set_experiment_tags(EXPERIMENT_TAGS)
 
 
 def dvc_experiment() -> str:
@@ -70,7 +72,7 @@ def run_name(*what: str) -> str:
 
 @contextmanager
 def start_run(params: Params, run_id: str | None = None):
-    """A new run in `mlflow.experiment`, with the params, the git commit and the DVC experiment;
+    """A new run in the data's experiment, with the params, the git commit and the DVC experiment;
     or, given `run_id`, that run again (a training resumed from its checkpoint)."""
     use_experiment(params)
     if run_id:
