@@ -54,15 +54,9 @@ def test_each_dataset_has_its_own_experiment_named_after_it_unless_params_name_o
 def test_the_description_lists_the_strategies_tried_best_first_then_the_verdict(project):
     params = params_of("data/builtin/digits", **{"finetune.strategy": "head"})
     trained(params, 0.8125, 12_810, 3.25)
-    best = trained(
-        params.model_copy(update={"finetune": params.finetune.model_copy(update={"strategy": "full"})}),
-        0.9,
-        3_400_000,
-        41.0,
-    )
-    with mlflow.start_run(run_name="compare"):  # a comparison's trial: nested, left to its report
-        with mlflow.start_run(nested=True):
-            runs.log_metrics({"test/accuracy": 0.99})
+    best = trained(params_of("data/builtin/digits", **{"finetune.strategy": "full"}), 0.9, 3_400_000, 41.0)
+    with mlflow.start_run(run_name="compare"), mlflow.start_run(nested=True):  # a comparison's trial, in its report
+        runs.log_metrics({"test/accuracy": 0.99})
     tags = {"kind": "verdict", "verdict.strategy": "head", "verdict.decision": "the head is enough"}
     with mlflow.start_run(run_name="verdict · digits", tags=tags | {"verdict.certainty": "unsure"}) as verdict:
         pass
@@ -96,10 +90,8 @@ def test_the_link_opens_the_current_datasets_runs_on_the_saved_view(project):
     shown = ui_link.link("http://127.0.0.1:5000/")
 
     url = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
-    assert (
-        shown
-        == f"runs on `digits`, best test accuracy first: {url}?viewStateShareKey=strategies&workflowType=machine_learning"
-    )
+    query = "viewStateShareKey=strategies&workflowType=machine_learning"
+    assert shown == f"runs on `digits`, best test accuracy first: {url}?{query}"
     envelope = json.loads(client(project).get_experiment(experiment.experiment_id).tags[experiment_page.VIEW_TAG])
     state = json.loads(envelope["state"])
     assert (state["orderByKey"], state["orderByAsc"]) == ("metrics.`test/accuracy`", False)

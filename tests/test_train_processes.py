@@ -106,9 +106,7 @@ def single(project) -> dict:
 
 def run_ids(project: Path) -> set[str]:
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    return {
-        r.info.run_id for r in client.search_runs([client.get_experiment_by_name("images").experiment_id])
-    }
+    return {r.info.run_id for r in client.search_runs([client.get_experiment_by_name("images").experiment_id])}
 
 
 @pytest.fixture(scope="module")

@@ -95,9 +95,8 @@ def table(rows: list[ExperimentRow], width: int) -> str:
     widths = fitted_widths(rows, width)
 
     def line(row: ExperimentRow) -> str:
-        cells = (shorten(getattr(row, name), w) for name, w in widths.items())
-        aligned = (c.rjust(w) if n in RIGHT_ALIGNED else c.ljust(w) for c, (n, w) in zip(cells, widths.items()))
-        return GAP.join(aligned).rstrip()
+        cells = ((name, shorten(getattr(row, name), w), w) for name, w in widths.items())
+        return GAP.join(c.rjust(w) if name in RIGHT_ALIGNED else c.ljust(w) for name, c, w in cells).rstrip()
 
     return "\n".join(line(row) for row in [HEADERS, *rows])
 
