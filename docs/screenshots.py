@@ -1,9 +1,10 @@
 """The README's pictures of the MLflow UI: the runs table, the chart view and the compare view of
 four strategies trained on the default data, taken with headless Chromium with every request
-outside 127.0.0.1 blocked.
+outside 127.0.0.1 blocked; first, a check that the link `make ui` prints shows, without a click, the runs
+of params.yaml's dataset sorted by test accuracy with strategy and test accuracy in sight.
 
     make screenshots                                  # about 10 minutes on 2 CPU cores
-    python docs/screenshots.py --store mlflow.db      # the runs of an existing store instead
+    python docs/screenshots.py --store mlflow.db      # the runs of an existing store (its folder's params.yaml)
 
 Without --store, the project (its tracked and new files) is copied to a temporary git repository
 where `dvc repro` trains the default strategy and `dvc exp run --temp` three more, into that copy's
@@ -31,10 +32,10 @@ from tests.conftest import stage_env  # noqa: E402  (telemetry off, this venv's 
 from tests.servers import free_port  # noqa: E402
 
 IMAGES = ROOT / "docs" / "images"
-EXPERIMENT = "transfer-learning"
 MORE_STRATEGIES = ("head", "full", "lp-ft")  # besides params.yaml's own, trained by `dvc repro`
-# The columns that answer "which strategy?", ticked in the runs table's Columns menu.
-COLUMNS = ("test/accuracy", "model/trainable_params", "train/seconds", "finetune.strategy")
+# What the link's page must show without a click: the columns that answer "which strategy?", at a common width.
+SHOWN = ("finetune.strategy", "test/accuracy", "model/trainable_params", "train/seconds")
+CHECK_VIEWPORT = {"width": 1600, "height": 1000}
 FOLDED_SECTIONS = ("export", "model", "per_class")  # in the chart view, above the learning curves
 COMPARED = ("model/trainable_params", "train/seconds", "test/accuracy")  # the parallel coordinates' axes
 
@@ -93,10 +94,39 @@ def mlflow_server(store: Path):
         server.wait(30)
 
 
-def experiment_id(url: str) -> str:
-    from mlflow import MlflowClient
+def make_ui_link(url: str, store: Path) -> tuple[str, str]:
+    """(experiment, link) as `make ui` prints them for `store`, from the params.yaml beside it."""
+    printed = subprocess.run(
+        [sys.executable, "-P", "-m", "pipeline.commands.ui_link", "--url", url],  # -P: this checkout's, not the copy's
+        cwd=store.resolve().parent,
+        env=stage_env(MLFLOW_TRACKING_URI=f"sqlite:///{store.resolve()}", PYTHONPATH=str(ROOT)),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return re.search(r"`(.+?)`", printed).group(1), printed.split()[-1]
 
-    return MlflowClient(url).get_experiment_by_name(EXPERIMENT).experiment_id
+
+def check_link(page, experiment: str) -> None:
+    """Fail unless the page shows `experiment`'s runs in machine-learning mode, sorted by test accuracy (best
+    first), with SHOWN's columns inside the window."""
+    page.get_by_text(re.compile(r"\d+ matching runs?")).wait_for()
+    page.wait_for_timeout(2000)  # the saved view applies its columns after the runs load
+    failures = [] if page.get_by_text(experiment, exact=True).first.is_visible() else [f"{experiment} not shown"]
+    if "workflowType=machine_learning" not in page.url:
+        failures.append(f"not in machine-learning mode: {page.url}")
+    table = page.locator(".ag-root-wrapper").bounding_box()  # its columns beyond its right edge are scrolled off
+    for column in SHOWN:
+        header = page.get_by_test_id(f"sort-header-{column}")
+        box = header.bounding_box() if header.count() else None
+        if box is None or box["x"] + box["width"] > table["x"] + table["width"]:
+            failures.append(f"column {column} not in sight")
+    cells = page.locator(".ag-center-cols-container [col-id='metrics.`test/accuracy`']").all_inner_texts()
+    accuracies = [float(text) for text in cells if re.fullmatch(r"[\d.]+", text.strip())]
+    if not accuracies or accuracies != sorted(accuracies, reverse=True):
+        failures.append(f"test accuracies not best first: {cells}")
+    if failures:
+        raise RuntimeError("the link `make ui` prints: " + "; ".join(failures))
 
 
 def view_mode(page, mode: str):
@@ -104,32 +134,24 @@ def view_mode(page, mode: str):
     return page.locator("label", has=page.locator(f"input[name=runs-view-mode][value={mode}]"))
 
 
-def shoot(url: str, out: Path) -> None:
+def shoot(url: str, store: Path, out: Path, check_shot: Path | None = None) -> None:
     from playwright.sync_api import sync_playwright
 
-    runs = f"{url}/#/experiments/{experiment_id(url)}/runs?workflowType=machine_learning"
+    experiment, link = make_ui_link(url, store)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=os.environ.get("CHROMIUM") or shutil.which("chromium"), args=["--no-sandbox"]
         )
-        page = browser.new_page(viewport={"width": 1800, "height": 900}, device_scale_factor=1)
+        page = browser.new_page(viewport=CHECK_VIEWPORT, device_scale_factor=1)
         # offline: a page that needs the network shows it here as missing parts, not as a silent download
         page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort())
-        page.goto(runs)
-        page.get_by_text(re.compile(r"\d+ matching runs?")).wait_for()
+        page.goto(link)
+        check_link(page, experiment)  # as a first visit sees it: the assistant's panel open
+        if check_shot:
+            page.screenshot(path=check_shot)
+        print(f"checked {link}: {experiment}'s runs, best test accuracy first, {', '.join(SHOWN)} shown", flush=True)
         page.get_by_role("button", name="Close").click()  # the assistant panel
-        page.get_by_role("button", name="Columns", exact=True).click()
-        for column in COLUMNS:
-            page.get_by_placeholder("Search columns").fill(column)
-            for folded in page.locator(".du-bois-light-tree-switcher_close").all():  # its group, if folded
-                folded.click()
-            node = page.locator(".du-bois-light-tree-treenode", has=page.get_by_text(column, exact=True))
-            node.locator(".du-bois-light-tree-checkbox").click()
-        page.keyboard.press("Escape")
-        page.get_by_role("button", name=re.compile("^Sort")).click()
-        page.get_by_placeholder("Search", exact=True).fill("test/accuracy")
-        page.get_by_text("test/accuracy", exact=True).last.click()
-        page.keyboard.press("Escape")
+        page.set_viewport_size({"width": 1800, "height": 900})
         page.wait_for_timeout(1500)
         page.screenshot(path=out / "mlflow-runs.png")
 
@@ -162,14 +184,15 @@ def shoot(url: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--store", type=Path, help="an MLflow sqlite file with runs in `transfer-learning`")
+    parser.add_argument("--store", type=Path, help="an MLflow sqlite file beside the params.yaml naming its dataset")
     parser.add_argument("--out", type=Path, default=IMAGES)
+    parser.add_argument("--check-shot", type=Path, help="a PNG of the window the check of the `make ui` link saw")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="screenshots-") as folder:
         store = args.store or demo_store(Path(folder))
         with mlflow_server(store) as url:
-            shoot(url, args.out)
+            shoot(url, store, args.out, args.check_shot)
     print(f"wrote {', '.join(sorted(p.name for p in args.out.glob('mlflow-*.png')))} in {args.out}")
 
 
