@@ -19,6 +19,7 @@ from pathlib import Path
 # `dvc exp show` columns, by their names in params.yaml and metrics/*.json.
 KEPT = (
     "Experiment",
+    "rev",  # the workspace's and the commits' name, where Experiment is empty
     "Created",
     "data.source",
     "model.backbone",
@@ -28,7 +29,7 @@ KEPT = (
     "train_seconds",
 )
 GAP = "  "
-SHORTEST = 8  # a shortened name keeps this many characters, its end marked by `…`
+SHORTEST = 12  # a shortened name keeps this many characters (its end marked by `…`), and its header whole
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class ExperimentRow:
     strategy: str
     accuracy: str
     experiment: str
-    trained_params: str
+    trained_params: str  # trained parameters
     seconds: str
     data: str
     backbone: str
@@ -52,20 +53,18 @@ class ExperimentRow:
         return cls(
             strategy=cell["finetune.strategy"],
             accuracy=f"{float(accuracy):.4f}" if accuracy else "",
-            experiment=cell["Experiment"] or "workspace",
+            experiment=cell["Experiment"] or cell["rev"],
             trained_params=f"{int(float(params)):,}" if params else "",
             seconds=f"{float(seconds):.1f}" if seconds else "",
             data=Path(cell["data.source"]).name,
             backbone=cell["model.backbone"],
-            created=cell["Created"],
+            created=cell["Created"][:16].replace("T", " "),  # to the minute
         )
 
 
-HEADERS = ExperimentRow(
-    "strategy", "accuracy", "experiment", "trained params", "seconds", "data", "backbone", "created"
-)
+HEADERS = ExperimentRow("strategy", "accuracy", "experiment", "trained", "seconds", "data", "backbone", "created")
 SHORTENED = ("data", "backbone", "experiment")  # the longest of these is cut first
-RIGHT_ALIGNED = {"accuracy", "trained_params", "seconds"}
+RIGHT_ALIGNED = {"accuracy", "trained_params", "seconds"}  # numbers
 
 
 def shorten(text: str, width: int) -> str:
@@ -80,10 +79,14 @@ def fitted_widths(rows: list[ExperimentRow], width: int) -> dict[str, int]:
     def total() -> int:
         return sum(widths.values()) + len(GAP) * (len(widths) - 1)
 
+    def shortest(name: str) -> int:
+        return max(SHORTEST, len(getattr(HEADERS, name)))
+
     while total() > width:
-        longest = max((n for n in SHORTENED if n in widths), key=widths.get, default=None)
-        if longest is not None and widths[longest] > SHORTEST:
-            widths[longest] = max(SHORTEST, widths[longest] - (total() - width))
+        cuttable = [name for name in SHORTENED if name in widths and widths[name] > shortest(name)]
+        if cuttable:
+            longest = max(cuttable, key=widths.get)
+            widths[longest] = max(shortest(longest), widths[longest] - (total() - width))
         elif len(widths) > 2:  # strategy and accuracy stay, however narrow the terminal
             widths.popitem()
         else:
