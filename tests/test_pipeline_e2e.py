@@ -103,6 +103,11 @@ def test_the_run_says_what_ran_in_the_mlflow_ui(project):
     run = client(project).get_run(json.loads((project / "models/run.json").read_text())["run_id"])
     experiment = client(project).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
+    assert experiment.name == "digits"  # the data's own experiment
+    accuracy = json.loads((project / "metrics/evaluate.json").read_text())["accuracy"]
+    described = experiment.tags["mlflow.note.content"]  # the strategies tried on digits, rebuilt by evaluate
+    assert f"| `partial` | {accuracy:.4f} |" in described and f"runs/{run.info.run_id})" in described
+    assert "the head is enough" in described or "fine-tune" in described  # the verdict's answer
     assert run.info.run_name == "partial · efficientnet_lite0"
     note = run.data.tags["mlflow.note.content"]
     assert note.startswith("`partial` fine-tuning of efficientnet_lite0 (DEFAULT weights) on data/builtin/digits")
@@ -189,6 +194,14 @@ def test_a_model_of_other_classes_lands_in_its_own_registered_model(project):
     sh(project, "dvc", "exp", "run", "--temp", "-n", "shapes", *shapes)
     [version] = client(project).search_model_versions("name='animal-shape-classifier'")
     assert version.tags["data_source"] == "data/builtin/animal-shape" and version.tags["dvc_experiment"] == "shapes"
+    shapes = client(project).get_experiment_by_name("animal-shape")  # its runs in its data's experiment, not digits'
+    assert client(project).get_run(version.run_id).info.experiment_id == shapes.experiment_id
+    assert {r.data.tags.get("kind", "train") for r in client(project).search_runs([shapes.experiment_id])} == {
+        "verdict",
+        "train",
+    }
+    digits = client(project).get_experiment_by_name("digits")
+    assert not client(project).search_runs([digits.experiment_id], "params.`data.source` = 'data/builtin/animal-shape'")
     assert digits_versions(project) == before
 
 

@@ -155,6 +155,9 @@ def test_the_verdict_stage_writes_its_report_and_logs_an_mlflow_run(tmp_path):
     assert run.data.tags["kind"] == "verdict" and run.data.tags["verdict.decision"] == report.verdict.decision
     assert run.data.metrics["verdict/probe_accuracy"] == pytest.approx(report.scores.probe_accuracy, abs=1e-4)
     assert run.data.tags["mlflow.note.content"].startswith("Verdict: ")
+    experiment = client.get_experiment(run.info.experiment_id)  # the data's, its description the answer
+    answer = f"| `{report.verdict.strategy}` |  |  |  | {report.verdict.decision}, {report.verdict.certainty} |"
+    assert experiment.name == "images" and answer in experiment.tags["mlflow.note.content"]
     # named after the data it judged, and timed over the whole verdict, the backbone's pass included
     assert run.info.run_name == "verdict · images · efficientnet_lite0"
     assert (run.info.end_time - run.info.start_time) / 1000 >= 0.9 * report.setup.seconds

@@ -73,7 +73,7 @@ def fingerprint(params: Params, manifest: Path = MANIFEST) -> str:
         "manifest": manifest_fingerprint(manifest),
         "processes": distributed.size(),
         "tracking_uri": store.tracking_uri(),
-        "experiment": params.mlflow.experiment,
+        "experiment": params.experiment(),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
