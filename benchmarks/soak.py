@@ -3,11 +3,12 @@
     python -m benchmarks.soak                                  # 64 clients, 30% bad requests, 600 s
     python -m benchmarks.soak --clients 16 --seconds 60 --out soak.json
 
-First the memory attack: files built to exhaust memory (a 200000 x 2 PNG, a 1000000 x 1 PNG, a 16-bit
-6324 x 6324 PNG, the pixel limit's worth of RGBA) are sent 8 at a time while the resident memory of the
-server and its workers is sampled; its peak above idle is the figure. Then the soak: every client
-sends one request after another, 30% of them bad (not an image, truncated, empty, over the pixel
-limit, a format not accepted, invalid base64, the wrong form field); good answers are checked against
+First the memory attack: files built to exhaust memory or CPU (a 200000 x 2 PNG, a 1000000 x 1 PNG, a
+16-bit 6324 x 6324 PNG, the pixel limit's worth of RGBA, and issue 28's TIFF tile, repeated JPEG scans and
+inflating PNG profiles) are sent 8 at a time while the resident memory of the server and its workers is
+sampled; its peak above idle is the figure. Then the soak: every client sends one request after another,
+30% of them bad (not an image, truncated, empty, over the pixel limit, a format not accepted, invalid
+base64, the wrong form field, a TIFF tile over the decode box); good answers are checked against
 ONNX Runtime run directly on the same file. Any 5xx, a good request refused, a bad one accepted or a
 wrong label is counted as an error.
 """
@@ -28,6 +29,7 @@ from PIL import Image
 from benchmarks.load_test import expected_labels, sample_images
 from benchmarks.report import write_result
 from pipeline import paths
+from tests.hostile_files import jpeg_with_repeated_scans, png_with_many_profiles, tiff_with_a_huge_tile
 from tests.servers import resident_by_process, resident_bytes, serving_process
 
 MiB = 2**20
@@ -40,12 +42,17 @@ def png(pixels: np.ndarray) -> bytes:
 
 
 def attack_files() -> dict[str, bytes]:
+    """Files whose decoding costs far more than their size; the last three pass every per-format check and are
+    stopped by the decode box alone (issue 28 rows 1, 2, 5, at the sizes of `python -m tests.hostile_files`)."""
     side = 6324  # 40 million pixels: the default serving.max_image_pixels
     return {
         "200000x2.png": png(np.zeros((2, 200_000), dtype=np.uint8)),
         "1000000x1.png": png(np.zeros((1, 1_000_000), dtype=np.uint8)),
         "16-bit 6324x6324.png": png(np.tile((np.arange(side) * 10).astype(np.uint16), (side, 1))),
         "RGBA 6324x6324.png": png(np.zeros((side, side, 4), dtype=np.uint8)),
+        "huge_tile.tif": tiff_with_a_huge_tile(32768),
+        "repeated_scans.jpg": jpeg_with_repeated_scans(6320, 1_000),
+        "many_profiles.png": png_with_many_profiles(9013),
     }
 
 
@@ -59,6 +66,8 @@ def bad_requests(good: bytes) -> list[tuple[str, str, dict]]:
         ("EPS", "classify", {"files": {"image": ("a.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 9 9\n")}}),
         ("invalid base64", "classify_base64", {"json": {"images": ["%%%"]}}),
         ("wrong field", "classify", {"files": {"file": ("a.png", good)}}),
+        # a TIFF declared 16x16 whose tile needs 1 GB: the box refuses it in well under a second
+        ("tile over the decode box", "classify", {"files": {"image": ("a.tif", tiff_with_a_huge_tile(32768))}}),
     ]
 
 

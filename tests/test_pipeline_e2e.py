@@ -207,7 +207,7 @@ def test_a_model_of_other_classes_lands_in_its_own_registered_model(project):
 
 def trained_by_experiment(project: Path, name: str):
     """The MLflow training run of DVC experiment `name`."""
-    experiment = client(project).get_experiment_by_name("transfer-learning")
+    experiment = client(project).get_experiment_by_name("digits")  # the data's own experiment
     runs = client(project).search_runs([experiment.experiment_id], f"tags.dvc_experiment = '{name}'")
     [trained] = [r for r in runs if r.data.tags.get("kind") != "verdict"]
     return trained

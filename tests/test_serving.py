@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -860,9 +861,12 @@ def boxed_server(registry):
 
 def decoder_pids(process: subprocess.Popen) -> set[int]:
     """The server's decoder processes: the box's pool, forked from the forkserver (the only fork in the tree)."""
-    root = psutil.Process(process.pid)
-    forkservers = [p for p in root.children(recursive=True) if "forkserver" in " ".join(p.cmdline())]
-    return {child.pid for server in forkservers for child in server.children()}
+    found = set()
+    for member in psutil.Process(process.pid).children(recursive=True):
+        with suppress(psutil.NoSuchProcess):  # one that exited as we looked: no decoders of its own
+            if "forkserver" in " ".join(member.cmdline()):
+                found |= {child.pid for child in member.children()}
+    return found
 
 
 def test_files_that_exceed_the_decode_box_get_a_413_naming_the_limit(boxed_server):
