@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,15 +103,21 @@ class DecodeBox:
         self.limits, self.workers = limits, workers
         # forkserver: a fresh child is a fork of a small clean process (Pillow and numpy imported once),
         # not of the caller, whose threads and memory (the service's event loop, ONNX Runtime) it would copy
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__])
-        self.pool = ProcessPool(workers, DECODES_PER_CHILD, start_child, context=context)
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload([__name__])
+        self.pool = ProcessPool(workers, DECODES_PER_CHILD, start_child, context=self.context)
 
     def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Future:
         """Start decoding `blob`; `result` turns the future into the square or the reason it has none."""
-        return self.pool.schedule(
-            decode_in_child, (blob, max_pixels, formats, size, self.limits), timeout=self.limits.seconds
-        )
+        arguments = (blob, max_pixels, formats, size, self.limits)
+        try:
+            return self.pool.schedule(decode_in_child, arguments, timeout=self.limits.seconds)
+        except RuntimeError:
+            # pebble 5.2.3 breaks its pool for good ("All workers expired") when a child dies while no task is
+            # marked as running on it, which a soak of killed decodes hits within minutes: start a new pool
+            self.pool.stop()
+            self.pool = ProcessPool(self.workers, DECODES_PER_CHILD, start_child, context=self.context)
+            return self.pool.schedule(decode_in_child, arguments, timeout=self.limits.seconds)
 
     def result(self, future: Future) -> np.ndarray | None:
         """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box."""
@@ -120,6 +127,8 @@ class DecodeBox:
             raise self.over_time() from None
         except ProcessExpired as exc:
             raise self.expired(exc.exitcode) from None
+        except BrokenProcessPool:  # the pool broke under this decode (see submit): the file is not known bad
+            raise BadImage("the decoder pool restarted during its decode: send it again") from None
 
     def expired(self, exitcode: int) -> BadImage:
         if exitcode == EXIT_OVER_MEMORY:
