@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import HTTPException, UploadFile
 
 from pipeline.config import ServingConfig
-from pipeline.data.decode_box import DecodeBox, OverLimit
+from pipeline.data.decode_box import DecodeBox, DecoderRestarted, OverLimit
 from pipeline.data.images import BadImage
 
 Blob = tuple[str, bytes]  # an image file as sent, and how the answer names it
@@ -116,5 +116,7 @@ def square_of(name: str, future: Future, box: DecodeBox) -> np.ndarray:
         return box.result(future)
     except OverLimit as exc:
         raise refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} {exc}") from None
+    except DecoderRestarted as exc:  # the server's trouble, not the file's: a retry will be decoded
+        raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{name}: {exc}") from None
     except BadImage as exc:
         raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None

@@ -12,6 +12,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 import onnx
@@ -22,7 +24,7 @@ from PIL import Image
 
 from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
-from pipeline.data.decode_box import DecodeBox, DecodeLimits, OverLimit
+from pipeline.data.decode_box import DecodeBox, DecodeLimits, DecoderRestarted, OverLimit
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
 from pipeline.release import onnx_runtime
@@ -420,6 +422,32 @@ def test_a_cancelled_decode_kills_its_decoder_at_once():
         future.cancel()
         again = box.result(box.submit(png(np.zeros((4, 4, 3), dtype=np.uint8)), 10**6, None, 16))
         assert again.shape == (3, 16, 16) and time.monotonic() - start < 2  # not the 5 s the file costs
+
+
+def decoder_children(box: DecodeBox) -> list[psutil.Process]:
+    """The pool's decoder processes: the forkserver's children."""
+    forkservers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    return [child for server in forkservers for child in server.children()]
+
+
+def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
+    """pebble breaks its pool for good when a decoder dies with no task on it (the hostile soak's 91,943 5xx)."""
+    good = png(np.full((30, 40, 3), 200, dtype=np.uint8))
+    with DecodeBox(DecodeLimits(memory_mb=128, seconds=5), workers=1) as box:
+        expected = box.result(box.submit(good, 10**6, None, 16))
+        for child in decoder_children(box):  # idle: no task is running on it
+            child.kill()
+        deadline = time.monotonic() + 10
+        while box.pool.active:
+            assert time.monotonic() < deadline, "pebble kept its pool after its idle decoder died"
+            time.sleep(0.05)
+        caught = Future()  # what a decode in flight got when the pool broke
+        caught.set_exception(BrokenProcessPool("All workers expired"))
+        caught.decode_arguments = (good, 10**6, None, 16)
+        with pytest.raises(DecoderRestarted, match="send it again"):
+            box.result(caught)
+        assert np.array_equal(box.result(caught, again_if_broken=True), expected)  # in a new pool
+        assert np.array_equal(box.result(box.submit(good, 10**6, None, 16)), expected)
 
 
 def test_the_box_gives_the_pixels_of_an_in_process_decode(image_folder):

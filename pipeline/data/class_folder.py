@@ -117,7 +117,7 @@ def validate(files: list[Path], cap: int | None, max_pixels: int, rng: random.Ra
                 continue
             digest, future = outcome
             try:
-                box.result(future)
+                box.result(future, again_if_broken=True)
             except BadImage as exc:
                 skipped.append({"path": str(path), "reason": str(exc)})
                 continue

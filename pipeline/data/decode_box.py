@@ -53,6 +53,10 @@ class OverLimit(BadImage):
     """A file whose decode needed more memory or time than the box gives; the message names the limit."""
 
 
+class DecoderRestarted(RuntimeError):
+    """The pool broke while the file was decoding (not the file's fault) and was replaced: decode it again."""
+
+
 def virtual_bytes() -> int:
     """This process's mapped virtual memory (VmSize), what RLIMIT_AS bounds."""
     with open("/proc/self/statm") as statm:
@@ -105,30 +109,39 @@ class DecodeBox:
         # not of the caller, whose threads and memory (the service's event loop, ONNX Runtime) it would copy
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload([__name__])
-        self.pool = ProcessPool(workers, DECODES_PER_CHILD, start_child, context=self.context)
+        self.pool = self.new_pool()
+
+    def new_pool(self) -> ProcessPool:
+        return ProcessPool(self.workers, DECODES_PER_CHILD, start_child, context=self.context)
 
     def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Future:
         """Start decoding `blob`; `result` turns the future into the square or the reason it has none."""
-        arguments = (blob, max_pixels, formats, size, self.limits)
-        try:
-            return self.pool.schedule(decode_in_child, arguments, timeout=self.limits.seconds)
-        except RuntimeError:
-            # pebble 5.2.3 breaks its pool for good ("All workers expired") when a child dies while no task is
-            # marked as running on it, which a soak of killed decodes hits within minutes: start a new pool
+        if not self.pool.active:
+            # pebble 5.2.3 breaks its pool for good ("All workers expired", failing every task in it) when a child
+            # dies while no task is marked as running on it, as a cancelled decode's child can: the hostile soak
+            # hit it within minutes and every later request failed. A broken pool is replaced here.
             self.pool.stop()
-            self.pool = ProcessPool(self.workers, DECODES_PER_CHILD, start_child, context=self.context)
-            return self.pool.schedule(decode_in_child, arguments, timeout=self.limits.seconds)
+            self.pool = self.new_pool()
+        future = self.pool.schedule(
+            decode_in_child, (blob, max_pixels, formats, size, self.limits), timeout=self.limits.seconds
+        )
+        future.decode_arguments = (blob, max_pixels, formats, size)  # to decode it again, should the pool break
+        return future
 
-    def result(self, future: Future) -> np.ndarray | None:
-        """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box."""
+    def result(self, future: Future, again_if_broken: bool = False) -> np.ndarray | None:
+        """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box.
+        If the pool broke under it: decoded again in a new pool with `again_if_broken` (a caller that may wait,
+        such as prepare), else DecoderRestarted (the service answers 503 rather than wait in its event loop)."""
         try:
             return future.result()
         except TimeoutError:
             raise self.over_time() from None
         except ProcessExpired as exc:
             raise self.expired(exc.exitcode) from None
-        except BrokenProcessPool:  # the pool broke under this decode (see submit): the file is not known bad
-            raise BadImage("the decoder pool restarted during its decode: send it again") from None
+        except BrokenProcessPool:
+            if again_if_broken:
+                return self.result(self.submit(*future.decode_arguments))
+            raise DecoderRestarted("the decoders restarted while it was decoding: send it again") from None
 
     def expired(self, exitcode: int) -> BadImage:
         if exitcode == EXIT_OVER_MEMORY:
