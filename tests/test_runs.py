@@ -9,8 +9,10 @@ from pipeline.tracking import runs
 
 def test_the_dataset_is_logged_without_mlflows_ambiguous_source_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # its own experiment: the active one of an earlier test in this process belongs to another store
+    experiment_id = mlflow.create_experiment("runs", artifact_location=(tmp_path / "mlruns").as_uri())
     rows = [{"path": f"a/{i}.png", "label": "ab"[i % 2], "split": ["train", "val", "test"][i % 3]} for i in range(6)]
-    with warnings.catch_warnings(record=True) as caught, mlflow.start_run() as run:
+    with warnings.catch_warnings(record=True) as caught, mlflow.start_run(experiment_id=experiment_id) as run:
         warnings.simplefilter("always")
         runs.log_dataset("data/builtin/digits", rows, "f" * 64)
     assert [str(w.message) for w in caught if "dataset source" in str(w.message)] == []
