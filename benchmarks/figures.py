@@ -608,6 +608,41 @@ class DecodeBoxResult(Kind):
     hostile: list[HostileDecode]
 
 
+# ---------------------------------------------------------------- benchmarks.under_attack
+
+
+class UnderAttackArgs(Figures):
+    hostile_clients: int
+    seconds: float  # of attack, per mode
+    goal_s: float  # the wait a good request must stay under
+
+
+class UnderAttackMode(Figures):
+    """One way of decoding under attack: the good requests' waits, what the hostile ones got, the memory."""
+
+    mode: str
+    good_requests: int
+    good_p50_ms: float
+    good_p99_ms: float
+    good_max_ms: float
+    good_over_goal: int
+    good_errors: int
+    hostile_statuses: dict[str, int]  # by status code (or the client's error)
+    idle_mib: float
+    peak_above_idle_mib: float
+
+    @property
+    def hostile_answers(self) -> str:
+        return ", ".join(f"{count:,} x {status}" for status, count in sorted(self.hostile_statuses.items()))
+
+
+class UnderAttackResult(Kind):
+    """benchmarks/under_attack.py: a good request's wait under 8 hostile clients, one lane against two."""
+
+    args: UnderAttackArgs
+    modes: list[UnderAttackMode]
+
+
 KINDS: dict[str, type[Kind]] = {
     "training": TrainingResult,
     "inference": InferenceResult,
@@ -620,4 +655,5 @@ KINDS: dict[str, type[Kind]] = {
     "pipeline-run": PipelineRunResult,
     "verdict-cost": VerdictCostResult,
     "decode-box": DecodeBoxResult,
+    "under-attack": UnderAttackResult,
 }

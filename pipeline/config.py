@@ -123,6 +123,8 @@ class ServingConfig(Strict):
     max_image_pixels: int = Field(ge=1)
     decode_memory_mb: int = Field(ge=16)
     decode_seconds: float = Field(gt=0)
+    decode_quick_memory_mb: int = Field(ge=16)
+    decode_quick_seconds: float | None = Field(gt=0)
     max_images_per_request: int = Field(ge=1)
     max_request_bytes: int = Field(ge=1)
     body_timeout_s: float = Field(gt=0)
@@ -137,6 +139,21 @@ class ServingConfig(Strict):
     workers: int = Field(ge=1)
     model_workers: int = Field(ge=1)
     follow_registry_s: float | None = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _quick_lane_within_the_box(self):
+        if self.decode_quick_seconds is None:  # one lane: the quick limits are not read
+            return self
+        for quick, whole in (
+            ("decode_quick_seconds", "decode_seconds"),
+            ("decode_quick_memory_mb", "decode_memory_mb"),
+        ):
+            if getattr(self, quick) > getattr(self, whole):
+                values = f"({getattr(self, quick):g} > {getattr(self, whole):g})"
+                raise ValueError(
+                    f"serving.{quick} is more than serving.{whole} {values}: the quick lane is a first try"
+                )
+        return self
 
 
 class HalvingConfig(Strict):
@@ -368,7 +385,7 @@ def load_serving_config(path: Path = PARAMS_FILE, environ: Mapping[str, str] = o
     for key, value in settings.items():
         if f"SERVING_{key.upper()}" in environ:
             text = environ[f"SERVING_{key.upper()}"]
-            settings[key] = text.split(",") if isinstance(value, list) else text
+            settings[key] = None if text == "null" else text.split(",") if isinstance(value, list) else text
     settings["model"] = settings["model"] or f"models:/{params.registered_model()}@champion"
     try:
         return ServingConfig.model_validate(settings, strict=False)  # env vars are text: "false", "64"

@@ -125,9 +125,12 @@ class ImageClassifier:
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
-        # one decoder process per core, as many decodes at a time as before, each bounded by the box
+        # one quick decoder process per core, as many decodes at a time as before, each bounded by the box
         limits = DecodeLimits(SETTINGS.decode_memory_mb, SETTINGS.decode_seconds, "serving")
-        self.box = DecodeBox(limits, workers=os.cpu_count() or 1)
+        quick = None
+        if SETTINGS.decode_quick_seconds is not None:
+            quick = DecodeLimits(SETTINGS.decode_quick_memory_mb, SETTINGS.decode_quick_seconds, "serving")
+        self.box = DecodeBox(limits, workers=os.cpu_count() or 1, quick=quick)
         path, self.source = resolve_model(SETTINGS.model)
         # Classes and input size from the card of the file the model service resolves too: no call to it.
         _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])

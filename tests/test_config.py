@@ -102,12 +102,27 @@ def test_serving_env_vars_override_params_and_bad_ones_are_named(tmp_path):
         ROOT / "params.yaml", environ={"SERVING_MODEL": "models/model.onnx", "SERVING_ADAPTIVE_BATCHING": "false"}
     )
     assert (settings.model, settings.adaptive_batching) == ("models/model.onnx", False)
+    one_lane = load_serving_config(ROOT / "params.yaml", environ={"SERVING_DECODE_QUICK_SECONDS": "null"})
+    assert one_lane.decode_quick_seconds is None  # as params.yaml would spell it
     with pytest.raises(ConfigError, match=r"SERVING_MAX_BATCH_SIZE: .*greater than or equal to 1 \(got '0'\)"):
         load_serving_config(ROOT / "params.yaml", environ={"SERVING_MAX_BATCH_SIZE": "0"})
     params = tmp_path / "params.yaml"
     params.write_text((ROOT / "params.yaml").read_text().replace("top_k: 3", "top_k: lots"))
     with pytest.raises(ConfigError, match=r"serving.top_k: Input should be a valid integer"):
         load_serving_config(params, environ={})
+
+
+def test_the_quick_decode_lane_may_not_exceed_the_box_it_tries_first():
+    with pytest.raises(
+        ConfigError, match=r"serving.decode_quick_seconds is more than serving.decode_seconds \(6 > 5\)"
+    ):
+        parse_params(default_params(**{"serving.decode_quick_seconds": 6}))
+    with pytest.raises(ConfigError, match=r"serving.decode_quick_memory_mb is more than serving.decode_memory_mb"):
+        parse_params(default_params(**{"serving.decode_quick_memory_mb": 1024}))
+    one_lane = parse_params(
+        default_params(**{"serving.decode_quick_seconds": None, "serving.decode_quick_memory_mb": 1024})
+    )
+    assert one_lane.serving.decode_quick_seconds is None  # its memory is not read then
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,12 @@ the operating system's backstop) and run `seconds` of wall-clock time (the pool'
 exceeds either is killed and replaced (pebble's ProcessPool); so is one whose decode is cancelled
 (`future.cancel()`: the service's client left). The child returns the resized uint8 3 x size x size array,
 never the whole image.
+
+With `quick` limits the box has two lanes, so that costly files do not queue good ones behind them (the
+service's): every decode first runs under `quick` (a fraction of a second, a share of the memory) in
+`workers` children; one that exceeds them is decoded again under `limits` in a second pool of half as many
+children at a lower CPU priority. A good file costs what it did; a hostile one holds a slow child, not the
+decoders that good requests wait for. Without `quick` (prepare, which waits for every file anyway): one lane.
 """
 
 import io
@@ -20,8 +26,10 @@ import multiprocessing
 import os
 import resource
 import signal
-from concurrent.futures import Future
+import threading
+from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import suppress
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +46,8 @@ DECODES_PER_CHILD = 1000
 # How Pillow words a decoder's failed allocation (IMAGING_CODEC_MEMORY, from libtiff's tile buffer for one):
 # at the box's limit that is the limit, not a broken file
 CODEC_OUT_OF_MEMORY = "decoder error -9"
+# The slow lane's children yield the CPU to the quick lane's, to the model and to the HTTP front
+SLOW_LANE_NICENESS = 10
 
 
 @dataclass(frozen=True)
@@ -68,11 +78,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def start_child() -> None:
+def start_child(niceness: int) -> None:
     """Pool initializer: a child killed by RLIMIT_CPU's SIGXCPU must not write a core file, and SIGTERM
     kills at once: pebble's Python handler would run only when the decoder's C code returns."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.nice(niceness)
 
 
 def bound_this_decode(memory_mb: int, seconds: float) -> None:
@@ -100,33 +111,81 @@ def decode_in_child(
         raise
 
 
-class DecodeBox:
-    """A pool of `workers` decoder processes with `limits`; a context manager, or `close()` when done."""
+def over_its_limits(error: BaseException | None) -> bool:
+    """Whether a decode failed by exceeding its box (not because the file is broken or the pool broke)."""
+    if isinstance(error, ProcessExpired):
+        return error.exitcode in (EXIT_OVER_MEMORY, -signal.SIGXCPU)
+    return isinstance(error, TimeoutError)
 
-    def __init__(self, limits: DecodeLimits, workers: int) -> None:
-        self.limits, self.workers = limits, workers
-        # forkserver: a fresh child is a fork of a small clean process (Pillow and numpy imported once),
-        # not of the caller, whose threads and memory (the service's event loop, ONNX Runtime) it would copy
-        self.context = multiprocessing.get_context("forkserver")
-        self.context.set_forkserver_preload([__name__])
+
+class Lane:
+    """One pool of decoder processes under one set of limits."""
+
+    def __init__(self, limits: DecodeLimits, workers: int, niceness: int, context) -> None:
+        self.limits, self.workers, self.niceness, self.context = limits, workers, niceness, context
+        self.lock = threading.Lock()  # the caller's threads and pebble's, settling a decode, schedule here
         self.pool = self.new_pool()
 
     def new_pool(self) -> ProcessPool:
-        return ProcessPool(self.workers, DECODES_PER_CHILD, start_child, context=self.context)
+        return ProcessPool(self.workers, DECODES_PER_CHILD, start_child, (self.niceness,), context=self.context)
+
+    def schedule(self, arguments: tuple) -> Future:
+        with self.lock:
+            if not self.pool.active:
+                # pebble 5.2.3 breaks its pool for good ("All workers expired", failing every task in it) when a
+                # child dies while no task is marked as running on it, as a cancelled decode's child can: the
+                # hostile soak hit it within minutes and every later request failed. A broken pool is replaced.
+                self.pool.stop()
+                self.pool = self.new_pool()
+            return self.pool.schedule(decode_in_child, (*arguments, self.limits), timeout=self.limits.seconds)
+
+    def close(self) -> None:
+        self.pool.stop()  # kills the children now: a running decode is abandoned, not waited for
+        self.pool.join()
+
+
+class DecodeBox:
+    """Decoder processes under `limits`, first under `quick` if given (two lanes, see above); `workers`
+    children in the first lane. A context manager, or `close()` when done."""
+
+    def __init__(self, limits: DecodeLimits, workers: int, quick: DecodeLimits | None = None) -> None:
+        self.limits, self.workers = limits, workers
+        # forkserver: a fresh child is a fork of a small clean process (Pillow and numpy imported once),
+        # not of the caller, whose threads and memory (the service's event loop, ONNX Runtime) it would copy
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__])
+        if quick is None:
+            self.lanes = [Lane(limits, workers, 0, context)]
+        else:
+            slow = Lane(limits, max(1, workers // 2), SLOW_LANE_NICENESS, context)
+            self.lanes = [Lane(quick, workers, 0, context), slow]
 
     def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Future:
-        """Start decoding `blob`; `result` turns the future into the square or the reason it has none."""
-        if not self.pool.active:
-            # pebble 5.2.3 breaks its pool for good ("All workers expired", failing every task in it) when a child
-            # dies while no task is marked as running on it, as a cancelled decode's child can: the hostile soak
-            # hit it within minutes and every later request failed. A broken pool is replaced here.
-            self.pool.stop()
-            self.pool = self.new_pool()
-        future = self.pool.schedule(
-            decode_in_child, (blob, max_pixels, formats, size, self.limits), timeout=self.limits.seconds
-        )
-        future.decode_arguments = (blob, max_pixels, formats, size)  # to decode it again, should the pool break
-        return future
+        """Start decoding `blob`; `result` turns the future into the square or the reason it has none.
+        Cancelling the future kills the child decoding it, in whichever lane."""
+        decode = Future()
+        decode.decode_arguments = (blob, max_pixels, formats, size)  # to decode it again, should the pool break
+        self.decode_in(0, decode)
+        return decode
+
+    def decode_in(self, lane: int, decode: Future) -> None:
+        attempt = self.lanes[lane].schedule(decode.decode_arguments)
+        decode.add_done_callback(lambda _: decode.cancelled() and attempt.cancel())
+        attempt.add_done_callback(lambda _: self.settle(decode, attempt, lane))
+
+    def settle(self, decode: Future, attempt: Future, lane: int) -> None:
+        """An attempt ended: over the quick lane's limits, decode again in the slow one; else that is the answer."""
+        if decode.done() or attempt.cancelled():
+            return
+        error = attempt.exception()
+        if lane + 1 < len(self.lanes) and over_its_limits(error):
+            self.decode_in(lane + 1, decode)
+            return
+        with suppress(InvalidStateError):  # the caller cancelled it meanwhile
+            if error is None:
+                decode.set_result(attempt.result())
+            else:
+                decode.set_exception(error)
 
     def result(self, future: Future, again_if_broken: bool = False) -> np.ndarray | None:
         """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box.
@@ -155,8 +214,8 @@ class DecodeBox:
         return OverLimit(f"needs more than {self.limits.seconds:g} s to decode: {self.limits.section}.decode_seconds")
 
     def close(self) -> None:
-        self.pool.stop()  # kills the children now: a running decode is abandoned, not waited for
-        self.pool.join()
+        for lane in self.lanes:
+            lane.close()
 
     def __enter__(self) -> "DecodeBox":
         return self
