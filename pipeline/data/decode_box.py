@@ -48,6 +48,8 @@ DECODES_PER_CHILD = 1000
 CODEC_OUT_OF_MEMORY = "decoder error -9"
 # The slow lane's children yield the CPU to the quick lane's, to the model and to the HTTP front
 SLOW_LANE_NICENESS = 10
+# A decode caught in a pool that pebble broke is decoded again in the new pool, this many times at most
+RESTARTS_PER_DECODE = 3
 
 
 @dataclass(frozen=True)
@@ -125,23 +127,47 @@ class Lane:
         self.limits, self.workers, self.niceness, self.context = limits, workers, niceness, context
         self.lock = threading.Lock()  # the caller's threads and pebble's, settling a decode, schedule here
         self.pool = self.new_pool()
+        self.waiting: set[Future] = set()  # scheduled in self.pool and not done
 
     def new_pool(self) -> ProcessPool:
         return ProcessPool(self.workers, DECODES_PER_CHILD, start_child, (self.niceness,), context=self.context)
 
     def schedule(self, arguments: tuple) -> Future:
         with self.lock:
-            if not self.pool.active:
-                # pebble 5.2.3 breaks its pool for good ("All workers expired", failing every task in it) when a
-                # child dies while no task is marked as running on it, as a cancelled decode's child can: the
-                # hostile soak hit it within minutes and every later request failed. A broken pool is replaced.
-                self.pool.stop()
-                self.pool = self.new_pool()
-            return self.pool.schedule(decode_in_child, (*arguments, self.limits), timeout=self.limits.seconds)
+            stranded = self.replace_pool() if not self.pool.active else set()
+            attempt = self.pool.schedule(decode_in_child, (*arguments, self.limits), timeout=self.limits.seconds)
+            self.waiting.add(attempt)
+        fail_as_broken(stranded)
+        attempt.add_done_callback(self.forget)
+        return attempt
+
+    def forget(self, attempt: Future) -> None:
+        with self.lock:
+            self.waiting.discard(attempt)
+            broken = not attempt.cancelled() and isinstance(attempt.exception(), BrokenProcessPool)
+            stranded = self.replace_pool() if broken and not self.pool.active else set()
+        fail_as_broken(stranded)
+
+    def replace_pool(self) -> set[Future]:
+        """pebble 5.2.3 breaks its pool for good ("All workers expired") when a child dies while no task is marked
+        as running on it, as one that exits over its memory limit at once can: the hostile soak hit it within
+        minutes. Its tasks that were still queued would wait forever; they are returned, to fail as broken (and be
+        decoded again by the box) once the lock is released, since failing them runs their callbacks."""
+        broken, self.pool = self.pool, self.new_pool()
+        broken.stop()
+        threading.Thread(target=broken.join, daemon=True).start()  # its children are killed as its loops end
+        stranded, self.waiting = self.waiting, set()
+        return stranded
 
     def close(self) -> None:
         self.pool.stop()  # kills the children now: a running decode is abandoned, not waited for
         self.pool.join()
+
+
+def fail_as_broken(attempts: set[Future]) -> None:
+    for attempt in attempts:
+        with suppress(InvalidStateError):  # done meanwhile
+            attempt.set_exception(BrokenProcessPool("the decoders were restarted"))
 
 
 class DecodeBox:
@@ -165,6 +191,7 @@ class DecodeBox:
         Cancelling the future kills the child decoding it, in whichever lane."""
         decode = Future()
         decode.decode_arguments = (blob, max_pixels, formats, size)  # to decode it again, should the pool break
+        decode.restarts = 0
         self.decode_in(0, decode)
         return decode
 
@@ -174,10 +201,15 @@ class DecodeBox:
         attempt.add_done_callback(lambda _: self.settle(decode, attempt, lane))
 
     def settle(self, decode: Future, attempt: Future, lane: int) -> None:
-        """An attempt ended: over the quick lane's limits, decode again in the slow one; else that is the answer."""
+        """An attempt ended: caught in a broken pool, decode again in the same lane; over the quick lane's limits,
+        in the slow one; else that is the answer."""
         if decode.done() or attempt.cancelled():
             return
         error = attempt.exception()
+        if isinstance(error, BrokenProcessPool) and decode.restarts < RESTARTS_PER_DECODE:
+            decode.restarts += 1  # not the file's doing: the lane has a new pool by now
+            self.decode_in(lane, decode)
+            return
         if lane + 1 < len(self.lanes) and over_its_limits(error):
             self.decode_in(lane + 1, decode)
             return
