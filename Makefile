@@ -68,6 +68,7 @@ serve: setup
 bento: setup
 	bentoml build -f serving/bentofile.yaml .
 
+# Single-image and 16-image requests against a real server, each against the model alone at its mean batch.
 load-test: setup
 	python -m benchmarks.load_test
 
@@ -83,7 +84,7 @@ bench-gpu: setup
 		--baseline-workers 8 --backbones resnet50,resnet18,efficientnet_lite0 \
 		--variants ours,ours+compile,ours+nondeterministic
 	python -m benchmarks.inference --device cuda --backbones resnet50,resnet18,efficientnet_lite0 --batches 1,32,64,256
-	python -m benchmarks.load_test --clients 128 --client-processes 6 --workers 8
+	python -m benchmarks.load_test --loads 128x1,64x16 --client-processes 6
 
 # docs/results.md and the figures of BENCHMARKS.md, from the committed metrics, reports and benchmark results.
 docs: setup

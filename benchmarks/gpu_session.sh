@@ -53,16 +53,15 @@ cat "$out/env.txt"
     --batches "${BATCHES:-1,32,64,256}" --repeat-seconds 0.5 --out "$out/inference.json"
 [ -z "${SKIP_INSTALL:-}${SERVED_ONLY:-}" ] && timeout 60 python3 -m benchmarks.gpu_decode --out "$out/decode.json"
 
-# The served model: one front worker (the default), then 8; then 4 model workers sharing the GPU (one
-# model worker answered about 150 calls a second on the H200, whatever each call carried); one image a
-# request, then 16 (classify_batch).
+# The served model: each HTTP worker batches its own requests on its own session (no model service); the
+# workers derived from the machine (1 per 2 cores, up to 8, with a GPU), then 1 and 16; one image a request
+# and 16 (classify_batch) in each run, each against the model alone at its mean batch.
 load() {
     local name=$1
     shift
-    timeout 75 python3 -m benchmarks.load_test --model models/model.onnx --images 450 --modes on \
-        --seconds "$load_seconds" --warmup 3 --out "$out/$name.json" "$@"
+    timeout 150 python3 -m benchmarks.load_test --model models/model.onnx --images 450 --modes on \
+        --loads 128x1,64x16 --rounds 1 --seconds "$load_seconds" --warmup 3 --out "$out/$name.json" "$@"
 }
-load served_w1 --clients 64 --client-processes 4 --workers 1
-load served_w8 --clients 128 --client-processes 6 --workers 8
-load served_w8_m4 --clients 128 --client-processes 6 --workers 8 --model-workers 4
-load served_w8_m4_batch16 --clients 64 --client-processes 6 --workers 8 --model-workers 4 --images-per-request 16
+load served_derived --client-processes 6
+load served_w1 --client-processes 6 --workers 1
+load served_w16 --client-processes 6 --workers 16

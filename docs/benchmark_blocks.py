@@ -457,6 +457,63 @@ def halving_vs_grid(root: Path, sitting: Path, rows: list[HalvingRow]) -> str:
     )
 
 
+def served_rows(figures: dict) -> list[dict]:
+    """A load test's runs, each with its load and the model alone at its mean batch. Results of the load test
+    before issue 27 (one load a file, `modes`) carry the model alone at the batch of their fastest mode."""
+    if "runs" in figures:
+        return figures["runs"]
+    mode, alone = figures["modes"]["adaptive batching on"], figures["where_the_time_goes"]
+    shape = {"load": f"{figures['clients']}x{figures['images_per_request']}", "model_batch": alone["model_batch"]}
+    return [mode | shape | {"model_images_per_s": alone["model_images_per_s"]}]
+
+
+def served_ratio(root: Path, before: list[Path], after: Path) -> str:
+    """The served images/s over the model alone at the served mean batch, before and after, one row a load."""
+    rows = []
+    for label, path in [("before", p) for p in before] + [("after", after)]:
+        measured = read_result(root, path)
+        for run in served_rows(measured.figures):
+            rows.append(
+                [f"{label}: {code(path.name)}", run["load"], count(run["requests"]), str(run["errors"])]
+                + [count(run["images_per_s"]), f"{count(run['p50_ms'])} / {count(run['p99_ms'])}"]
+                + [fixed(run["batch"], 1), count(run["model_images_per_s"])]
+                + [f"**{fixed(run['images_per_s'] / run['model_images_per_s'], 2)}**"]
+            )
+    env = read_result(root, after).environment
+    header = "run | clients x images a request | requests | errors | images/s | p50 / p99 ms | mean batch | "
+    header += "model alone at that batch, images/s | served / model"
+    return (
+        f"**{env.date}, {env.machine}; CPUExecutionProvider.** Files in {code(after.parent)}; the after run: "
+        f"`{env.command}`.\n\n" + table(header, rows)
+    )
+
+
+def served_profile(root: Path, profiles: list[Path]) -> str:
+    """Each profiled load: every server process's CPU seconds and the parts of its py-spy samples."""
+    blocks = []
+    for path in profiles:
+        measured = read_result(root, path)
+        figures = measured.figures
+        total = sum(figures["cpu_seconds"].values())
+        rows = []
+        for role, seconds in sorted(figures["cpu_seconds"].items(), key=lambda item: -item[1]):
+            parts = figures["samples"].get(role, {})
+            if seconds < 0.05 * total:
+                continue
+            counted = sum(parts.values()) or 1
+            shares = sorted(parts.items(), key=lambda item: -item[1])
+            shown = ", ".join(f"{name} {100 * n / counted:.0f}%" for name, n in shares if n / counted >= 0.02)
+            rows.append([role, fixed(seconds, 1), f"{100 * seconds / total:.0f}%", shown or "(not sampled)"])
+        served = figures["served"]
+        blocks.append(
+            f"{code(path.name)}: {figures['clients']} clients x {figures['images_per_request']} image(s), "
+            f"{count(served['images_per_s'])} images/s served, {served['errors']} errors "
+            f"({measured.environment.date}, {measured.environment.machine}).\n\n"
+            + table("process | CPU s | share of the CPU | its non-idle py-spy samples", rows)
+        )
+    return "\n\n".join(blocks)
+
+
 RENDERERS: dict[str, Callable[..., str]] = {
     "goals": goals,
     "head-only": head_only,
@@ -464,6 +521,8 @@ RENDERERS: dict[str, Callable[..., str]] = {
     "gpu-served": gpu_served,
     "default-gpu": default_gpu,
     "load-test": load_test,
+    "served-ratio": served_ratio,
+    "served-profile": served_profile,
     "soak": soak,
     "halving": halving_vs_grid,
 }

@@ -136,8 +136,7 @@ class ServingConfig(Strict):
     adaptive_batching: bool
     max_batch_size: int = Field(ge=1)
     max_latency_ms: int = Field(ge=1)
-    workers: int = Field(ge=1)
-    model_workers: int = Field(ge=1)
+    workers: int | None = Field(ge=1)  # None: derived from the CPUs and GPUs (serving.workers)
     follow_registry_s: float | None = Field(gt=0)
 
     @model_validator(mode="after")

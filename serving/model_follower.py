@@ -1,4 +1,4 @@
-"""The model that ModelRunner serves, kept in step with the registry: named by an alias (`models:/NAME@champion`),
+"""The model an HTTP worker serves, kept in step with the registry: named by an alias (`models:/NAME@champion`),
 it checks the alias every `serving.follow_registry_s` seconds, and when `promote` has moved it, loads the new
 version beside the old one and switches between two model calls. A call in flight finishes on the session it
 started with; no request fails. A version that does not load, or whose classes or input size differ from those
@@ -19,8 +19,8 @@ from pipeline.release import onnx_runtime
 from serving.model_source import ModelSource, alias_version, resolve_model
 
 logger = logging.getLogger("bentoml.serving")
-# BentoML's /metrics counts requests by endpoint and status, times them and histograms the adaptive batches;
-# what it cannot know is which model answers them.
+# BentoML's /metrics counts requests by endpoint and status and times them, serving.batcher histograms the
+# batches; what neither can know is which model answers them.
 SERVED_MODEL = bentoml.metrics.Gauge(
     name="served_model",
     documentation="1 for the model served, 0 for one served before",

@@ -3,10 +3,10 @@
     make serve          # = bentoml serve serving.service:ImageClassifier --host 127.0.0.1 --port 3000
     curl -F image=@data/examples/cat.png http://127.0.0.1:3000/v1/classify
 
-Two services in one server. `ImageClassifier` is the HTTP front: it checks and decodes each request's images
-(serving.request_images, in decoder processes bounded by pipeline.data.decode_box: a bad image is refused with
-a 4xx on its own request, never failing a batch of others), then calls `ModelRunner.predict`, which is batchable:
-BentoML merges concurrent requests into one ONNX Runtime call (adaptive batching). The graph normalises its
+Each HTTP worker process checks and decodes each request's images (serving.request_images, in decoder processes
+bounded by pipeline.data.decode_box: a bad image is refused with a 4xx on its own request, never failing a batch
+of others), then runs the model on its own ONNX Runtime session, merging concurrent requests into one call
+(serving.batcher). No second service: the hop to one was the served path's bound. The graph normalises its
 uint8 input itself, so the service needs no torch.
 
 Which model is served (serving.model_source, kept in step with the registry by serving.model_follower) and the
@@ -18,10 +18,8 @@ import logging
 import os
 from http import HTTPStatus
 
-import aiohttp
 import bentoml
 import numpy as np
-from bentoml.exceptions import ServiceUnavailable
 from fastapi import Form, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 
@@ -32,71 +30,21 @@ from pipeline.release.onnx_runtime import ModelLoadError
 from serving.allocator import return_freed_images_to_the_system
 from serving.api_docs import docs_redirects, offline_documented_api
 from serving.api_models import Base64Request, Prediction, validation_refusal
+from serving.batcher import Batcher, ModelBusy
 from serving.connections import ConnectionLimits, bound_connections
 from serving.limits import RequestLimits
-from serving.model_follower import ModelFollower
+from serving.model_follower import ModelFollower, Served
 from serving.model_source import resolve_model
 from serving.request_images import Blob, decode_batch, from_base64, read_uploads, refuse
+from serving.workers import front_workers
 
 logger = logging.getLogger("bentoml.serving")
 
 return_freed_images_to_the_system()
-# The batching decorator below is evaluated at import, so the settings are read here, once.
+# The service decorator below is evaluated at import, so the settings are read here, once.
 SETTINGS = load_serving_config()
+WORKERS = front_workers(SETTINGS)
 bound_connections(ConnectionLimits(SETTINGS.header_timeout_s, SETTINGS.keep_alive_s, SETTINGS.max_connections))
-
-# BentoML's client to this service replaces its HTTP session every `max_requests` calls or `max_age`
-# seconds and closes the old one under the calls still in flight on it (bentoml 1.4.39,
-# _bentoml_impl/client/proxy2.py): with the default 100 calls, 1 request in 10 of 32 concurrent
-# clients failed with a 500. So the session is never replaced; aiohttp keeps its connections fresh.
-TEN_YEARS_S = 10 * 365 * 24 * 3600.0
-
-
-@bentoml.service(
-    workers=SETTINGS.model_workers,
-    traffic={"timeout": 120},
-    runner_connection={"max_requests": 2**62, "max_age": TEN_YEARS_S},
-)
-class ModelRunner:
-    """Owns the ONNX Runtime session; `predict` takes uint8 NCHW images and returns probabilities."""
-
-    @bentoml.on_deployment
-    def check_model() -> None:
-        """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
-        the server there, instead of each worker failing and being respawned forever."""
-        print(f"serving {SETTINGS.model}: {served_model_origin()} (SERVING_MODEL=... serves another)", flush=True)
-        _, card = onnx_runtime.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
-        if SETTINGS.top_k > len(card.classes):
-            raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
-
-    def __init__(self) -> None:
-        providers = (["TensorrtExecutionProvider"] if SETTINGS.tensorrt else []) + onnx_runtime.PROVIDERS
-        self.follower = ModelFollower(SETTINGS.model, providers, SETTINGS.follow_registry_s)
-
-    @bentoml.api(
-        batchable=SETTINGS.adaptive_batching,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities, and in a last column the registry version that computed each row (0: a file): a merged
-        batch runs on one session, and a switch between two calls must not be misattributed."""
-        served = self.follower.served  # once: a switch during this call does not change what runs it
-        # I/O binding: on CUDA the batch is copied to the device once and the probabilities back once.
-        binding = served.session.io_binding()
-        binding.bind_cpu_input(onnx_runtime.INPUT, images)
-        binding.bind_output(onnx_runtime.OUTPUT)
-        served.session.run_with_iobinding(binding)
-        probabilities = binding.copy_outputs_to_cpu()[0]
-        version = np.full((len(probabilities), 1), served.source.version or 0, dtype=probabilities.dtype)
-        return np.concatenate([probabilities, version], axis=1)
-
-    @bentoml.api
-    def served(self) -> dict:
-        """What is served now: where it came from, its card, the ONNX Runtime providers really active."""
-        served, refused = self.follower.served, self.follower.refused  # once each, as in predict
-        fields = {"card": served.card.model_dump(mode="json"), "providers": served.session.get_providers()}
-        return served.source.metadata_fields() | fields | {"not_switched_to": refused}
 
 
 api = offline_documented_api(
@@ -110,7 +58,7 @@ api = offline_documented_api(
 api.add_exception_handler(RequestValidationError, validation_refusal)
 
 
-@bentoml.service(workers=SETTINGS.workers, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})
+@bentoml.service(workers=WORKERS, traffic={"timeout": 120}, http={"host": "127.0.0.1", "port": 3000})
 @bentoml.asgi_app(api, path="/v1")
 @bentoml.asgi_app(docs_redirects, path="/")
 class ImageClassifier:
@@ -121,22 +69,37 @@ class ImageClassifier:
     field, an unexpected binary field) with a 500, and fetches URLs given in place of files.
     """
 
-    model = bentoml.depends(ModelRunner)
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Runs once in `bentoml serve`'s main process: a missing, corrupt or inconsistent model stops
+        the server there, instead of each worker failing and being respawned forever."""
+        print(f"serving {SETTINGS.model}: {served_model_origin()} (SERVING_MODEL=... serves another)", flush=True)
+        print(f"{WORKERS} HTTP worker(s), each with its own model session and batcher", flush=True)
+        _, card = onnx_runtime.open_session(resolve_model(SETTINGS.model)[0], ["CPUExecutionProvider"])
+        if SETTINGS.top_k > len(card.classes):
+            raise ModelLoadError(f"serving.top_k {SETTINGS.top_k} is more than the model's {len(card.classes)} classes")
 
     def __init__(self) -> None:
         self.settings: ServingConfig = SETTINGS
-        # one quick decoder process per core, as many decodes at a time as before, each bounded by the box
+        # one quick decoder process per core over all the workers, each decode bounded by the box
         limits = DecodeLimits(SETTINGS.decode_memory_mb, SETTINGS.decode_seconds, "serving")
         quick = None
         if SETTINGS.decode_quick_seconds is not None:
             quick = DecodeLimits(SETTINGS.decode_quick_memory_mb, SETTINGS.decode_quick_seconds, "serving")
-        self.box = DecodeBox(limits, workers=os.cpu_count() or 1, quick=quick)
-        path, self.source = resolve_model(SETTINGS.model)
-        # Classes and input size from the card of the file the model service resolves too: no call to it.
-        _, self.card = onnx_runtime.open_session(path, ["CPUExecutionProvider"])
-        shown = f"{self.source.shown(path)}: {self.card.strategy} on {self.card.data_source}"
+        self.box = DecodeBox(limits, workers=max(1, (os.cpu_count() or 1) // WORKERS), quick=quick)
+        providers = (["TensorrtExecutionProvider"] if SETTINGS.tensorrt else []) + onnx_runtime.PROVIDERS
+        self.follower = ModelFollower(SETTINGS.model, providers, SETTINGS.follow_registry_s)
+        self.batcher = Batcher(
+            lambda: self.follower.served, SETTINGS.max_batch_size, SETTINGS.max_latency_ms, SETTINGS.adaptive_batching
+        )
+        served = self.follower.served
         logger.info(
-            "serving %s, %d classes, test accuracy %s", shown, len(self.card.classes), self.source.test_accuracy
+            "%s: %s on %s, %d classes, test accuracy %s",
+            served.source.name,
+            served.card.strategy,
+            served.card.data_source,
+            len(served.card.classes),
+            served.source.test_accuracy,
         )
 
     async def classify_blobs(
@@ -149,28 +112,22 @@ class ImageClassifier:
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"{len(blobs)} images in one request, over the limit of {self.settings.max_images_per_request}",
             )
-        classes = self.card.classes
+        card = self.follower.served.card  # its classes and size are every version's: the follower refuses others
         top_k = self.settings.top_k if top_k is None else top_k
-        if not 1 <= top_k <= len(classes):
+        if not 1 <= top_k <= len(card.classes):
             raise refuse(
                 HTTPStatus.BAD_REQUEST,
-                f"top_k must be between 1 and {len(classes)} (the number of classes), got {top_k}",
+                f"top_k must be between 1 and {len(card.classes)} (the number of classes), got {top_k}",
             )
-        batch = await decode_batch(blobs, self.card.image_size, self.settings, self.box, request.receive)
-        answer = await self.predict(batch)
-        if answer.shape[1] != len(classes) + 1:  # an alias moved between the two services' start-ups
-            raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, "the model service serves another model: restart the server")
-        versions = sorted({int(version) for version in answer[:, -1]})  # two, if a switch fell between its calls
-        response.headers["X-Model-Version"] = ", ".join(str(v) if v else "file" for v in versions)
-        return Prediction.top(answer[:, :-1], classes, top_k)
+        batch = await decode_batch(blobs, card.image_size, self.settings, self.box, request.receive)
+        probabilities, served = await self.predict(batch)
+        response.headers["X-Model-Version"] = str(served.source.version or "file")
+        return Prediction.top(probabilities, card.classes, top_k)
 
-    async def predict(self, batch: np.ndarray) -> np.ndarray:
+    async def predict(self, batch: np.ndarray) -> tuple[np.ndarray, Served]:
         try:
-            try:
-                return await self.model.to_async.predict(batch)
-            except aiohttp.ClientConnectionError:  # the model service closed a kept-alive connection as we
-                return await self.model.to_async.predict(batch)  # wrote on it; predict is idempotent: once more
-        except ServiceUnavailable:  # adaptive batching shed it: the queue is longer than max_latency_ms
+            return await self.batcher.predict(batch)
+        except ModelBusy:
             raise refuse(
                 HTTPStatus.SERVICE_UNAVAILABLE,
                 f"the model is busy: this request would wait over serving.max_latency_ms "
@@ -199,14 +156,15 @@ class ImageClassifier:
 
     @api.get("/metadata")
     async def metadata(self) -> dict:
-        """The model served now (the model service's: it follows the registry): where it came from, its model
-        card, the active ONNX Runtime providers."""
-        served = await self.model.to_async.served()
-        card = served.pop("card")
+        """The model served now (it follows the registry): where it came from, its model card, the active ONNX
+        Runtime providers, and a version it refused to switch to and why."""
+        served, refused = self.follower.served, self.follower.refused  # once each, as a switch replaces them
         return {
-            "model": served["name"] if served["version"] is None else self.settings.model,
-            **served,
-            **card,
+            "model": served.source.name if served.source.version is None else self.settings.model,
+            **served.source.metadata_fields(),
+            "providers": served.session.get_providers(),
+            "not_switched_to": refused,
+            **served.card.model_dump(mode="json"),
             "adaptive_batching": self.settings.adaptive_batching,
             "max_batch_size": self.settings.max_batch_size if self.settings.adaptive_batching else None,
         }

@@ -64,11 +64,24 @@ def test_misspelled_strategy_lists_the_allowed_values():
         ("verdict.worth_it", -1.0),
         ("verdict.shift_threshold", 0),
         ("verdict.gallery", 0),
+        ("serving.workers", 0),
     ],
 )
 def test_out_of_range_values_name_their_key(key, value):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         parse_params(default_params(**{key: value}))
+
+
+def test_serving_workers_null_is_derived_from_the_machine_and_model_workers_is_gone():
+    from serving.workers import derived_workers, front_workers
+
+    settings = load_serving_config(ROOT / "params.yaml", environ={})
+    assert settings.workers is None and front_workers(settings) >= 1
+    assert front_workers(load_serving_config(ROOT / "params.yaml", environ={"SERVING_WORKERS": "3"})) == 3
+    cpus_and_gpus = [(2, 0), (64, 0), (16, 1), (64, 8)]
+    assert [derived_workers(cpus, gpus) for cpus, gpus in cpus_and_gpus] == [1, 1, 8, 8]
+    with pytest.raises(ConfigError, match="serving.model_workers"):
+        parse_params(default_params(**{"serving.model_workers": 2}))
 
 
 def test_split_fractions_must_leave_training_data():
