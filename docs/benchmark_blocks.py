@@ -381,6 +381,17 @@ def load_test(root: Path, load_test: Path) -> str:
     )
 
 
+def memory_by_role(sample: dict) -> dict[str, float]:
+    """A timeline sample's MiB by process role ("worker 123" and "worker 456" summed as "worker"): the decoder
+    processes are replaced under hostile traffic, so their pids differ from sample to sample."""
+    roles: dict[str, float] = {}
+    for key, mib in sample.items():
+        if key not in ("t_s", "total_mib"):
+            role = key.rsplit(" ", 1)[0]
+            roles[role] = roles.get(role, 0) + mib
+    return roles
+
+
 def soak(root: Path, soak: Path) -> str:
     measured = read_result(root, soak)
     memory, run = measured.figures["memory_attack"], measured.figures["soak"]
@@ -397,9 +408,13 @@ def soak(root: Path, soak: Path) -> str:
         [f"server memory, at {warm['t_s']} s / end: growth after warm-up", f"{count(warm['total_mib'])} / "
          f"{count(timeline[-1]['total_mib'])} MiB: {count(timeline[-1]['total_mib'] - warm['total_mib'])} MiB"],
     ]  # fmt: skip
-    roles = [key for key in timeline[0] if key not in ("t_s", "total_mib")]
     samples = [sample for sample in timeline if sample["t_s"] <= warm["t_s"]] + [timeline[-1]]
-    memory_rows = [[f"{s['t_s']}", *(count(s[role]) for role in roles), count(s["total_mib"])] for s in samples]
+    by_role = [memory_by_role(sample) for sample in samples]
+    roles = list(dict.fromkeys(role for sample in by_role for role in sample))
+    memory_rows = [
+        [f"{s['t_s']}", *(count(roles_of.get(role, 0)) for role in roles), count(s["total_mib"])]
+        for s, roles_of in zip(samples, by_role, strict=True)
+    ]
     attack = [[f"`{name}`", ", ".join(map(str, codes))] for name, codes in memory["statuses"].items()]
     return "\n".join(
         [
@@ -418,7 +433,7 @@ def soak(root: Path, soak: Path) -> str:
             "",
             "Resident memory (MiB) of the server's processes during the soak, from the samples taken every 30 s:",
             "",
-            table(["seconds", *(role.rsplit(" ", 1)[0] for role in roles), "total"], memory_rows),
+            table(["seconds", *roles, "total"], memory_rows),
         ]
     )
 
