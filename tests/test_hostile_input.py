@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
-from pipeline.data.decode_box import DecodeBox, DecodeLimits, DecoderRestarted, OverLimit
+from pipeline.data.decode_box import Decode, DecodeBox, DecodeLimits, DecoderRestarted, OverLimit
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
 from pipeline.release import onnx_runtime
@@ -435,8 +435,8 @@ def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
     good = png(np.full((30, 40, 3), 200, dtype=np.uint8))
     with DecodeBox(DecodeLimits(memory_mb=128, seconds=5), workers=1) as box:
         expected = box.result(box.submit(good, 10**6, None, 16))
-        stranded, decode = Future(), Future()  # a task pebble had queued, not yet given to a child, and its decode
-        decode.decode_arguments, decode.restarts = (good, 10**6, None, 16), 0
+        stranded = Future()  # a task pebble had queued, not yet given to a child
+        decode = Decode((good, 10**6, None, 16))
         stranded.add_done_callback(lambda _: box.settle(decode, stranded, 0))
         box.lanes[0].waiting.add(stranded)
         for child in decoder_children(box):  # idle: no task is running on it
@@ -445,9 +445,8 @@ def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
         while box.lanes[0].pool.active:
             assert time.monotonic() < deadline, "pebble kept its pool after its idle decoder died"
             time.sleep(0.05)
-        caught = Future()  # what a decode in flight got when the pool broke
+        caught = Decode((good, 10**6, None, 16))  # what a decode in flight got when the pool broke
         caught.set_exception(BrokenProcessPool("All workers expired"))
-        caught.decode_arguments = (good, 10**6, None, 16)
         with pytest.raises(DecoderRestarted, match="send it again"):
             box.result(caught)
         assert np.array_equal(box.result(caught, again_if_broken=True), expected)  # in a new pool

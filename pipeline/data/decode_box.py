@@ -170,6 +170,15 @@ def fail_as_broken(attempts: set[Future]) -> None:
             attempt.set_exception(BrokenProcessPool("the decoders were restarted"))
 
 
+class Decode(Future):
+    """One file's decode, across the attempts the box makes at it: what to decode again, and how often it has
+    been, should a pool break under it."""
+
+    def __init__(self, arguments: tuple) -> None:
+        super().__init__()
+        self.arguments, self.restarts = arguments, 0
+
+
 class DecodeBox:
     """Decoder processes under `limits`, first under `quick` if given (two lanes, see above); `workers`
     children in the first lane. A context manager, or `close()` when done."""
@@ -186,21 +195,19 @@ class DecodeBox:
             slow = Lane(limits, max(1, workers // 2), SLOW_LANE_NICENESS, context)
             self.lanes = [Lane(quick, workers, 0, context), slow]
 
-    def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Future:
+    def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Decode:
         """Start decoding `blob`; `result` turns the future into the square or the reason it has none.
         Cancelling the future kills the child decoding it, in whichever lane."""
-        decode = Future()
-        decode.decode_arguments = (blob, max_pixels, formats, size)  # to decode it again, should the pool break
-        decode.restarts = 0
+        decode = Decode((blob, max_pixels, formats, size))
         self.decode_in(0, decode)
         return decode
 
-    def decode_in(self, lane: int, decode: Future) -> None:
-        attempt = self.lanes[lane].schedule(decode.decode_arguments)
+    def decode_in(self, lane: int, decode: Decode) -> None:
+        attempt = self.lanes[lane].schedule(decode.arguments)
         decode.add_done_callback(lambda _: decode.cancelled() and attempt.cancel())
         attempt.add_done_callback(lambda _: self.settle(decode, attempt, lane))
 
-    def settle(self, decode: Future, attempt: Future, lane: int) -> None:
+    def settle(self, decode: Decode, attempt: Future, lane: int) -> None:
         """An attempt ended: caught in a broken pool, decode again in the same lane; over the quick lane's limits,
         in the slow one; else that is the answer."""
         if decode.done() or attempt.cancelled():
@@ -219,7 +226,7 @@ class DecodeBox:
             else:
                 decode.set_exception(error)
 
-    def result(self, future: Future, again_if_broken: bool = False) -> np.ndarray | None:
+    def result(self, future: Decode, again_if_broken: bool = False) -> np.ndarray | None:
         """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box.
         If the pool broke under it: decoded again in a new pool with `again_if_broken` (a caller that may wait,
         such as prepare), else DecoderRestarted (the service answers 503 rather than wait in its event loop)."""
@@ -231,7 +238,7 @@ class DecodeBox:
             raise self.expired(exc.exitcode) from None
         except BrokenProcessPool:
             if again_if_broken:
-                return self.result(self.submit(*future.decode_arguments))
+                return self.result(self.submit(*future.arguments))
             raise DecoderRestarted("the decoders restarted while it was decoding: send it again") from None
 
     def expired(self, exitcode: int) -> BadImage:
