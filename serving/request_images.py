@@ -91,13 +91,43 @@ async def client_gone(receive) -> None:
 async def decode_batch(
     blobs: list[Blob], image_size: int, settings: ServingConfig, box: DecodeBox, receive
 ) -> np.ndarray:
-    """Image files to a uint8 NCHW batch of `image_size`, each decoded in `box`, refusing the request on the
-    first bad image (in request order). A client that disconnects abandons its decodes: their children
-    are killed, not left to run to their limit."""
+    """Image files to a uint8 NCHW batch of `image_size`, decoded in `box`, refusing the request on the first
+    bad image (in request order). The files go to the box in one chunk per decoder process, each decoded in
+    one child; a chunk whose child was killed (over its limits, or the pool broke) is decoded again file by
+    file, to name the file that did it."""
     for name, blob in blobs:
         check_size(name, blob, settings.max_image_bytes)
-    formats = tuple(settings.image_formats)
-    futures = [box.submit(blob, settings.max_image_pixels, formats, image_size) for _, blob in blobs]
+    how = (settings.max_image_pixels, tuple(settings.image_formats), image_size)
+    size = -(-len(blobs) // box.workers)
+    chunks = [blobs[first : first + size] for first in range(0, len(blobs), size)]
+    futures = [box.submit_many([blob for _, blob in chunk], *how) for chunk in chunks]
+    await until_decoded(futures, receive)
+    squares = []
+    for chunk, future in zip(chunks, futures, strict=True):
+        try:
+            outcomes = box.result(future)
+        except (BadImage, DecoderRestarted):
+            outcomes = await one_by_one(chunk, how, box, receive)
+        squares += [square_of(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=False)]
+    return np.stack(squares)
+
+
+async def one_by_one(chunk: list[Blob], how: tuple, box: DecodeBox, receive) -> list:
+    """Each file of `chunk` in a child of its own: its square, or the error the box gives it."""
+    futures = [box.submit_many([blob], *how) for _, blob in chunk]
+    await until_decoded(futures, receive)
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes += box.result(future)
+        except (BadImage, DecoderRestarted) as exc:
+            outcomes.append(exc)
+    return outcomes
+
+
+async def until_decoded(futures: list[Future], receive) -> None:
+    """Waits for the box's futures. A client that disconnects abandons its decodes: their children are killed,
+    not left to run to their limit."""
     watcher = asyncio.ensure_future(client_gone(receive))
     decoded = asyncio.gather(*(asyncio.wrap_future(future) for future in futures), return_exceptions=True)
     try:
@@ -105,18 +135,16 @@ async def decode_batch(
     finally:
         watcher.cancel()
         for future in futures:
-            future.cancel()  # a running one's child is killed: the client left, or another image failed
+            future.cancel()  # a running one's child is killed: the client left
     if not decoded.done():
         raise refuse(HTTPStatus.BAD_REQUEST, "the client disconnected before its images were decoded")
-    return np.stack([square_of(name, future, box) for (name, _), future in zip(blobs, futures, strict=True)])
 
 
-def square_of(name: str, future: Future, box: DecodeBox) -> np.ndarray:
-    try:
-        return box.result(future)
-    except OverLimit as exc:
-        raise refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} {exc}") from None
-    except DecoderRestarted as exc:  # the server's trouble, not the file's: a retry will be decoded
-        raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{name}: {exc}") from None
-    except BadImage as exc:
-        raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {exc}") from None
+def square_of(name: str, outcome: np.ndarray | Exception) -> np.ndarray:
+    if isinstance(outcome, np.ndarray):
+        return outcome
+    if isinstance(outcome, OverLimit):
+        raise refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"{name} {outcome}")
+    if isinstance(outcome, DecoderRestarted):  # the server's trouble, not the file's: a retry will be decoded
+        raise refuse(HTTPStatus.SERVICE_UNAVAILABLE, f"{name}: {outcome}")
+    raise refuse(HTTPStatus.BAD_REQUEST, f"{name} is not a readable image: {outcome}")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
-from pipeline.data.decode_box import Decode, DecodeBox, DecodeLimits, DecoderRestarted, OverLimit
+from pipeline.data.decode_box import Decode, DecodeBox, DecodeLimits, DecoderRestarted, OverLimit, decode_in_child
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
 from pipeline.release import onnx_runtime
@@ -436,7 +436,7 @@ def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
     with DecodeBox(DecodeLimits(memory_mb=128, seconds=5), workers=1) as box:
         expected = box.result(box.submit(good, 10**6, None, 16))
         stranded = Future()  # a task pebble had queued, not yet given to a child
-        decode = Decode((good, 10**6, None, 16))
+        decode = Decode(decode_in_child, (good, 10**6, None, 16), 1)
         stranded.add_done_callback(lambda _: box.settle(decode, stranded, 0))
         box.lanes[0].waiting.add(stranded)
         for child in decoder_children(box):  # idle: no task is running on it
@@ -445,7 +445,7 @@ def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
         while box.lanes[0].pool.active:
             assert time.monotonic() < deadline, "pebble kept its pool after its idle decoder died"
             time.sleep(0.05)
-        caught = Decode((good, 10**6, None, 16))  # what a decode in flight got when the pool broke
+        caught = Decode(decode_in_child, (good, 10**6, None, 16), 1)  # what a decode in flight got when the pool broke
         caught.set_exception(BrokenProcessPool("All workers expired"))
         with pytest.raises(DecoderRestarted, match="send it again"):
             box.result(caught)
@@ -465,6 +465,17 @@ def test_the_box_gives_the_pixels_of_an_in_process_decode(image_folder):
                     box.result(box.submit(path.read_bytes(), 10**6, None, 24))
                 continue
             assert np.array_equal(box.result(box.submit(path.read_bytes(), 10**6, None, 24)), expected)
+
+
+def test_several_files_in_one_task_are_each_decoded_up_to_the_first_bad_one(image_folder):
+    files = [path.read_bytes() for path in sorted((image_folder / "red").iterdir())[:3]]
+    expected = [resize_square(load_rgb(io.BytesIO(blob), 10**6), 24) for blob in files]
+    broken = files[0][:40]
+    with DecodeBox(DecodeLimits(memory_mb=512, seconds=10), workers=1) as box:
+        decoded = box.result(box.submit_many(files, 10**6, None, 24))
+        assert all(np.array_equal(got, want) for got, want in zip(decoded, expected, strict=True))
+        *good, bad = box.result(box.submit_many([files[0], broken, files[1]], 10**6, None, 24))
+    assert np.array_equal(good[0], expected[0]) and len(good) == 1 and isinstance(bad, BadImage)
 
 
 @pytest.mark.parametrize(

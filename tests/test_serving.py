@@ -344,7 +344,7 @@ def test_a_body_framed_two_ways_is_refused(server):
         b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     status, text = raw_request(server, head, b"5\r\nhello\r\n0\r\n\r\n")
-    assert status == 400 and "not both" in text
+    assert status == 400 and "not valid HTTP/1.1: Transfer-Encoding can't be present with Content-Length" in text
     assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
 
 
@@ -424,6 +424,22 @@ def test_a_refusal_before_the_body_is_read_ends_the_connection(server, case):
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
     assert closed, "the connection stayed open after the refusal"
+
+
+def test_an_oversized_or_malformed_head_gets_a_4xx_that_says_why_and_ends_the_connection(server):
+    """httptools, unlike h11, takes a head of any size: the service caps it, and names what llhttp refused."""
+    oversized = b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
+    for head, status, detail in [
+        (oversized, 431, b"headers are over the limit of 16384 bytes"),
+        (b"GET /readyz HTTP/1.1\r\nBad Header: y\r\n\r\n", 400, b"not valid HTTP/1.1: Invalid header token"),
+        (b"NOT-A-METHOD / HTTP/1.1\r\n\r\n", 400, b"not valid HTTP/1.1: Invalid method encountered"),
+    ]:
+        with connect(server) as connection:
+            connection.sendall(head + GET_READYZ)
+            answer, closed = read_to_eof(connection, 10)
+        assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and detail in answer, answer[:300]
+        assert answer.count(b"HTTP/1.1 ") == 1 and closed
+    assert httpx.get(f"{server.removesuffix('/v1')}/readyz").status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -914,6 +930,23 @@ def test_files_that_exceed_the_decode_box_get_a_413_naming_the_limit(boxed_serve
         assert (response.status_code, response.json()["detail"]) == (413, f"image 0 ({name}) {message}")
         assert httpx.post(f"{url}/classify", files={"image": ("a.png", GOOD)}).status_code == 200  # replaced
     assert peak - idle < 200 * 2**20  # the TIFF's tile alone is 256 MB
+
+
+def test_a_batch_is_decoded_in_chunks_and_its_first_bad_file_is_named(boxed_server, registry):
+    """Each decoder takes a chunk of a batch in one round trip; a chunk whose child a file killed is decoded again
+    file by file, so the answer names the file, as a request of that file alone would."""
+    url, _ = boxed_server
+    goods = [(f"{i}.png", GOOD) for i in range(7)]
+    answer = httpx.post(f"{url}/classify_batch", files=[("images", f) for f in goods], timeout=60)
+    assert answer.status_code == 200 and len(answer.json()) == 7
+    expected = CARD.classes[int(expected_probabilities(registry, [GOOD])[0].argmax())]
+    assert {p["predictions"][0]["label"] for p in answer.json()} == {expected}
+    hostile = [*goods[:5], ("huge_tile.tif", tiff_with_a_huge_tile(16384)), *goods[5:]]
+    answer = httpx.post(f"{url}/classify_batch", files=[("images", f) for f in hostile], timeout=60)
+    assert (answer.status_code, answer.json()["detail"]) == (413, f"image 5 (huge_tile.tif) {OVER_MEMORY}")
+    broken = [*goods[:2], ("broken.png", GOOD[:40]), ("huge_tile.tif", tiff_with_a_huge_tile(16384))]
+    answer = httpx.post(f"{url}/classify_batch", files=[("images", f) for f in broken], timeout=60)
+    assert answer.status_code == 400 and answer.json()["detail"].startswith("image 2 (broken.png) is not a readable")
 
 
 def send_until(stop: threading.Event, url: str, upload: tuple[str, bytes]) -> set[int]:

@@ -27,6 +27,7 @@ import os
 import resource
 import signal
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import suppress
@@ -113,6 +114,21 @@ def decode_in_child(
         raise
 
 
+def decode_many_in_child(
+    blobs: list[bytes], max_pixels: int, formats: tuple[str, ...] | None, size: int, limits: DecodeLimits
+) -> list[np.ndarray | BadImage]:
+    """Runs in a decoder process: each file's square as `decode_in_child` gives it, under limits of its own,
+    up to the first bad file, whose error takes its place (what comes after it is not decoded)."""
+    outcomes: list[np.ndarray | BadImage] = []
+    for blob in blobs:
+        try:
+            outcomes.append(decode_in_child(blob, max_pixels, formats, size, limits))
+        except BadImage as exc:
+            outcomes.append(exc)
+            break
+    return outcomes
+
+
 def over_its_limits(error: BaseException | None) -> bool:
     """Whether a decode failed by exceeding its box (not because the file is broken or the pool broke)."""
     if isinstance(error, ProcessExpired):
@@ -132,10 +148,11 @@ class Lane:
     def new_pool(self) -> ProcessPool:
         return ProcessPool(self.workers, DECODES_PER_CHILD, start_child, (self.niceness,), context=self.context)
 
-    def schedule(self, arguments: tuple) -> Future:
+    def schedule(self, decode: "Decode") -> Future:
+        timeout = self.limits.seconds * decode.files  # each file has its own limits in the child
         with self.lock:
             stranded = self.replace_pool() if not self.pool.active else set()
-            attempt = self.pool.schedule(decode_in_child, (*arguments, self.limits), timeout=self.limits.seconds)
+            attempt = self.pool.schedule(decode.task, (*decode.arguments, self.limits), timeout=timeout)
             self.waiting.add(attempt)
         fail_as_broken(stranded)
         attempt.add_done_callback(self.forget)
@@ -171,12 +188,15 @@ def fail_as_broken(attempts: set[Future]) -> None:
 
 
 class Decode(Future):
-    """One file's decode, across the attempts the box makes at it: what to decode again, and how often it has
-    been, should a pool break under it."""
+    """One task of the box (a file, or several decoded one after another by one child), across the attempts the
+    box makes at it: what to decode again, and how often it has been, should a pool break under it."""
 
-    def __init__(self, arguments: tuple) -> None:
+    def __init__(self, task: Callable, arguments: tuple, files: int) -> None:
         super().__init__()
-        self.arguments, self.restarts = arguments, 0
+        self.task, self.arguments, self.files, self.restarts = task, arguments, files, 0
+
+    def again(self) -> "Decode":
+        return Decode(self.task, self.arguments, self.files)
 
 
 class DecodeBox:
@@ -198,12 +218,20 @@ class DecodeBox:
     def submit(self, blob: bytes, max_pixels: int, formats: tuple[str, ...] | None, size: int | None) -> Decode:
         """Start decoding `blob`; `result` turns the future into the square or the reason it has none.
         Cancelling the future kills the child decoding it, in whichever lane."""
-        decode = Decode((blob, max_pixels, formats, size))
+        return self.start(Decode(decode_in_child, (blob, max_pixels, formats, size), 1))
+
+    def submit_many(self, blobs: list[bytes], max_pixels: int, formats: tuple[str, ...] | None, size: int) -> Decode:
+        """Start decoding `blobs` one after another in one child: one round trip to the pool for them all (the
+        round trip costs several times a small image's decode). `result` gives `decode_many_in_child`'s list;
+        a child killed over its limits fails them all, whichever file it was on."""
+        return self.start(Decode(decode_many_in_child, (blobs, max_pixels, formats, size), len(blobs)))
+
+    def start(self, decode: Decode) -> Decode:
         self.decode_in(0, decode)
         return decode
 
     def decode_in(self, lane: int, decode: Decode) -> None:
-        attempt = self.lanes[lane].schedule(decode.arguments)
+        attempt = self.lanes[lane].schedule(decode)
         decode.add_done_callback(lambda _: decode.cancelled() and attempt.cancel())
         attempt.add_done_callback(lambda _: self.settle(decode, attempt, lane))
 
@@ -226,8 +254,9 @@ class DecodeBox:
             else:
                 decode.set_exception(error)
 
-    def result(self, future: Decode, again_if_broken: bool = False) -> np.ndarray | None:
-        """The decoded square; BadImage for a bad file, OverLimit (a BadImage) for one that exceeded the box.
+    def result(self, future: Decode, again_if_broken: bool = False) -> np.ndarray | list | None:
+        """The decoded square (submit_many's list); BadImage for a bad file, OverLimit (a BadImage) for one that
+        exceeded the box.
         If the pool broke under it: decoded again in a new pool with `again_if_broken` (a caller that may wait,
         such as prepare), else DecoderRestarted (the service answers 503 rather than wait in its event loop)."""
         try:
@@ -238,7 +267,7 @@ class DecodeBox:
             raise self.expired(exc.exitcode) from None
         except BrokenProcessPool:
             if again_if_broken:
-                return self.result(self.submit(*future.arguments))
+                return self.result(self.start(future.again()))
             raise DecoderRestarted("the decoders restarted while it was decoding: send it again") from None
 
     def expired(self, exitcode: int) -> BadImage:
