@@ -344,7 +344,7 @@ def test_a_body_framed_two_ways_is_refused(server):
         b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     status, text = raw_request(server, head, b"5\r\nhello\r\n0\r\n\r\n")
-    assert status == 400 and "not valid HTTP/1.1: Transfer-Encoding can't be present with Content-Length" in text
+    assert status == 400 and "not both" in text
     assert httpx.post(f"{server}/classify", files={"image": ("a.png", GOOD)}).status_code == 200
 
 
@@ -424,22 +424,6 @@ def test_a_refusal_before_the_body_is_read_ends_the_connection(server, case):
     assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:200]
     assert answer.count(b"HTTP/1.1 ") == 1 and b"connection: close" in answer.lower()
     assert closed, "the connection stayed open after the refusal"
-
-
-def test_an_oversized_or_malformed_head_gets_a_4xx_that_says_why_and_ends_the_connection(server):
-    """httptools, unlike h11, takes a head of any size: the service caps it, and names what llhttp refused."""
-    oversized = b"GET /readyz HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 20_000 + b"\r\n\r\n"
-    for head, status, detail in [
-        (oversized, 431, b"headers are over the limit of 16384 bytes"),
-        (b"GET /readyz HTTP/1.1\r\nBad Header: y\r\n\r\n", 400, b"not valid HTTP/1.1: Invalid header token"),
-        (b"NOT-A-METHOD / HTTP/1.1\r\n\r\n", 400, b"not valid HTTP/1.1: Invalid method encountered"),
-    ]:
-        with connect(server) as connection:
-            connection.sendall(head + GET_READYZ)
-            answer, closed = read_to_eof(connection, 10)
-        assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and detail in answer, answer[:300]
-        assert answer.count(b"HTTP/1.1 ") == 1 and closed
-    assert httpx.get(f"{server.removesuffix('/v1')}/readyz").status_code == 200
 
 
 @pytest.fixture(scope="module")
