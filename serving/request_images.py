@@ -93,8 +93,8 @@ async def decode_batch(
 ) -> np.ndarray:
     """Image files to a uint8 NCHW batch of `image_size`, decoded in `box`, refusing the request on the first
     bad image (in request order). The files go to the box in one chunk per decoder process, each decoded in
-    one child; a chunk whose child was killed (over its limits, or the pool broke) is decoded again file by
-    file, to name the file that did it."""
+    one child; a chunk whose child was killed (over its limits) is decoded again file by file, to name the
+    file that did it."""
     for name, blob in blobs:
         check_size(name, blob, settings.max_image_bytes)
     how = (settings.max_image_pixels, tuple(settings.image_formats), image_size)
@@ -106,8 +106,10 @@ async def decode_batch(
     for chunk, future in zip(chunks, futures, strict=True):
         try:
             outcomes = box.result(future)
-        except (BadImage, DecoderRestarted):
+        except BadImage:  # its child was killed on one of the files: decode them alone to name that one
             outcomes = await one_by_one(chunk, how, box, receive)
+        except DecoderRestarted as exc:  # the box has retried it already: answered at once, not decoded again
+            outcomes = [exc]
         squares += [square_of(name, outcome) for (name, _), outcome in zip(chunk, outcomes, strict=False)]
     return np.stack(squares)
 
