@@ -20,15 +20,25 @@ import onnx
 import psutil
 import pytest
 import torch
+from fastapi import HTTPException
 from PIL import Image
 
 from pipeline.config import load_params
 from pipeline.data.class_folder import prepare
-from pipeline.data.decode_box import Decode, DecodeBox, DecodeLimits, DecoderRestarted, OverLimit, decode_in_child
+from pipeline.data.decode_box import (
+    Decode,
+    DecodeBox,
+    DecodeLimits,
+    DecoderRestarted,
+    OverLimit,
+    decode_in_child,
+    decode_many_in_child,
+)
 from pipeline.data.images import BadImage, load_rgb, resize_square
 from pipeline.model.backbones import Classifier, build
 from pipeline.release import onnx_runtime
 from pipeline.release.onnx_export import export_checked
+from serving.request_images import decode_batch
 from tests.conftest import ROOT, data_config, model_card
 from tests.hostile_files import jpeg_with_repeated_scans, png_with_many_profiles, tiff_with_a_huge_tile
 
@@ -453,6 +463,33 @@ def test_a_pool_pebble_broke_is_replaced_and_a_decode_caught_in_it_runs_again():
         assert np.array_equal(box.result(box.submit(good, 10**6, None, 16)), expected)
         assert isinstance(stranded.exception(timeout=1), BrokenProcessPool)  # not left to wait forever
         assert np.array_equal(box.result(decode), expected)  # decoded again, in the new pool
+
+
+class BrokenBox(DecodeBox):
+    """A box whose pool breaks under every task, after the box's own restarts of it (RESTARTS_PER_DECODE)."""
+
+    submitted = 0
+
+    def submit_many(self, blobs: list[bytes], *how) -> Decode:
+        self.submitted += 1
+        decode = Decode(decode_many_in_child, (blobs, *how), len(blobs))
+        decode.set_exception(BrokenProcessPool("All workers expired"))
+        return decode
+
+
+async def a_client_that_stays() -> dict:
+    await asyncio.Event().wait()
+
+
+def test_a_request_caught_in_a_broken_pool_gets_one_503_and_no_second_round_of_decodes():
+    """The box has restarted the decodes already: before, each chunk was sent again file by file, to break again."""
+    files = [(f"image {i} (x.png)", png(np.full((30, 40, 3), 50 * i, dtype=np.uint8))) for i in range(4)]
+    with BrokenBox(DecodeLimits(memory_mb=128, seconds=5), workers=2) as box:
+        decoding = decode_batch(files, 16, load_params(ROOT / "params.yaml").serving, box, a_client_that_stays)
+        with pytest.raises(HTTPException) as refused:
+            asyncio.run(decoding)
+    assert refused.value.status_code == 503 and refused.value.detail.startswith("image 0 (x.png): the decoders")
+    assert box.submitted == 2  # one chunk per decoder, none again
 
 
 def test_the_box_gives_the_pixels_of_an_in_process_decode(image_folder):
