@@ -503,7 +503,7 @@ class TrainMetrics(BaseModel):
     best_epoch: int
     trainable_params: int
     total_params: int
-    train_seconds: float
+    train_seconds: float | None = None  # not in the committed metrics/train.json: it differs every run
 
 
 class ClassScores(BaseModel):

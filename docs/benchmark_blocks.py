@@ -88,6 +88,11 @@ def report(root: Path, path: Path) -> CompareReport:
         raise SystemExit(f"{path}: not a comparison report: {error}") from None
 
 
+def results_machine(root: Path) -> str:
+    """The machine the committed default run was made on, as the fresh-clone check of .ci/run compares it."""
+    return (root / ".ci" / "results-machine").read_text().strip()
+
+
 def read_metrics(root: Path, name: str, kind: type[M]) -> M:
     """metrics/NAME.json, one of the pipeline's metrics files (the stages write them untyped)."""
     try:
@@ -341,11 +346,12 @@ def default_gpu(root: Path, gpu_run: Path) -> str:
     gpu = read_result(root, gpu_run, PipelineRunResult)
     metrics = read_metrics(root, "train", TrainMetrics), read_metrics(root, "evaluate", EvaluateMetrics)
     runs = [
-        ("the committed default run, `metrics/`", "not recorded", committed_strategy(root), None, *metrics),
+        ("the committed default run, `metrics/`", results_machine(root), committed_strategy(root), None, *metrics),
         (code(gpu_run), gpu.environment.machine, gpu.strategy, gpu.train_stage_wall_seconds, gpu.train, gpu.evaluate),
     ]
     rows = [
-        [label, machine, f"`{strategy}`", f"{wall} s" if wall else "not recorded", fixed(train.train_seconds, 1),
+        [label, machine, f"`{strategy}`", f"{wall} s" if wall else "not recorded",
+         "in MLflow" if train.train_seconds is None else fixed(train.train_seconds, 1),
          f"{fixed(train.best_val_accuracy, 4)} (epoch {train.best_epoch})", fixed(evaluate.accuracy, 4),
          fixed(evaluate.macro_f1, 4), fixed(evaluate.ece, 4)]
         for label, machine, strategy, wall, train, evaluate in runs

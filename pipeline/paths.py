@@ -15,7 +15,6 @@ DECODED_DIR = Path(
 
 MODELS_DIR = Path("models")
 MODEL_FILE = MODELS_DIR / "model.pt"  # best weights and the model card (pipeline.model.model_file)
-RUN_FILE = MODELS_DIR / "run.json"  # the MLflow run that evaluate and export log to
 CHECKPOINT_FILE = MODELS_DIR / "checkpoint.pt"  # not a DVC output: see pipeline.finetune.checkpoint
 ONNX_FILE = MODELS_DIR / "model.onnx"
 

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from mlflow import MlflowClient
 from PIL import Image
 
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
 from pipeline.config import DataConfig, parse_params, with_overrides
 from pipeline.data.class_folder import prepare
 from pipeline.model.card import ModelCard
+from pipeline.tracking.runs import trained_run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -109,6 +111,12 @@ def prepared_folder(tmp_path, monkeypatch) -> Path:
     write_class_images(tmp_path / "images", per_class=8)
     prepare(data_config(tmp_path / "images"), seed=0, out_dir=tmp_path / "prepared")
     return tmp_path
+
+
+def trained_run(project: Path, tracking_uri: str | None = None) -> str:
+    """The id of the MLflow run that trained the project's models/model.pt, found as evaluate and export find it."""
+    client = MlflowClient(tracking_uri or f"sqlite:///{project / 'mlflow.db'}")
+    return trained_run_id(client, project / "models" / "model.pt")
 
 
 def stage_env(**extra: str) -> dict[str, str]:

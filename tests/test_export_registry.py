@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ROOT, stage_env, stage_project
+from tests.conftest import ROOT, stage_env, stage_project, trained_run
 
 pytestmark = pytest.mark.slow  # a training and two exports per test, each a process of its own
 
@@ -49,7 +49,7 @@ def registry_of(project: Path) -> MlflowClient:
 
 
 def run_status(project: Path) -> str:
-    run_id = json.loads((project / "models" / "run.json").read_text())["run_id"]
+    run_id = trained_run(project)
     return registry_of(project).get_run(run_id).info.status
 
 
@@ -89,7 +89,7 @@ def test_a_full_disk_after_registering_deletes_the_version_and_fails_the_run(pro
     assert failed.returncode == 1 and "OSError: [Errno 28] No space left on device" in failed.stderr
     assert registry_of(project).search_model_versions(f"name='{NAME}'") == []
     assert run_status(project) == "FAILED"
-    assert sorted(os.listdir(project / "models")) == ["model.pt", "run.json"]  # no model.onnx, no partial
+    assert os.listdir(project / "models") == ["model.pt"]  # no model.onnx, no partial
     assert not (project / "metrics" / "export.json").exists()
 
     stage(project, "pipeline.stages.export")

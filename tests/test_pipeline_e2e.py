@@ -17,7 +17,7 @@ import yaml
 from pipeline.data.manifest import read_manifest
 from pipeline.data.splits import load_split
 from pipeline.release import onnx_runtime
-from tests.conftest import default_params, dvc_project, stage_env
+from tests.conftest import default_params, dvc_project, stage_env, trained_run
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def test_one_mlflow_run_holds_every_stage(project):
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     exported = json.loads((project / "metrics/export.json").read_text())
     train = json.loads((project / "metrics/train.json").read_text())
-    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    run_id = trained_run(project)
     run = client(project).get_run(run_id)
     # 4 significant digits, which the MLflow UI shows whole; counts exact
     assert run.data.metrics["test/accuracy"] == float(f"{evaluation['accuracy']:.4g}")
@@ -100,7 +100,7 @@ def test_one_mlflow_run_holds_every_stage(project):
 
 
 def test_the_run_says_what_ran_in_the_mlflow_ui(project):
-    run = client(project).get_run(json.loads((project / "models/run.json").read_text())["run_id"])
+    run = client(project).get_run(trained_run(project))
     experiment = client(project).get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on the runs table
     assert experiment.name == "digits"  # the data's own experiment
@@ -123,7 +123,7 @@ def test_the_run_says_what_ran_in_the_mlflow_ui(project):
 
 def test_the_version_is_tagged_described_and_champion_as_the_first(project):
     exported = json.loads((project / "metrics/export.json").read_text())
-    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    run_id = trained_run(project)
     # the fixture's own version: experiments of other tests may have added later ones
     [version] = client(project).search_model_versions(f"name='digits-classifier' and run_id='{run_id}'")
     assert exported["registered_version"] == int(version.version) == 1

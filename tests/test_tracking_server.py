@@ -20,7 +20,7 @@ from PIL import Image
 
 from pipeline.release.onnx_runtime import classify_files
 from pipeline.tracking import store
-from tests.conftest import stage_env, stage_project
+from tests.conftest import stage_env, stage_project, trained_run
 from tests.servers import free_port, running_service
 
 MODEL_NAME = "shared-classifier"
@@ -105,7 +105,7 @@ def test_stages_log_to_the_server_and_the_service_serves_its_champion(server, tm
     assert not (project / "mlflow.db").exists() and not (project / "mlruns").exists()  # nothing stayed local
 
     client = mlflow.MlflowClient(server["url"])
-    run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    run_id = trained_run(project, server["url"])
     run = client.get_run(run_id)
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert run.data.metrics["test/accuracy"] == pytest.approx(evaluation["accuracy"], abs=1e-4)

@@ -16,7 +16,7 @@ import torch
 
 from pipeline.finetune import distributed
 from pipeline.finetune.loop import whole_split
-from tests.conftest import ROOT, stage_env, stage_project
+from tests.conftest import ROOT, stage_env, stage_project, trained_run
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -47,7 +47,7 @@ def outputs(project: Path, result: subprocess.CompletedProcess) -> dict:
         "weights": torch.load(project / "models/model.pt", weights_only=True)["state_dict"],
         "history": history,
         "metrics": json.loads((project / "metrics/train.json").read_text()),
-        "run_id": json.loads((project / "models/run.json").read_text())["run_id"],
+        "run_id": trained_run(project),
         "stdout": result.stdout,
     }
 
@@ -159,9 +159,10 @@ def test_two_killed_processes_resume_to_the_same_weights(project, two_gloo):
 
 
 def test_a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one(project, single):
+    before = run_ids(project)
     killed = killed_after_epoch(project, SINGLE, epoch=2, **ONE_THREAD)  # mid-phase: optimizer state too
     assert killed.returncode == -signal.SIGKILL and not (project / "models/model.pt").exists()
-    killed_run = json.loads((project / "models/run.json").read_text())["run_id"]
+    [killed_run] = run_ids(project) - before
     resumed = train(project, SINGLE, **ONE_THREAD)
     assert "resuming from models/checkpoint.pt: epoch 2 (fine-tune) done" in resumed["stdout"]
     assert_same_training(resumed, single)

@@ -26,7 +26,6 @@ KEPT = (
     "finetune.strategy",
     "accuracy",
     "trainable_params",
-    "train_seconds",
 )
 GAP = "  "
 SHORTEST = 12  # a shortened name keeps this many characters (its end marked by `…`), and its header whole
@@ -40,7 +39,6 @@ class ExperimentRow:
     accuracy: str
     experiment: str
     trained_params: str  # trained parameters
-    seconds: str
     data: str
     backbone: str
     created: str
@@ -49,22 +47,21 @@ class ExperimentRow:
     def of(cls, shown: dict[str, str]) -> "ExperimentRow":
         """A row of `dvc exp show --csv`; a column no experiment has is missing from it, an empty cell is ''."""
         cell = {name: shown.get(name) or "" for name in KEPT}
-        accuracy, params, seconds = cell["accuracy"], cell["trainable_params"], cell["train_seconds"]
+        accuracy, params = cell["accuracy"], cell["trainable_params"]
         return cls(
             strategy=cell["finetune.strategy"],
             accuracy=f"{float(accuracy):.4f}" if accuracy else "",
             experiment=cell["Experiment"] or cell["rev"],
             trained_params=f"{int(float(params)):,}" if params else "",
-            seconds=f"{float(seconds):.1f}" if seconds else "",
             data=Path(cell["data.source"]).name,
             backbone=cell["model.backbone"],
             created=cell["Created"][:16].replace("T", " "),  # to the minute
         )
 
 
-HEADERS = ExperimentRow("strategy", "accuracy", "experiment", "trained", "seconds", "data", "backbone", "created")
+HEADERS = ExperimentRow("strategy", "accuracy", "experiment", "trained", "data", "backbone", "created")
 SHORTENED = ("data", "backbone", "experiment")  # the longest of these is cut first
-RIGHT_ALIGNED = {"accuracy", "trained_params", "seconds"}  # numbers
+RIGHT_ALIGNED = {"accuracy", "trained_params"}  # numbers
 
 
 def shorten(text: str, width: int) -> str:

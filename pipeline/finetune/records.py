@@ -1,13 +1,13 @@
 """What training records: each epoch's figures, and the best epoch with its weights."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch, as metrics/train_history.csv and MLflow's per-epoch metrics show it (in this column order)."""
+    """One epoch, as MLflow's per-epoch metrics show it; metrics/train_history.csv holds HISTORY_COLUMNS."""
 
     epoch: int  # over all phases, from 1
     phase: str
@@ -26,6 +26,12 @@ class EpochRecord:
             f"accuracy {self.train_accuracy:.4f}, val loss {self.val_loss:.4f} "
             f"accuracy {self.val_accuracy:.4f}, {self.epoch_seconds:.1f} s"
         )
+
+
+# The git-tracked history holds what the same code, data and machine give again; an epoch's time differs every
+# run, and would leave a fresh clone's `make run` with a modified file. MLflow keeps the times.
+TIMING = ("epoch_seconds", "images_per_second")
+HISTORY_COLUMNS = tuple(field.name for field in fields(EpochRecord) if field.name not in TIMING)
 
 
 @dataclass

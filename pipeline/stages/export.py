@@ -40,7 +40,7 @@ def version_tags(
             card, split_fingerprint(rows, "test"), len(correct), accuracy, runs.git_commit(), runs.dvc_experiment()
         )
         | registry.correctness_tag(correct)
-        | registry.export_tags(MODEL_FILE, opset, fp16)
+        | registry.export_tags(runs.weights_sha256(MODEL_FILE), opset, fp16)
     )
 
 

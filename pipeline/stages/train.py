@@ -3,9 +3,10 @@
     python -m pipeline.stages.train
     torchrun --standalone --nproc_per_node 2 -m pipeline.stages.train   # data-parallel, what dvc.yaml runs
 
-Writes models/model.pt (the best weights and the model card), models/run.json (the MLflow run the
-later stages log to), metrics/train.json and metrics/train_history.csv. A killed run resumes from
-models/checkpoint.pt (pipeline.finetune.checkpoint).
+Writes models/model.pt (the best weights and the model card; its hash tags the MLflow run, which the later
+stages log to), metrics/train.json and metrics/train_history.csv: what the same code, data and machine give
+again, so the training's times go to MLflow only. A killed run resumes from models/checkpoint.pt
+(pipeline.finetune.checkpoint).
 """
 
 import contextlib
@@ -22,7 +23,7 @@ from pipeline.data.manifest import class_names, fingerprint, read_manifest
 from pipeline.data.splits import load_split
 from pipeline.finetune import checkpoint, distributed
 from pipeline.finetune.loop import Callbacks, train_model
-from pipeline.finetune.records import EpochRecord
+from pipeline.finetune.records import HISTORY_COLUMNS, EpochRecord
 from pipeline.finetune.strategies import Plan
 from pipeline.model import model_file
 from pipeline.model.features import pick_device
@@ -35,6 +36,14 @@ def log_plan(plan: Plan, trainable: int, total: int) -> None:
     if (choice := plan.block_choice) is not None:
         tuned = ", ".join(choice.blocks) or "the head only"
         print(f"auto: probe accuracy {choice.probe_accuracy:.3f} on held-out images; tuning {tuned}")
+
+
+def write_history(history: list[EpochRecord]) -> None:
+    with atomic_path(TRAIN_HISTORY) as partial, open(partial, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(dataclasses.asdict(record) for record in history)
+    mlflow.log_artifact(str(TRAIN_HISTORY))
 
 
 def main() -> None:
@@ -96,20 +105,16 @@ def run_stage() -> None:
         if main_rank:
             card = result.card.model_copy(update={"strategy_chosen_by": chosen_by})
             model_file.save(MODEL_FILE, result.model.state_dict(), card)
+            runs.tag_weights(MODEL_FILE)
             metrics = {
                 "best_val_accuracy": result.best.val_accuracy,
                 "best_epoch": result.best.epoch,
                 "trainable_params": result.trainable_params,
                 "total_params": result.total_params,
-                "train_seconds": round(result.seconds, 1),
             }
             runs.log_metrics({"val/best_accuracy": result.best.val_accuracy, "train/seconds": result.seconds})
             write_json(TRAIN_METRICS, metrics)
-            with atomic_path(TRAIN_HISTORY) as partial, open(partial, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=[field.name for field in dataclasses.fields(EpochRecord)])
-                writer.writeheader()
-                writer.writerows(dataclasses.asdict(record) for record in result.history)
-            mlflow.log_artifact(str(TRAIN_HISTORY))
+            write_history(result.history)
     if main_rank:
         CHECKPOINT_FILE.unlink()  # the outputs are complete: nothing left to resume
     processes = f" on {distributed.size()} processes" if distributed.active() else ""

@@ -9,14 +9,12 @@ comparable only if they have the same classes and were scored on the same test s
 these tags (left by an export of an older version of the pipeline that was killed) is never promoted.
 """
 
-import hashlib
 import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -52,12 +50,10 @@ def log_onnx_model(proto, example: tuple[np.ndarray, np.ndarray], metadata: dict
     )
 
 
-def export_tags(weights: Path, opset: int, fp16: bool) -> dict[str, str]:
+def export_tags(weights_sha256: str, opset: int, fp16: bool) -> dict[str, str]:
     """What makes two exports the same model: the weights file (models/model.pt: weights and card) and the graph's
     settings. A rerun of export on the same ones reuses its version (find_version) instead of adding another."""
-    with open(weights, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"weights_sha256": digest, "onnx_export": f"opset {opset}, {'fp16' if fp16 else 'fp32'}"}
+    return {"weights_sha256": weights_sha256, "onnx_export": f"opset {opset}, {'fp16' if fp16 else 'fp32'}"}
 
 
 def find_version(client: MlflowClient, name: str, tags: dict[str, str]) -> str | None:

@@ -1,27 +1,29 @@
 """MLflow tracking: one run spans the stages of one `dvc repro` or `dvc exp run`.
 
-train starts the run and writes its id to models/run.json; evaluate and export reopen it; the store
-is pipeline.tracking.store's. The train stage and compare log a training through the same functions
-(log_run_params, log_plan, log_epoch). Metric names are grouped by a `group/` prefix (train/, val/, test/,
-per_class/, model/, export/) so the MLflow UI's chart sections stay readable; DVC's files keep their flat names.
+train starts the run and tags it with the hash of the weights it wrote; evaluate and export reopen the run
+that trained models/model.pt by that tag (trained_run_id); the store is pipeline.tracking.store's. The train
+stage and compare log a training through the same functions (log_run_params, log_plan, log_epoch). Metric names
+are grouped by a `group/` prefix (train/, val/, test/, per_class/, model/, export/) so the MLflow UI's chart
+sections stay readable; DVC's files keep their flat names.
 """
 
-import json
+import hashlib
 import os
 import subprocess
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
 
-from pipeline.atomic import write_json
 from pipeline.config import PARAMS_FILE, Params
 from pipeline.data.manifest import class_names, split_sizes
 from pipeline.finetune.records import EpochRecord
-from pipeline.paths import RUN_FILE, project_root
+from pipeline.paths import MODEL_FILE, project_root
 from pipeline.tracking import experiment_page
-from pipeline.tracking.store import check_reachable, tracking_uri
+from pipeline.tracking.store import check_reachable, shown_uri, tracking_uri
 
 
 def git_commit() -> str:
@@ -77,7 +79,6 @@ def start_run(params: Params, run_id: str | None = None):
     use_experiment(params)
     if run_id:
         with mlflow.start_run(run_id=run_id) as run:
-            write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
             yield run
         return
     experiment = dvc_experiment()
@@ -91,7 +92,6 @@ def start_run(params: Params, run_id: str | None = None):
         log_run_params(params)
         if PARAMS_FILE.is_file():
             mlflow.log_artifact(str(PARAMS_FILE))
-        write_json(RUN_FILE, {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id})
         yield run
 
 
@@ -155,10 +155,49 @@ def describe_run(text: str) -> None:
     mlflow.set_tag("mlflow.note.content", text)
 
 
+# Of models/model.pt, set by train on its run: how evaluate and export find that run. A file holding the run's id
+# would be a DVC output whose content (a fresh id) changes with every training, and dvc.lock with it, so a fresh
+# clone's `make run` could never leave git clean; and DVC's run cache restores a model without running train,
+# which the hash still finds the run of.
+WEIGHTS_TAG = "weights_sha256"
+
+
+def weights_sha256(weights: Path = MODEL_FILE) -> str:
+    with open(weights, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def tag_weights(weights: Path = MODEL_FILE) -> None:
+    mlflow.set_tag(WEIGHTS_TAG, weights_sha256(weights))
+
+
+class NoTrainingRun(LookupError):
+    pass
+
+
+def trained_run_id(client: MlflowClient, weights: Path = MODEL_FILE) -> str:
+    """The latest run tagged with the hash of `weights`: the one that trained them."""
+    digest = weights_sha256(weights)
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    found = client.search_runs(
+        experiments, f"tags.{WEIGHTS_TAG} = '{digest}'", order_by=["attributes.start_time DESC"], max_results=1
+    )
+    if not found:
+        raise NoTrainingRun(
+            f"no MLflow run in {shown_uri()} trained {weights} (sha256 {digest[:12]}): "
+            "run `dvc repro --force train` to train it again with its run"
+        )
+    return found[0].info.run_id
+
+
 @contextmanager
 def resume_run():
-    """Reopen the run that train started for the model in models/."""
+    """Reopen the run that trained the model in models/."""
     check_reachable()
     mlflow.set_tracking_uri(tracking_uri())
-    with mlflow.start_run(run_id=json.loads(RUN_FILE.read_text())["run_id"]) as run:
+    try:
+        run_id = trained_run_id(MlflowClient())
+    except NoTrainingRun as exc:
+        sys.exit(str(exc))
+    with mlflow.start_run(run_id=run_id) as run:
         yield run
