@@ -40,7 +40,7 @@ class Served:
 
 def open_served(spec: str, providers: list[str]) -> Served:
     path, source = resolve_model(spec)
-    session, card = onnx_runtime.open_session(path, providers)
+    session, card = onnx_runtime.open_session(path, providers, shares_cores=True)
     logger.info("serving %s (%s) on %s", source.shown(Path(path)), spec, ", ".join(session.get_providers()))
     return Served(session, card, source)
 

@@ -47,6 +47,20 @@ def test_batch_axis_is_dynamic(model_and_images, tmp_path):
         assert onnx_runtime.probabilities(session, images[:batch].numpy()).shape == (batch, 3)
 
 
+def test_only_a_session_that_shares_its_cores_stops_its_threads_spinning_between_calls(model_and_images, tmp_path):
+    model, images = model_and_images
+    export_checked(model, CARD, images, tmp_path / "model.onnx", opset=18, tolerance=1e-4)
+    spinning = "session.intra_op.allow_spinning"
+    alone, _ = onnx_runtime.open_session(tmp_path / "model.onnx")
+    served, _ = onnx_runtime.open_session(tmp_path / "model.onnx", shares_cores=True)
+    with pytest.raises(RuntimeError, match="does not have configuration"):  # ORT's default: its threads spin
+        alone.get_session_options().get_session_config_entry(spinning)
+    assert served.get_session_options().get_session_config_entry(spinning) == "0"
+    np.testing.assert_array_equal(
+        onnx_runtime.probabilities(alone, images.numpy()), onnx_runtime.probabilities(served, images.numpy())
+    )
+
+
 def test_parity_gate_fails_and_leaves_no_file(model_and_images, tmp_path):
     model, images = model_and_images
     path = tmp_path / "model.onnx"

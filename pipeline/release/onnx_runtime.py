@@ -51,10 +51,18 @@ def check_fits(session: ort.InferenceSession, card: ModelCard, origin: str) -> N
         raise ModelLoadError(f"{origin} does not fit its model card: " + "; ".join(problems))
 
 
-def open_session(path: Path, providers: list[str] = PROVIDERS) -> tuple[ort.InferenceSession, ModelCard]:
-    """The first of `providers` that really loads (session.get_providers() says which), and the card."""
+def open_session(
+    path: Path, providers: list[str] = PROVIDERS, shares_cores: bool = False
+) -> tuple[ort.InferenceSession, ModelCard]:
+    """The first of `providers` that really loads (session.get_providers() says which), and the card.
+    `shares_cores`: other busy processes need the CPU between calls (the service's HTTP workers and decoders)."""
     ort.set_default_logger_severity(4)  # a GPU provider failing to load on a CPU machine is expected
     options = ort.SessionOptions()
+    if shares_cores:
+        # ONNX Runtime's intra-op threads spin between calls, waiting for the next: alone it is its fastest, in
+        # the service they took the cycles of the HTTP workers and decoders on the same cores (single-image
+        # requests served faster without, measured side by side: BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     # ONNX Runtime's memory patterns are planned, and kept, per input shape: every batch size the
     # service's adaptive batching formed added memory (+93 MiB over sizes 1 to 64 for the default model,
     # against +14 without them, and no measurable difference in speed).
