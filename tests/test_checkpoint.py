@@ -12,9 +12,9 @@ from pipeline.data.splits import load_split
 from pipeline.finetune import checkpoint
 from pipeline.finetune.checkpoint import TrainingState
 from pipeline.finetune.loop import Callbacks, train_model
+from pipeline.finetune.records import TIMING
 from tests.conftest import data_config, tiny_params
 
-TIMING = ("epoch_seconds", "images_per_second")
 CLASSES = ["blue", "green", "red"]
 
 

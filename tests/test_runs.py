@@ -1,8 +1,10 @@
 """The MLflow run helpers of pipeline.tracking.runs on a real sqlite store."""
 
+import re
 import warnings
 
 import mlflow
+import pytest
 
 from pipeline.tracking import runs
 
@@ -19,3 +21,17 @@ def test_the_dataset_is_logged_without_mlflows_ambiguous_source_warning(tmp_path
     [logged] = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
     assert (logged.dataset.name, logged.dataset.digest) == ("digits", "f" * 16)
     assert '"uri": "data/builtin/digits"' in logged.dataset.source
+
+
+def test_the_run_that_trained_a_weights_file_is_found_by_its_hash_and_a_file_none_trained_is_named(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment_id = client.create_experiment("runs", artifact_location=(tmp_path / "mlruns").as_uri())
+    weights, other = tmp_path / "model.pt", tmp_path / "other.pt"
+    weights.write_bytes(b"the weights")
+    other.write_bytes(b"weights no run trained")
+    older, newer = (client.create_run(experiment_id, start_time=t) for t in (1_000, 2_000))  # trained twice
+    for run in (older, newer):
+        client.set_tag(run.info.run_id, runs.WEIGHTS_TAG, runs.weights_sha256(weights))
+    assert runs.trained_run_id(client, weights) == newer.info.run_id
+    with pytest.raises(runs.NoTrainingRun, match=rf"trained {re.escape(str(other))} \(sha256 [0-9a-f]{{12}}\)"):
+        runs.trained_run_id(client, other)
