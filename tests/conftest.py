@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from mlflow import MlflowClient
 from PIL import Image
 
 import pipeline  # noqa: F401  (sets the telemetry opt-outs before any library loads)
 from pipeline.config import DataConfig, parse_params, with_overrides
 from pipeline.data.class_folder import prepare
 from pipeline.model.card import ModelCard
-from pipeline.tracking.runs import trained_run_id
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -115,6 +113,11 @@ def prepared_folder(tmp_path, monkeypatch) -> Path:
 
 def trained_run(project: Path, tracking_uri: str | None = None) -> str:
     """The id of the MLflow run that trained the project's models/model.pt, found as evaluate and export find it."""
+    # imported here: subprocesses that measure their memory import this module, and MLflow costs hundreds of MB
+    from mlflow import MlflowClient
+
+    from pipeline.tracking.runs import trained_run_id
+
     client = MlflowClient(tracking_uri or f"sqlite:///{project / 'mlflow.db'}")
     return trained_run_id(client, project / "models" / "model.pt")
 
