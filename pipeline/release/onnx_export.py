@@ -55,11 +55,22 @@ def export_onnx(model: nn.Module, card: ModelCard, path: Path, opset: int, fp16:
         graph.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True)
         graph.topological_sort()  # the converter appends its input casts after the nodes that read them
         proto = graph.model
+    without_stack_traces(proto)
     for key, value in onnx_metadata(card, fp16).items():
         proto.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(proto, full_check=True)
     onnx.save_model(proto, path)
     return proto
+
+
+def without_stack_traces(proto: onnx.ModelProto) -> None:
+    """torch's exporter tags each node with the Python stack that made it, absolute paths of this checkout
+    included: the same model exported from another folder was another file (and DVC output), and it told
+    whoever got the model where its maker's files lie."""
+    for node in proto.graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key != "pkg.torch.onnx.stack_trace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
 
 
 def export_checked(
